@@ -1,0 +1,21 @@
+//! cert-csi: per-pod X.509 identities delivered through a CSI driver and
+//! signed through cert-manager.io/v1 CertificateRequests.
+//!
+//! Module map (one arrow of the data path each; see README "Architecture"):
+//! - [`api`]: the cert-manager.io/v1 types and their CRDs.
+//! - [`sandbox`]: an in-memory Kubernetes API server for demos and tests.
+//! - [`volume`]: volume attributes → a validated `VolumeSpec`, without side effects.
+//! - [`pki`]: keys, CSRs, certificate inspection and keystores.
+//! - [`telemetry`]: logging setup.
+//! - [`shutdown`]: the one shutdown signal every mode shares.
+
+pub mod api;
+pub mod cli;
+pub mod csi;
+pub mod pki;
+pub mod renewal;
+pub mod sandbox;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod volume;

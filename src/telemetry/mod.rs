@@ -1,0 +1,30 @@
+//! Logging setup shared by every mode.
+//!
+//! Logs go to stderr so that commands such as `cert-csi crds` keep stdout for
+//! their output. Key material and tokens are never passed to the logger: the
+//! types that hold them print `<redacted>` (see [`crate::pki::Secret`]).
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `level` is an `EnvFilter` directive such as
+/// `info` or `cert_csi=debug,kube=warn`.
+pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("--log-level {level:?} is not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
