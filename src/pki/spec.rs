@@ -9,7 +9,9 @@ use std::net::IpAddr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyAlgorithm {
     /// RSA with a modulus of `bits` (2048..=8192).
-    Rsa { bits: u32 },
+    Rsa {
+        bits: u32,
+    },
     Ecdsa(Curve),
     Ed25519,
 }
@@ -156,6 +158,10 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Usage::ALL.len());
-        assert_eq!(Usage::from_name("Server Auth"), None, "names are case-sensitive upstream");
+        assert_eq!(
+            Usage::from_name("Server Auth"),
+            None,
+            "names are case-sensitive upstream"
+        );
     }
 }
