@@ -1,0 +1,940 @@
+//! Volume attributes → a validated [`VolumeSpec`], without side effects.
+//!
+//! This is the user interface of the node plugin: a pod's `volumeAttributes`
+//! arrive here through the kubelet's `volume_context`, and every mistake must
+//! come back as one message that names the attribute, says what was given and
+//! what is allowed, and how to fix it. The kubelet shows it in the pod's
+//! events as `rpc error: code = InvalidArgument desc = <attribute>: <message>`.
+//!
+//! [`parse`] checks everything before anything happens (no I/O, no keys, no
+//! API objects) and returns the **first** error in a fixed order: the
+//! kubelet's fields, then unknown keys (a typo explains later errors), then
+//! the attributes group by group (issuer, subject, SANs, lifetime, usages,
+//! key, files and PKCS#12, fs-group, reuse-private-key). One clear message beats a
+//! list, and fixing one error at a time converges because the order is fixed.
+//!
+//! Where cert-csi differs from cert-manager's csi-driver, on purpose:
+//! - unknown `csi.cert-manager.io/*` keys are rejected with a suggestion;
+//! - lists reject empty entries, subject lists accept `\,` escapes and are trimmed;
+//! - `$$` is a literal `$`, and broken `${` is an error (see the `expand` module);
+//! - `pkcs12-filename`/`pkcs12-password` are rejected unless `pkcs12-enable` is `true`;
+//! - RSA sizes are limited to what aws-lc can generate (2048, 3072, 4096, 8192).
+
+pub mod attributes;
+pub mod duration;
+pub mod expand;
+mod rules;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::pki::{Curve, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec, Usage};
+pub use attributes::{ATTRIBUTES, AttributeDoc, keys, kubelet};
+use attributes::{KUBELET_GROUP, PREFIX, RESERVED_GROUP};
+use expand::{Variables, expand};
+
+/// The parts of a NodePublishVolumeRequest that decide what is issued.
+/// `Debug` shows the context's keys only: its values include the keystore
+/// password and the service account tokens.
+#[derive(Clone, Copy)]
+pub struct PublishInput<'a> {
+    pub volume_id: &'a str,
+    pub target_path: &'a str,
+    pub readonly: bool,
+    /// `volume_capability.mount.volume_mount_group`: the pod's fsGroup, when
+    /// the plugin advertises VOLUME_MOUNT_GROUP. Empty means unset.
+    pub volume_mount_group: Option<&'a str>,
+    pub context: &'a HashMap<String, String>,
+}
+
+impl fmt::Debug for PublishInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<&String> = self.context.keys().collect();
+        keys.sort();
+        f.debug_struct("PublishInput")
+            .field("volume_id", &self.volume_id)
+            .field("target_path", &self.target_path)
+            .field("readonly", &self.readonly)
+            .field("volume_mount_group", &self.volume_mount_group)
+            .field("context_keys", &keys)
+            .finish()
+    }
+}
+
+/// A rejected input. `attribute` is the full context key (e.g.
+/// `csi.cert-manager.io/key-size`) or a request field (e.g. `target_path`).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{attribute}: {message}")]
+pub struct AttributeError {
+    pub attribute: String,
+    pub message: String,
+}
+
+/// Something accepted but worth telling the user (e.g. an attribute that has
+/// no effect). The node plugin logs these and may emit them as Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributeWarning {
+    pub attribute: String,
+    pub message: String,
+}
+
+impl fmt::Display for AttributeWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.attribute, self.message)
+    }
+}
+
+fn error(attribute: &str, message: impl Into<String>) -> AttributeError {
+    AttributeError {
+        attribute: attribute.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A secret string (a keystore password, service account tokens). `Debug`
+/// prints `<redacted>` and there is no `Display`, so it cannot reach a log
+/// line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretString(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The pod the volume belongs to (from the kubelet's podInfoOnMount keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub service_account: String,
+}
+
+/// `spec.issuerRef` of the CertificateRequest, defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerRef {
+    pub name: String,
+    pub kind: String,
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pkcs12Spec {
+    pub filename: String,
+    pub password: SecretString,
+}
+
+/// Everything needed to issue, write and renew one volume's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub volume_id: String,
+    pub target_path: PathBuf,
+    pub pod: PodInfo,
+    pub issuer: IssuerRef,
+    pub subject: SubjectSpec,
+    pub sans: SanSpec,
+    pub duration: Duration,
+    /// `None`: renew at the default point (a third of the lifetime before expiry).
+    pub renew_before: Option<Duration>,
+    pub is_ca: bool,
+    pub usages: Vec<Usage>,
+    pub key: KeySpec,
+    pub certificate_file: String,
+    pub private_key_file: String,
+    pub ca_file: String,
+    pub pkcs12: Option<Pkcs12Spec>,
+    /// The group that may read the files: `fs-group`, else the pod's fsGroup.
+    pub fs_group: Option<u32>,
+    pub reuse_private_key: bool,
+    /// Copied onto the CertificateRequest.
+    pub annotations: BTreeMap<String, String>,
+    /// The kubelet's `serviceAccount.tokens` JSON; never stored or logged.
+    pub tokens: Option<SecretString>,
+    pub warnings: Vec<AttributeWarning>,
+}
+
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
+pub const DEFAULT_CERTIFICATE_FILE: &str = "tls.crt";
+pub const DEFAULT_PRIVATE_KEY_FILE: &str = "tls.key";
+pub const DEFAULT_CA_FILE: &str = "ca.crt";
+pub const DEFAULT_PKCS12_FILE: &str = "keystore.p12";
+const CERT_MANAGER_GROUP: &str = "cert-manager.io";
+
+/// A value, with an empty string read as absent (as upstream does).
+fn get<'a>(context: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    debug_assert!(
+        !key.starts_with(PREFIX) || attributes::find(key).is_some(),
+        "{key} is read but missing from ATTRIBUTES"
+    );
+    context
+        .get(key)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// Validates a publish request and builds the volume's spec.
+pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
+    let ctx = input.context;
+    let mut warnings = Vec::new();
+
+    rules::check_volume_id(input.volume_id).map_err(|m| error("volume_id", m))?;
+    rules::check_target_path(input.target_path).map_err(|m| error("target_path", m))?;
+    match ctx.get(kubelet::EPHEMERAL).map(String::as_str) {
+        Some("true") => {}
+        other => {
+            let given = match other {
+                Some(v) => format!("is {v:?}"),
+                None => "is missing".to_string(),
+            };
+            return Err(error(
+                kubelet::EPHEMERAL,
+                format!(
+                    "{given}, but cert-csi supports only CSI inline ephemeral volumes: declare the volume in the pod under spec.volumes[].csi (not through a PersistentVolume), and make sure the CSIDriver object lists volumeLifecycleModes: [Ephemeral]"
+                ),
+            ));
+        }
+    }
+    if !input.readonly {
+        return Err(error(
+            "readonly",
+            "pod.spec.volumes[].csi.readOnly must be set to 'true'; the certificate files are served read-only",
+        ));
+    }
+    let pod = PodInfo {
+        name: required_pod_field(ctx, kubelet::POD_NAME)?,
+        namespace: required_pod_field(ctx, kubelet::POD_NAMESPACE)?,
+        uid: required_pod_field(ctx, kubelet::POD_UID)?,
+        service_account: required_pod_field(ctx, kubelet::SERVICE_ACCOUNT_NAME)?,
+    };
+    let vars = Variables {
+        pod_name: &pod.name,
+        pod_namespace: &pod.namespace,
+        pod_uid: &pod.uid,
+        service_account_name: &pod.service_account,
+    };
+
+    let annotations = check_keys(ctx, &mut warnings)?;
+    let issuer = parse_issuer(ctx)?;
+    let subject = parse_subject(ctx, &vars, &mut warnings)?;
+    let sans = parse_sans(ctx, &vars)?;
+
+    let duration = match get(ctx, keys::DURATION) {
+        Some(v) => positive_duration(keys::DURATION, v)?,
+        None => DEFAULT_DURATION,
+    };
+    let renew_before = match get(ctx, keys::RENEW_BEFORE) {
+        Some(v) => {
+            let renew = positive_duration(keys::RENEW_BEFORE, v)?;
+            if renew >= duration {
+                warnings.push(AttributeWarning {
+                    attribute: keys::RENEW_BEFORE.to_string(),
+                    message: format!(
+                        "{v:?} is not less than the duration {}, so it is ignored and the certificate renews a third of its lifetime before expiry",
+                        duration::format_go(duration)
+                    ),
+                });
+                None
+            } else {
+                Some(renew)
+            }
+        }
+        None => None,
+    };
+    let is_ca = boolean(ctx, keys::IS_CA)?.unwrap_or(false);
+    let usages = parse_usages(ctx)?;
+    let key = parse_key(ctx)?;
+
+    let certificate_file = file_name(ctx, keys::CERTIFICATE_FILE, DEFAULT_CERTIFICATE_FILE)?;
+    let private_key_file = file_name(ctx, keys::PRIVATE_KEY_FILE, DEFAULT_PRIVATE_KEY_FILE)?;
+    let ca_file = file_name(ctx, keys::CA_FILE, DEFAULT_CA_FILE)?;
+    let pkcs12 = parse_pkcs12(ctx)?;
+    let mut files = vec![
+        (keys::CERTIFICATE_FILE, certificate_file.as_str()),
+        (keys::PRIVATE_KEY_FILE, private_key_file.as_str()),
+        (keys::CA_FILE, ca_file.as_str()),
+    ];
+    if let Some(p) = &pkcs12 {
+        files.push((keys::PKCS12_FILENAME, p.filename.as_str()));
+    }
+    for (i, (key, name)) in files.iter().enumerate() {
+        if let Some((earlier, _)) = files[..i].iter().find(|(_, n)| n == name) {
+            return Err(error(
+                key,
+                format!(
+                    "the file name {name:?} is also used by {earlier}; every output file needs its own name, so change one of them"
+                ),
+            ));
+        }
+    }
+
+    let fs_group = parse_fs_group(ctx, input.volume_mount_group)?;
+    let reuse_private_key = boolean(ctx, keys::REUSE_PRIVATE_KEY)?.unwrap_or(false);
+    let tokens = ctx
+        .get(kubelet::SERVICE_ACCOUNT_TOKENS)
+        .filter(|t| !t.is_empty())
+        .map(|t| SecretString::new(t.clone()));
+
+    Ok(VolumeSpec {
+        volume_id: input.volume_id.to_string(),
+        target_path: PathBuf::from(input.target_path),
+        pod,
+        issuer,
+        subject,
+        sans,
+        duration,
+        renew_before,
+        is_ca,
+        usages,
+        key,
+        certificate_file,
+        private_key_file,
+        ca_file,
+        pkcs12,
+        fs_group,
+        reuse_private_key,
+        annotations,
+        tokens,
+        warnings,
+    })
+}
+
+fn required_pod_field(ctx: &HashMap<String, String>, key: &str) -> Result<String, AttributeError> {
+    match ctx.get(key).filter(|v| !v.is_empty()) {
+        Some(v) => Ok(v.clone()),
+        None => Err(error(
+            key,
+            "is missing from the volume context; the kubelet adds it only when the CSIDriver object sets podInfoOnMount: true, so set that and recreate the pod",
+        )),
+    }
+}
+
+/// Sorts every key into: our attribute, a kubelet key, an annotation to pass
+/// through, or an error. Returns the annotations.
+fn check_keys(
+    ctx: &HashMap<String, String>,
+    warnings: &mut Vec<AttributeWarning>,
+) -> Result<BTreeMap<String, String>, AttributeError> {
+    let mut sorted: Vec<(&String, &String)> = ctx.iter().collect();
+    sorted.sort();
+    let mut annotations = BTreeMap::new();
+    for (key, value) in sorted {
+        if let Some(suffix) = key.strip_prefix(PREFIX) {
+            if attributes::find(key).is_none() {
+                return Err(error(key, unknown_attribute_message(suffix)));
+            }
+            continue;
+        }
+        let Some((group, name)) = key.split_once('/') else {
+            if let Some(doc) = attributes::suggest(key) {
+                return Err(error(
+                    key,
+                    format!(
+                        "has no prefix, so it means nothing to cert-csi; did you mean {}?",
+                        doc.full_key()
+                    ),
+                ));
+            }
+            warnings.push(AttributeWarning {
+                attribute: key.clone(),
+                message: "has no prefix and is not a cert-csi attribute, so it is ignored"
+                    .to_string(),
+            });
+            continue;
+        };
+        if group == KUBELET_GROUP {
+            // The kubelet may add keys in future versions.
+            continue;
+        }
+        if group == RESERVED_GROUP {
+            return Err(error(
+                key,
+                format!(
+                    "the prefix {RESERVED_GROUP}/ is reserved for cert-csi's own attributes and this version defines none; use the {PREFIX} attributes, or a prefix of your own for annotations"
+                ),
+            ));
+        }
+        let target = PREFIX.trim_end_matches('/');
+        // A near-miss prefix on an attribute name is a typo, not an annotation:
+        // as an annotation it would change nothing about the certificate.
+        let lowered = name.to_ascii_lowercase();
+        if attributes::edit_distance(&group.to_ascii_lowercase(), target) <= 4
+            && let Some(doc) = ATTRIBUTES
+                .iter()
+                .find(|a| attributes::edit_distance(&lowered, a.key) <= 1)
+        {
+            return Err(error(
+                key,
+                format!(
+                    "did you mean {}? Keys with other prefixes are copied to the CertificateRequest as annotations and do not change the certificate",
+                    doc.full_key()
+                ),
+            ));
+        }
+        if let Err(reason) = rules::check_annotation_key(key) {
+            return Err(error(
+                key,
+                format!(
+                    "is copied to the CertificateRequest as an annotation, but it is not a valid annotation key: {reason}; fix the key or remove it"
+                ),
+            ));
+        }
+        annotations.insert(key.clone(), value.clone());
+    }
+    Ok(annotations)
+}
+
+fn unknown_attribute_message(suffix: &str) -> String {
+    let why =
+        "cert-csi rejects unknown attributes so that a typo cannot silently change the certificate";
+    match attributes::suggest(suffix) {
+        Some(doc) => format!(
+            "unknown attribute; did you mean {}? ({why})",
+            doc.full_key()
+        ),
+        None => {
+            let known: Vec<&str> = ATTRIBUTES.iter().map(|a| a.key).collect();
+            format!(
+                "unknown attribute ({why}); the known attributes are {PREFIX} followed by one of: {}",
+                known.join(", ")
+            )
+        }
+    }
+}
+
+fn parse_issuer(ctx: &HashMap<String, String>) -> Result<IssuerRef, AttributeError> {
+    let name = get(ctx, keys::ISSUER_NAME).ok_or_else(|| {
+        error(
+            keys::ISSUER_NAME,
+            "is required; set it to the name of the Issuer (in the pod's namespace) or ClusterIssuer that signs the certificate",
+        )
+    })?;
+    rules::check_dns1123_subdomain(name).map_err(|m| {
+        error(
+            keys::ISSUER_NAME,
+            format!("{m}; it must be the metadata.name of an issuer"),
+        )
+    })?;
+    let group = get(ctx, keys::ISSUER_GROUP).unwrap_or(CERT_MANAGER_GROUP);
+    rules::check_dns1123_subdomain(group).map_err(|m| {
+        error(
+            keys::ISSUER_GROUP,
+            format!("{m}; it must be an API group such as cert-manager.io"),
+        )
+    })?;
+    let kind = get(ctx, keys::ISSUER_KIND).unwrap_or("Issuer");
+    if group == CERT_MANAGER_GROUP {
+        if kind != "Issuer" && kind != "ClusterIssuer" {
+            let hint = ["Issuer", "ClusterIssuer"]
+                .into_iter()
+                .find(|k| k.eq_ignore_ascii_case(kind))
+                .map(|k| format!(" (did you mean {k}? kinds are case-sensitive)"))
+                .unwrap_or_default();
+            return Err(error(
+                keys::ISSUER_KIND,
+                format!(
+                    "{kind:?} is not a cert-manager.io issuer kind{hint}; use Issuer or ClusterIssuer, or set csi.cert-manager.io/issuer-group to the group of an external issuer"
+                ),
+            ));
+        }
+    } else {
+        let valid = kind.starts_with(|c: char| c.is_ascii_alphabetic())
+            && kind.chars().all(|c| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(error(
+                keys::ISSUER_KIND,
+                format!(
+                    "{kind:?} is not a Kubernetes kind; a kind is a letter followed by letters and digits, e.g. AWSPCAClusterIssuer"
+                ),
+            ));
+        }
+    }
+    Ok(IssuerRef {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        group: group.to_string(),
+    })
+}
+
+fn expanded(key: &str, value: &str, vars: &Variables<'_>) -> Result<String, AttributeError> {
+    expand(value, vars).map_err(|e| error(key, e.to_string()))
+}
+
+/// Splits a list attribute, rejects empty entries and expands each entry.
+fn list(
+    ctx: &HashMap<String, String>,
+    key: &str,
+    escaped: bool,
+    vars: Option<&Variables<'_>>,
+) -> Result<Vec<String>, AttributeError> {
+    let Some(value) = get(ctx, key) else {
+        return Ok(Vec::new());
+    };
+    let entries = if escaped {
+        rules::split_escaped(value)
+    } else {
+        rules::split_plain(value)
+    };
+    if let Some(n) = rules::first_empty(&entries) {
+        let escape_hint = if escaped {
+            " (write \\, for a comma inside a value)"
+        } else {
+            ""
+        };
+        return Err(error(
+            key,
+            format!("entry {n} of {value:?} is empty; remove the extra comma{escape_hint}"),
+        ));
+    }
+    match vars {
+        Some(vars) => entries.iter().map(|e| expanded(key, e, vars)).collect(),
+        None => Ok(entries),
+    }
+}
+
+fn parse_subject(
+    ctx: &HashMap<String, String>,
+    vars: &Variables<'_>,
+    warnings: &mut Vec<AttributeWarning>,
+) -> Result<SubjectSpec, AttributeError> {
+    const FIELDS: [&str; 9] = [
+        keys::COMMON_NAME,
+        keys::ORGANIZATIONS,
+        keys::ORGANIZATIONAL_UNITS,
+        keys::COUNTRIES,
+        keys::PROVINCES,
+        keys::LOCALITIES,
+        keys::STREET_ADDRESSES,
+        keys::POSTAL_CODES,
+        keys::SERIAL_NUMBER,
+    ];
+    if let Some(literal) = get(ctx, keys::LITERAL_SUBJECT) {
+        // Upstream silently ignores the other subject attributes here. A pod
+        // spec written for upstream must keep working, so this is not an
+        // error, but it is not silent either: the warning reaches the logs
+        // and the pod's events.
+        let ignored: Vec<&str> = FIELDS
+            .into_iter()
+            .filter(|k| get(ctx, k).is_some())
+            .collect();
+        if !ignored.is_empty() {
+            warnings.push(AttributeWarning {
+                attribute: keys::LITERAL_SUBJECT.to_string(),
+                message: format!(
+                    "is set, so {} {} ignored; put those values into the literal subject or remove them",
+                    ignored.join(", "),
+                    if ignored.len() == 1 { "is" } else { "are" }
+                ),
+            });
+        }
+        // Expanded like upstream, so CN=$POD_NAME works in a literal subject.
+        let literal = expanded(keys::LITERAL_SUBJECT, literal, vars)?;
+        rules::check_rfc4514(&literal).map_err(|m| {
+            error(
+                keys::LITERAL_SUBJECT,
+                format!("{literal:?} is not a valid RFC 4514 distinguished name: {m}"),
+            )
+        })?;
+        return Ok(SubjectSpec {
+            literal: Some(literal),
+            ..SubjectSpec::default()
+        });
+    }
+    let single = |key: &str| -> Result<Option<String>, AttributeError> {
+        get(ctx, key).map(|v| expanded(key, v, vars)).transpose()
+    };
+    Ok(SubjectSpec {
+        literal: None,
+        common_name: single(keys::COMMON_NAME)?,
+        organizations: list(ctx, keys::ORGANIZATIONS, true, Some(vars))?,
+        organizational_units: list(ctx, keys::ORGANIZATIONAL_UNITS, true, Some(vars))?,
+        countries: list(ctx, keys::COUNTRIES, true, Some(vars))?,
+        provinces: list(ctx, keys::PROVINCES, true, Some(vars))?,
+        localities: list(ctx, keys::LOCALITIES, true, Some(vars))?,
+        street_addresses: list(ctx, keys::STREET_ADDRESSES, true, Some(vars))?,
+        postal_codes: list(ctx, keys::POSTAL_CODES, true, Some(vars))?,
+        serial_number: single(keys::SERIAL_NUMBER)?,
+    })
+}
+
+fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+fn parse_sans(
+    ctx: &HashMap<String, String>,
+    vars: &Variables<'_>,
+) -> Result<SanSpec, AttributeError> {
+    let dns_names = list(ctx, keys::DNS_NAMES, false, Some(vars))?;
+    for name in &dns_names {
+        rules::check_dns_name(name).map_err(|m| {
+            error(
+                keys::DNS_NAMES,
+                format!("{m}; fix the entry (after variable expansion it reads {name:?})"),
+            )
+        })?;
+    }
+    let mut ip_addresses = Vec::new();
+    for entry in list(ctx, keys::IP_SANS, false, None)? {
+        let ip: IpAddr = entry.parse().map_err(|_| {
+            error(
+                keys::IP_SANS,
+                format!(
+                    "{entry:?} is not an IPv4 or IPv6 address; write addresses such as 10.0.0.1 or fd00::1 (no ranges, ports or zone ids)"
+                ),
+            )
+        })?;
+        ip_addresses.push(ip);
+    }
+    let uris = list(ctx, keys::URI_SANS, false, Some(vars))?;
+    for uri in &uris {
+        check_uri(uri)?;
+    }
+    Ok(SanSpec {
+        dns_names: dedup(dns_names),
+        ip_addresses: dedup(ip_addresses),
+        uris: dedup(uris),
+        emails: Vec::new(),
+    })
+}
+
+fn check_uri(uri: &str) -> Result<(), AttributeError> {
+    let fail = |why: String| error(keys::URI_SANS, why);
+    if let Some(c) = uri.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(fail(format!(
+            "{uri:?} contains {c:?}; percent-encode it (a space is %20)"
+        )));
+    }
+    match url::Url::parse(uri) {
+        Ok(_) => Ok(()),
+        Err(url::ParseError::RelativeUrlWithoutBase) => Err(fail(format!(
+            "{uri:?} has no scheme; write an absolute URI such as spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME"
+        ))),
+        Err(e) => Err(fail(format!("{uri:?} is not a valid URI: {e}"))),
+    }
+}
+
+fn positive_duration(key: &str, value: &str) -> Result<Duration, AttributeError> {
+    let parsed = duration::parse_go(value).map_err(|e| {
+        let days_hint = match &e {
+            duration::DurationError::UnknownUnit { unit, .. } if unit == "d" => {
+                "; there is no day unit, write hours (720h is 30 days)"
+            }
+            _ => "",
+        };
+        error(key, format!("{e}{days_hint}"))
+    })?;
+    if parsed.is_zero() {
+        return Err(error(
+            key,
+            format!("{value:?} is zero; give a duration greater than zero, e.g. 1h"),
+        ));
+    }
+    Ok(parsed)
+}
+
+fn boolean(ctx: &HashMap<String, String>, key: &str) -> Result<Option<bool>, AttributeError> {
+    match get(ctx, key) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(error(
+            key,
+            format!(
+                "{other:?} is not allowed; write exactly true or false (lowercase, unquoted in the value)"
+            ),
+        )),
+    }
+}
+
+fn parse_usages(ctx: &HashMap<String, String>) -> Result<Vec<Usage>, AttributeError> {
+    let names = list(ctx, keys::KEY_USAGES, false, None)?;
+    if names.is_empty() {
+        return Ok(Usage::defaults());
+    }
+    let mut usages = Vec::with_capacity(names.len());
+    for name in names {
+        let usage = Usage::from_name(&name).ok_or_else(|| {
+            let hint = Usage::from_name(&name.to_ascii_lowercase())
+                .map(|u| format!(" (did you mean {:?}? usage names are lowercase)", u.name()))
+                .unwrap_or_default();
+            let valid: Vec<&str> = Usage::ALL.iter().map(|(_, n)| *n).collect();
+            error(
+                keys::KEY_USAGES,
+                format!(
+                    "{name:?} is not a cert-manager key usage{hint}; use a comma-separated list of: {}",
+                    valid.join(", ")
+                ),
+            )
+        })?;
+        usages.push(usage);
+    }
+    Ok(dedup(usages))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Rsa,
+    Ecdsa,
+    Ed25519,
+}
+
+fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
+    let algorithm = match get(ctx, keys::KEY_ALGORITHM) {
+        None => Algorithm::Rsa,
+        Some(v) if v.eq_ignore_ascii_case("rsa") => Algorithm::Rsa,
+        Some(v) if v.eq_ignore_ascii_case("ecdsa") => Algorithm::Ecdsa,
+        Some(v) if v.eq_ignore_ascii_case("ed25519") => Algorithm::Ed25519,
+        Some(v) => {
+            return Err(error(
+                keys::KEY_ALGORITHM,
+                format!("{v:?} is not supported; use RSA, ECDSA or Ed25519"),
+            ));
+        }
+    };
+    let size = get(ctx, keys::KEY_SIZE);
+    let number = |v: &str| -> Result<u32, AttributeError> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(error(
+                keys::KEY_SIZE,
+                format!(
+                    "{v:?} is not a number; write the size in bits, e.g. 2048 for RSA or 256 for ECDSA"
+                ),
+            ));
+        }
+        // Digits only, so the one failure left is a number too large for u32.
+        Ok(v.parse().unwrap_or(u32::MAX))
+    };
+    let key_algorithm = match algorithm {
+        Algorithm::Rsa => {
+            let bits = match size {
+                None => 2048,
+                Some(v) => number(v)?,
+            };
+            if !matches!(bits, 2048 | 3072 | 4096 | 8192) {
+                let why = if bits < 2048 {
+                    "is too small; RSA keys must be at least 2048 bits"
+                } else if bits > 8192 {
+                    "is too large; RSA keys can be at most 8192 bits"
+                } else {
+                    "is not a size cert-csi can generate"
+                };
+                return Err(error(
+                    keys::KEY_SIZE,
+                    format!("{bits} {why}; use 2048, 3072, 4096 or 8192"),
+                ));
+            }
+            KeyAlgorithm::Rsa { bits }
+        }
+        Algorithm::Ecdsa => {
+            let curve = match size.map(number).transpose()? {
+                None | Some(256) => Curve::P256,
+                Some(384) => Curve::P384,
+                Some(521) => Curve::P521,
+                Some(other) => {
+                    return Err(error(
+                        keys::KEY_SIZE,
+                        format!(
+                            "{other} is not an ECDSA size; use 256, 384 or 521 (the curves P-256, P-384 and P-521)"
+                        ),
+                    ));
+                }
+            };
+            KeyAlgorithm::Ecdsa(curve)
+        }
+        Algorithm::Ed25519 => {
+            if let Some(v) = size {
+                return Err(error(
+                    keys::KEY_SIZE,
+                    format!(
+                        "{v:?} is set, but Ed25519 keys have a fixed size; remove csi.cert-manager.io/key-size"
+                    ),
+                ));
+            }
+            KeyAlgorithm::Ed25519
+        }
+    };
+    let encoding = match get(ctx, keys::KEY_ENCODING) {
+        None if algorithm == Algorithm::Rsa => KeyEncoding::Pkcs1,
+        None => KeyEncoding::Pkcs8,
+        Some(v) if v.eq_ignore_ascii_case("pkcs8") => KeyEncoding::Pkcs8,
+        Some(v) if v.eq_ignore_ascii_case("pkcs1") => {
+            if algorithm != Algorithm::Rsa {
+                return Err(error(
+                    keys::KEY_ENCODING,
+                    format!(
+                        "{v:?} holds only RSA keys, and the key algorithm is not RSA; use PKCS8 or remove the attribute"
+                    ),
+                ));
+            }
+            KeyEncoding::Pkcs1
+        }
+        Some(v) => {
+            return Err(error(
+                keys::KEY_ENCODING,
+                format!("{v:?} is not supported; use PKCS1 (RSA only) or PKCS8"),
+            ));
+        }
+    };
+    Ok(KeySpec {
+        algorithm: key_algorithm,
+        encoding,
+    })
+}
+
+fn file_name(
+    ctx: &HashMap<String, String>,
+    key: &str,
+    default: &str,
+) -> Result<String, AttributeError> {
+    // An empty value means the default, as upstream.
+    let name = get(ctx, key).unwrap_or(default);
+    rules::check_file_name(name).map_err(|m| error(key, m))?;
+    Ok(name.to_string())
+}
+
+fn parse_pkcs12(ctx: &HashMap<String, String>) -> Result<Option<Pkcs12Spec>, AttributeError> {
+    let enabled = boolean(ctx, keys::PKCS12_ENABLE)?;
+    if enabled != Some(true) {
+        let state = match enabled {
+            Some(_) => "is \"false\"",
+            None => "is not set",
+        };
+        for key in [keys::PKCS12_FILENAME, keys::PKCS12_PASSWORD] {
+            if get(ctx, key).is_some() {
+                return Err(error(
+                    key,
+                    format!(
+                        "is only used when {} is \"true\", and it {state}; set pkcs12-enable to \"true\" to write a keystore, or remove this attribute",
+                        keys::PKCS12_ENABLE
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let filename = file_name(ctx, keys::PKCS12_FILENAME, DEFAULT_PKCS12_FILE)?;
+    // The password is never echoed, not even in an error.
+    let password = get(ctx, keys::PKCS12_PASSWORD).ok_or_else(|| {
+        error(
+            keys::PKCS12_PASSWORD,
+            format!(
+                "is required because {} is \"true\"; set the keystore password",
+                keys::PKCS12_ENABLE
+            ),
+        )
+    })?;
+    Ok(Some(Pkcs12Spec {
+        filename,
+        password: SecretString::new(password),
+    }))
+}
+
+fn parse_fs_group(
+    ctx: &HashMap<String, String>,
+    volume_mount_group: Option<&str>,
+) -> Result<Option<u32>, AttributeError> {
+    let from_attribute = match get(ctx, keys::FS_GROUP) {
+        None => None,
+        Some(v) => {
+            let gid = v
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| v.parse::<u64>().ok())
+                .flatten()
+                .filter(|g| (1..=u64::from(u32::MAX)).contains(g));
+            match gid {
+                Some(g) => Some(g as u32),
+                None => {
+                    return Err(error(
+                        keys::FS_GROUP,
+                        format!(
+                            "{v:?} is not a group id; write an integer from 1 to 4294967295 (the pod's fsGroup is used when this is unset)"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    // The kubelet passes the pod's fsGroup here. 0 is accepted: a pod that
+    // runs with fsGroup 0 asked for the root group, and refusing it would
+    // break a valid pod; only the attribute is limited to 1..=4294967295.
+    let from_kubelet = match volume_mount_group.filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match v
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| v.parse::<u32>().ok())
+        {
+            Some(Some(g)) => Some(g),
+            _ => {
+                return Err(error(
+                    "volume_mount_group",
+                    format!(
+                        "{v:?} from the kubelet is not a group id (an integer from 0 to 4294967295); check the pod's securityContext.fsGroup"
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(from_attribute.or(from_kubelet))
+}
+
+/// A stable fingerprint of a volume context, leaving out the service
+/// account tokens (they change on every republish while the request stays
+/// the same). Equal fingerprints mean an unchanged volume; the hash is
+/// SHA-256 over the sorted, length-prefixed keys and values.
+pub fn context_fingerprint<'a, I>(context: I) -> String
+where
+    I: IntoIterator<Item = (&'a String, &'a String)>,
+{
+    let mut entries: Vec<(&String, &String)> = context
+        .into_iter()
+        .filter(|(k, _)| k.as_str() != kubelet::SERVICE_ACCOUNT_TOKENS)
+        .collect();
+    entries.sort();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (k, v) in entries {
+        for part in [k, v] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+    }
+    hex::encode(ctx.finish().as_ref())
+}
+
+/// The context as it may be kept in node state: everything except the
+/// service account tokens, which are never stored.
+pub fn context_without_tokens(context: &HashMap<String, String>) -> BTreeMap<String, String> {
+    context
+        .iter()
+        .filter(|(k, _)| k.as_str() != kubelet::SERVICE_ACCOUNT_TOKENS)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
