@@ -1,0 +1,321 @@
+//! The real kubectl against `cert-csi sandbox` running as a subprocess: the
+//! independent check that the sandbox speaks real Kubernetes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Kills a child process by pid when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+struct Env {
+    _sandbox: Killed,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Env {
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        // A private HOME keeps kubectl's discovery cache out of the user's.
+        c.args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .current_dir(repo());
+        c
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("kubectl runs");
+        assert_ok(args, &out);
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn assert_ok(args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "kubectl {} failed: {}\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kubectl_present() -> bool {
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn start_sandbox() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+        .args([
+            "sandbox",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cert-manager-crds",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cert-csi sandbox starts");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Killed(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the sandbox prints its ready line");
+    let url = line
+        .strip_prefix("sandbox ready: ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+        .to_string();
+    assert!(line.contains(&kubeconfig.display().to_string()), "{line}");
+    Env {
+        _sandbox: guard,
+        dir,
+        url,
+    }
+}
+
+/// Removes what the server adds, so an object compares with what was applied.
+fn strip_server_fields(v: &mut Value) {
+    let m = v["metadata"].as_object_mut().unwrap();
+    for k in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "generation",
+        "managedFields",
+    ] {
+        m.remove(k);
+    }
+    if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+#[test]
+fn kubectl_drives_the_sandbox() {
+    if !kubectl_present() {
+        assert!(std::env::var("CI").is_err(), "kubectl is required in CI");
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let env = start_sandbox();
+
+    let out = env.kubectl(&["version", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["serverVersion"]["gitVersion"], "v1.33.0");
+
+    // CRDs from the repository, applied with client-side validation on.
+    let out = env.kubectl(&["apply", "-f", "deploy/crds/"]);
+    assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/certificaterequests.cert-manager.io created"), "{out}");
+    let out = env.kubectl(&["create", "namespace", "sandbox-e2e"]);
+    assert_eq!(out.trim(), "namespace/sandbox-e2e created");
+
+    let out = env.kubectl(&["apply", "-f", "tests/fixtures/sandbox/"]);
+    for want in [
+        "certificaterequest.cert-manager.io/demo-request created",
+        "certificate.cert-manager.io/demo-cert created",
+        "issuer.cert-manager.io/letsencrypt created",
+    ] {
+        assert!(out.contains(want), "{want} in {out}");
+    }
+    // Applying again is a no-op, through the server's patch path.
+    let out = env.kubectl(&["apply", "-f", "tests/fixtures/sandbox/"]);
+    assert!(
+        out.contains("certificate.cert-manager.io/demo-cert unchanged"),
+        "{out}"
+    );
+
+    // Printer columns come through the server-side Table.
+    let out = env.kubectl(&["get", "cr", "-A"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        vec![
+            "NAMESPACE",
+            "NAME",
+            "APPROVED",
+            "DENIED",
+            "READY",
+            "ISSUER",
+            "REQUESTER",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .expect("one request")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..4],
+        &[
+            "sandbox-e2e",
+            "demo-request",
+            "letsencrypt",
+            "system:serviceaccount:sandbox-e2e:demo"
+        ]
+    );
+
+    // The Certificate reads back as applied, plus server fields.
+    let out = env.kubectl(&[
+        "get",
+        "cert",
+        "demo-cert",
+        "-n",
+        "sandbox-e2e",
+        "-o",
+        "yaml",
+    ]);
+    let mut got: Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert!(got["metadata"]["uid"].is_string() && got["metadata"]["resourceVersion"].is_string());
+    strip_server_fields(&mut got);
+    let want: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/sandbox/certificate.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, want);
+    // The Issuer's acme block is kept as written (preserve-unknown-fields).
+    let out = env.kubectl(&[
+        "get",
+        "issuer",
+        "letsencrypt",
+        "-n",
+        "sandbox-e2e",
+        "-o",
+        "json",
+    ]);
+    let issuer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        issuer["spec"]["acme"]["solvers"][0]["http01"]["ingress"]["ingressClassName"],
+        "nginx"
+    );
+
+    // Label selectors.
+    let out = env.kubectl(&[
+        "get",
+        "cert,cr",
+        "-n",
+        "sandbox-e2e",
+        "-l",
+        "tier=frontend",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(out.trim(), "certificate.cert-manager.io/demo-cert");
+    let out = env.kubectl(&[
+        "get",
+        "cert,cr",
+        "-n",
+        "sandbox-e2e",
+        "-l",
+        "tier notin (frontend)",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        out.trim(),
+        "certificaterequest.cert-manager.io/demo-request"
+    );
+
+    // A watch sees a Secret created by another client (kube::Client).
+    let mut watch = env.command(&["get", "secrets", "-n", "sandbox-e2e", "--watch"]);
+    let mut child = watch
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let watch_guard = Killed(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Give kubectl time to list and open its watch before the write.
+    std::thread::sleep(Duration::from_millis(1500));
+    let url = env.url.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        let config = kube::Config::new(url.parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, "sandbox-e2e");
+        let s = serde_json::from_value(serde_json::json!({"metadata": {"name": "watched-secret"}, "stringData": {"a": "b"}})).unwrap();
+        api.create(&Default::default(), &s).await.unwrap();
+    });
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => {
+                let hit = line.contains("watched-secret");
+                seen.push(line);
+                if hit {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    drop(watch_guard);
+    assert!(found, "kubectl --watch printed: {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NAME", "TYPE", "DATA", "AGE"]),
+        "{seen:?}"
+    );
+
+    // Delete, then it is gone.
+    let out = env.kubectl(&["delete", "cert", "demo-cert", "-n", "sandbox-e2e"]);
+    assert_eq!(
+        out.trim(),
+        r#"certificate.cert-manager.io "demo-cert" deleted"#
+    );
+    let out = env
+        .command(&["get", "cert", "demo-cert", "-n", "sandbox-e2e"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"certificates.cert-manager.io "demo-cert" not found"#),
+        "{err}"
+    );
+}
