@@ -1,0 +1,763 @@
+//! The signer for SelfSigned and CA issuers, in the order of the reference's
+//! signer loop (cert-manager-api.md, "Signer loop").
+//!
+//! Requests are reconciled from a watch; Issuers, ClusterIssuers and Secret
+//! metadata are watched too and mapped back to the requests waiting on them,
+//! so a request that waits for an issuer or a key Secret moves as soon as
+//! that object appears. The result is written in one status update guarded
+//! by resourceVersion: two workers racing on one request cannot both store a
+//! certificate, because the second write is answered 409 and re-read.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
+use super::{ControllerOptions, Health};
+use crate::api::conditions::{ConditionStatus, messages, reasons, types};
+use crate::api::well_known::PRIVATE_KEY_SECRET_NAME;
+use crate::api::{
+    CLUSTER_ISSUER_KIND, CertificateRequest, CertificateRequestCondition, ClusterIssuer,
+    ISSUER_KIND, Issuer, IssuerRef, IssuerSpec, IssuerType, PemBytes,
+};
+use crate::pki::rules::check_request_parsed;
+use crate::pki::sign::{SignError, Signed};
+use crate::pki::{PrivateKey, SignParams, Usage, check_issued};
+use crate::shutdown::CancellationToken;
+
+/// Steps 1–5 of the signer loop, which need only the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Another API group's issuer: not ours.
+    Ignore,
+    /// Denied: write Ready=False reason Denied (once).
+    MarkDenied,
+    /// Terminal (invalid, failed, issued): nothing more to do.
+    Stop,
+    /// Not approved yet: wait for the approval to arrive through the watch.
+    Wait,
+    /// Go on to the issuer.
+    Proceed,
+}
+
+pub fn gate(request: &CertificateRequest) -> Gate {
+    if !request.spec.issuer_ref.is_cert_manager_group() {
+        return Gate::Ignore;
+    }
+    if request.is_denied() {
+        let already = request.condition(types::READY).is_some_and(|c| {
+            c.status == ConditionStatus::False && c.reason.as_deref() == Some(reasons::DENIED)
+        });
+        return if already {
+            Gate::Stop
+        } else {
+            Gate::MarkDenied
+        };
+    }
+    if request.is_invalid_request() {
+        return Gate::Stop;
+    }
+    if !request.is_approved() {
+        return Gate::Wait;
+    }
+    if request.is_failed() || request.is_issued() {
+        return Gate::Stop;
+    }
+    Gate::Proceed
+}
+
+/// What a reconcile decided to write.
+#[derive(Debug)]
+enum Outcome {
+    /// Nothing to write.
+    Nothing,
+    /// Set Ready (Pending or Denied); `retry` re-checks later when no watch
+    /// would notice the fix (e.g. a CA Secret that fails to sign).
+    Ready {
+        condition: CertificateRequestCondition,
+        retry: Option<Duration>,
+    },
+    /// Terminal failure; `invalid` also sets InvalidRequest=True.
+    Failed {
+        message: String,
+        invalid: bool,
+    },
+    Issued(Signed),
+}
+
+fn pending(reason_detail: &str, message: String) -> CertificateRequestCondition {
+    // cert-manager reports IssuerNotFound/IssuerNotReady as the Pending reason.
+    CertificateRequestCondition::new(types::READY, ConditionStatus::False, reason_detail, message)
+}
+
+/// The request's `spec.usages`, `spec.isCA` and `spec.duration` as signing
+/// parameters. Errors are terminal: the spec is immutable.
+pub fn sign_params(request: &CertificateRequest) -> Result<SignParams, String> {
+    let spec = &request.spec;
+    let mut usages = Vec::new();
+    for name in spec.usages.iter().flatten() {
+        let usage = Usage::from_name(name).ok_or_else(|| {
+            format!(
+                "spec.usages: {name:?} is not a key usage; use names such as \"digital signature\", \"key encipherment\", \"server auth\" or \"client auth\""
+            )
+        })?;
+        usages.push(usage);
+    }
+    let duration = match spec.duration.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(crate::volume::duration::parse_go(text).map_err(|e| {
+            format!("spec.duration: {text:?} is not a Go duration ({e}); write e.g. 2160h")
+        })?),
+    };
+    Ok(SignParams {
+        duration,
+        usages,
+        is_ca: spec.is_ca.unwrap_or(false),
+        ..Default::default()
+    })
+}
+
+fn failed_from_sign_error(e: SignError) -> Outcome {
+    let invalid = matches!(e, SignError::Request(_) | SignError::Duration { .. });
+    Outcome::Failed {
+        message: e.to_string(),
+        invalid,
+    }
+}
+
+struct Context {
+    client: kube::Client,
+    cluster_resource_namespace: String,
+    issuers: Store<Issuer>,
+    cluster_issuers: Store<ClusterIssuer>,
+}
+
+/// The issuer named by `reference`, from the watched caches.
+async fn find_issuer(
+    ctx: &Context,
+    namespace: &str,
+    reference: &IssuerRef,
+) -> Option<(IssuerSpec, bool, String)> {
+    if reference.is_cluster_issuer() {
+        let _ = ctx.cluster_issuers.wait_until_ready().await;
+        ctx.cluster_issuers
+            .get(&ObjectRef::new(&reference.name))
+            .map(|i| {
+                (
+                    i.spec.clone(),
+                    i.is_ready(),
+                    ctx.cluster_resource_namespace.clone(),
+                )
+            })
+    } else if reference.kind_or_default() == ISSUER_KIND {
+        let _ = ctx.issuers.wait_until_ready().await;
+        ctx.issuers
+            .get(&ObjectRef::new(&reference.name).within(namespace))
+            .map(|i| (i.spec.clone(), i.is_ready(), namespace.to_owned()))
+    } else {
+        None
+    }
+}
+
+async fn read_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, ReconcileError> {
+    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(ReconcileError::api("reading a Secret"))
+}
+
+fn secret_field<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.as_slice())
+        .filter(|b| !b.is_empty())
+}
+
+/// Steps 6–10 and the signature itself.
+async fn evaluate(request: &CertificateRequest, ctx: &Context) -> Result<Outcome, ReconcileError> {
+    match gate(request) {
+        Gate::Ignore | Gate::Stop | Gate::Wait => return Ok(Outcome::Nothing),
+        Gate::MarkDenied => {
+            return Ok(Outcome::Ready {
+                condition: CertificateRequestCondition::new(
+                    types::READY,
+                    ConditionStatus::False,
+                    reasons::DENIED,
+                    "The CertificateRequest was denied by an approval controller",
+                ),
+                retry: None,
+            });
+        }
+        Gate::Proceed => {}
+    }
+    let namespace = request.metadata.namespace.as_deref().unwrap_or_default();
+    let reference = &request.spec.issuer_ref;
+    let kind = reference.kind_or_default();
+    let Some((spec, ready, secret_namespace)) = find_issuer(ctx, namespace, reference).await else {
+        if kind != ISSUER_KIND && kind != CLUSTER_ISSUER_KIND {
+            // A kind of cert-manager.io that is not an issuer: not ours.
+            return Ok(Outcome::Nothing);
+        }
+        return Ok(Outcome::Ready {
+            condition: pending(
+                reasons::ISSUER_NOT_FOUND,
+                format!(
+                    "Referenced {kind} {:?} not found; create it or fix spec.issuerRef (waiting for it to appear)",
+                    reference.name
+                ),
+            ),
+            retry: None,
+        });
+    };
+    let issuer_type = match spec.issuer_type("Issuer") {
+        Ok(t @ (IssuerType::SelfSigned(_) | IssuerType::Ca(_))) => t,
+        // Another signer's issuer type, or a spec its own controller reports on.
+        _ => return Ok(Outcome::Nothing),
+    };
+    if !ready {
+        return Ok(Outcome::Ready {
+            condition: pending(
+                reasons::ISSUER_NOT_READY,
+                format!(
+                    "Referenced {kind} {:?} does not have a Ready status condition; waiting for it to become Ready",
+                    reference.name
+                ),
+            ),
+            retry: None,
+        });
+    }
+    let status = request.status.clone().unwrap_or_default();
+    if status.certificate.as_ref().is_some_and(|c| !c.is_empty()) {
+        return Ok(Outcome::Nothing);
+    }
+
+    let mut params = match sign_params(request) {
+        Ok(p) => p,
+        Err(message) => {
+            return Ok(Outcome::Failed {
+                message,
+                invalid: true,
+            });
+        }
+    };
+    let csr = request.spec.request.as_bytes();
+    let parsed = match check_request_parsed(csr, &params.usages, params.is_ca) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Outcome::Failed {
+                message: e.to_string(),
+                invalid: true,
+            });
+        }
+    };
+
+    let signed = match issuer_type {
+        IssuerType::Ca(ca) => {
+            params.crl_distribution_points = ca.crl_distribution_points.clone().unwrap_or_default();
+            params.ocsp_servers = ca.ocsp_servers.clone().unwrap_or_default();
+            params.issuing_certificate_urls =
+                ca.issuing_certificate_urls.clone().unwrap_or_default();
+            let retry = |message: String| Outcome::Ready {
+                condition: pending(reasons::PENDING, message),
+                retry: Some(Duration::from_secs(30)),
+            };
+            let Some(secret) = read_secret(ctx, &secret_namespace, &ca.secret_name).await? else {
+                return Ok(retry(format!(
+                    "Referenced CA secret {secret_namespace}/{} not found; waiting for it",
+                    ca.secret_name
+                )));
+            };
+            let (Some(crt), Some(key_pem)) = (
+                secret_field(&secret, "tls.crt"),
+                secret_field(&secret, "tls.key"),
+            ) else {
+                return Ok(retry(format!(
+                    "CA secret {secret_namespace}/{} lacks tls.crt or tls.key",
+                    ca.secret_name
+                )));
+            };
+            let key = match PrivateKey::from_pem(key_pem) {
+                Ok(k) => k,
+                Err(e) => {
+                    return Ok(retry(format!(
+                        "CA secret {secret_namespace}/{}: {e}",
+                        ca.secret_name
+                    )));
+                }
+            };
+            match crate::pki::sign_with_ca(csr, crt, &key, &params) {
+                Ok(s) => s,
+                Err(e @ (SignError::Request(_) | SignError::Duration { .. })) => {
+                    return Ok(failed_from_sign_error(e));
+                }
+                // The CA material is wrong; the issuers loop reports that and
+                // the request waits for the fix.
+                Err(e) => return Ok(retry(e.to_string())),
+            }
+        }
+        IssuerType::SelfSigned(selfsigned) => {
+            params.crl_distribution_points = selfsigned
+                .crl_distribution_points
+                .clone()
+                .unwrap_or_default();
+            let Some(secret_name) = request
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PRIVATE_KEY_SECRET_NAME))
+                .filter(|s| !s.is_empty())
+            else {
+                return Ok(Outcome::Failed {
+                    message: format!(
+                        "Annotation {PRIVATE_KEY_SECRET_NAME} is missing; a SelfSigned issuer needs it to name the Secret holding the request's private key (tls.key)"
+                    ),
+                    invalid: false,
+                });
+            };
+            let Some(secret) = read_secret(ctx, namespace, secret_name).await? else {
+                return Ok(Outcome::Ready {
+                    condition: pending(
+                        reasons::PENDING,
+                        format!(
+                            "Referenced private key secret {namespace}/{secret_name} not found; waiting for it"
+                        ),
+                    ),
+                    retry: None,
+                });
+            };
+            let key = match secret_field(&secret, "tls.key").map(PrivateKey::from_pem) {
+                Some(Ok(k)) => k,
+                Some(Err(e)) => {
+                    return Ok(Outcome::Failed {
+                        message: format!("private key secret {namespace}/{secret_name}: {e}"),
+                        invalid: false,
+                    });
+                }
+                None => {
+                    return Ok(Outcome::Failed {
+                        message: format!(
+                            "private key secret {namespace}/{secret_name} has no tls.key; store the request's private key there"
+                        ),
+                        invalid: false,
+                    });
+                }
+            };
+            match crate::pki::sign_self_signed(csr, &key, &params) {
+                Ok(s) => s,
+                Err(e) => return Ok(failed_from_sign_error(e)),
+            }
+        }
+        _ => unreachable!("only SelfSigned and CA pass the issuer type check"),
+    };
+    // Loop guards: never store a certificate for another key, or one
+    // already expired.
+    if let Err(e) = check_issued(
+        signed.certificate_pem.as_bytes(),
+        &parsed.spki_der,
+        SystemTime::now(),
+    ) {
+        return Ok(Outcome::Failed {
+            message: e.to_string(),
+            invalid: false,
+        });
+    }
+    Ok(Outcome::Issued(signed))
+}
+
+fn issued_message(signed: &Signed) -> String {
+    if signed.capped {
+        let not_after = jiff::Timestamp::try_from(signed.not_after)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        format!(
+            "{}; notAfter was capped at the CA certificate's notAfter ({not_after}), which is sooner than spec.duration",
+            messages::ISSUED
+        )
+    } else {
+        messages::ISSUED.to_owned()
+    }
+}
+
+/// Applies `outcome` to `request`; `None` when nothing changes.
+fn apply(
+    mut request: CertificateRequest,
+    outcome: Outcome,
+) -> Option<(CertificateRequest, Action)> {
+    let now = status::now();
+    let status = request.status.get_or_insert_with(Default::default);
+    let action = Action::await_change();
+    match outcome {
+        Outcome::Nothing => return None,
+        Outcome::Ready { condition, retry } => {
+            let current = crate::api::conditions::find(status.conditions(), types::READY);
+            let unchanged = current.is_some_and(|c| {
+                c.status == condition.status
+                    && c.reason == condition.reason
+                    && c.message == condition.message
+            });
+            let action = retry.map_or(Action::await_change(), Action::requeue);
+            if unchanged {
+                return None;
+            }
+            status.set_condition(condition, now);
+            return Some((request, action));
+        }
+        Outcome::Failed { message, invalid } => {
+            if invalid {
+                status.set_condition(
+                    CertificateRequestCondition::new(
+                        types::INVALID_REQUEST,
+                        ConditionStatus::True,
+                        reasons::FAILED,
+                        message.clone(),
+                    ),
+                    now.clone(),
+                );
+            }
+            status.set_condition(
+                CertificateRequestCondition::new(
+                    types::READY,
+                    ConditionStatus::False,
+                    reasons::FAILED,
+                    message,
+                ),
+                now.clone(),
+            );
+            status.failure_time = Some(now);
+        }
+        Outcome::Issued(signed) => {
+            status.set_condition(
+                CertificateRequestCondition::new(
+                    types::READY,
+                    ConditionStatus::True,
+                    reasons::ISSUED,
+                    issued_message(&signed),
+                ),
+                now,
+            );
+            status.certificate = Some(PemBytes::from(signed.certificate_pem.as_str()));
+            status.ca = Some(PemBytes::from(signed.ca_pem.as_str()));
+        }
+    }
+    Some((request, action))
+}
+
+async fn reconcile(
+    request: Arc<CertificateRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = request.metadata.namespace.clone().unwrap_or_default();
+    let name = request.metadata.name.clone().unwrap_or_default();
+    let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut current = (*request).clone();
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let outcome = evaluate(&current, &ctx).await?;
+        let retry_unchanged = match &outcome {
+            Outcome::Ready {
+                retry: Some(after), ..
+            } => Some(*after),
+            _ => None,
+        };
+        let summary = match &outcome {
+            Outcome::Nothing => None,
+            Outcome::Ready { condition, .. } => condition.reason.clone(),
+            Outcome::Failed { .. } => Some(reasons::FAILED.to_owned()),
+            Outcome::Issued(_) => Some(reasons::ISSUED.to_owned()),
+        };
+        let Some((updated, action)) = apply(current.clone(), outcome) else {
+            return Ok(retry_unchanged.map_or(Action::await_change(), Action::requeue));
+        };
+        match status::replace_status(&api, &updated).await? {
+            Write::Done(_) => {
+                tracing::info!(%namespace, %name, ready = summary.as_deref().unwrap_or(""), "request updated");
+                return Ok(action);
+            }
+            Write::Conflict => {
+                // Someone wrote first; if they issued it, the gate stops.
+                match api
+                    .get_opt(&name)
+                    .await
+                    .map_err(ReconcileError::api("re-reading a CertificateRequest"))?
+                {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(Action::await_change()),
+                }
+            }
+        }
+    }
+    Err(ReconcileError::Contended {
+        what: format!("CertificateRequest {namespace}/{name}"),
+        attempts: CONFLICT_ATTEMPTS,
+    })
+}
+
+fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {
+    tracing::warn!(%error, "signer: reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Requests that may be waiting on the issuer `kind`/`name` in `namespace`
+/// (`None` for a ClusterIssuer).
+fn waiting_on(
+    store: &Store<CertificateRequest>,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<CertificateRequest>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|r| {
+            let reference = &r.spec.issuer_ref;
+            !r.is_finished()
+                && reference.is_cert_manager_group()
+                && reference.kind_or_default() == kind
+                && reference.name == name
+                && namespace.is_none_or(|ns| r.metadata.namespace.as_deref() == Some(ns))
+        })
+        .map(|r| ObjectRef::from_obj(&*r))
+        .collect()
+}
+
+/// Runs the signer until `shutdown` fires.
+pub async fn run(
+    client: kube::Client,
+    options: ControllerOptions,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let wc = watcher::Config::default;
+    let controller = Controller::new(Api::<CertificateRequest>::all(client.clone()), wc());
+    let requests = controller.store();
+
+    let (issuers, issuer_writer) = reflector::store::<Issuer>();
+    let issuer_events =
+        reflector::reflector(issuer_writer, watcher(Api::all(client.clone()), wc()))
+            .touched_objects();
+    let (cluster_issuers, cluster_writer) = reflector::store::<ClusterIssuer>();
+    let cluster_events =
+        reflector::reflector(cluster_writer, watcher(Api::all(client.clone()), wc()))
+            .touched_objects();
+    // Only names matter here (a SelfSigned key Secret appearing), so the
+    // watch carries metadata and no key bytes are cached.
+    let secret_events =
+        watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc()).touched_objects();
+
+    let (r1, r2, r3) = (requests.clone(), requests.clone(), requests.clone());
+    let controller = controller
+        .watches_stream(issuer_events, move |issuer: Issuer| {
+            waiting_on(
+                &r1,
+                ISSUER_KIND,
+                issuer.metadata.namespace.as_deref(),
+                issuer.metadata.name.as_deref().unwrap_or_default(),
+            )
+        })
+        .watches_stream(cluster_events, move |issuer: ClusterIssuer| {
+            waiting_on(
+                &r2,
+                CLUSTER_ISSUER_KIND,
+                None,
+                issuer.metadata.name.as_deref().unwrap_or_default(),
+            )
+        })
+        .watches_stream(secret_events, move |secret| {
+            let namespace = secret.metadata.namespace.unwrap_or_default();
+            let name = secret.metadata.name.unwrap_or_default();
+            r3.state()
+                .into_iter()
+                .filter(|r| {
+                    !r.is_finished()
+                        && r.metadata.namespace.as_deref() == Some(namespace.as_str())
+                        && r.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(PRIVATE_KEY_SECRET_NAME))
+                            == Some(&name)
+                })
+                .map(|r| ObjectRef::from_obj(&*r))
+                .collect::<Vec<_>>()
+        });
+    tokio::spawn(async move {
+        if requests.wait_until_ready().await.is_ok() {
+            health.loop_ready();
+        }
+    });
+    let ctx = Arc::new(Context {
+        client,
+        cluster_resource_namespace: options.cluster_resource_namespace,
+        issuers,
+        cluster_issuers,
+    });
+    controller
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "signer: controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CertificateRequestSpec, CertificateRequestStatus};
+
+    fn request(
+        conditions: &[(&str, ConditionStatus, &str)],
+        group: Option<&str>,
+    ) -> CertificateRequest {
+        let mut r = CertificateRequest::new(
+            "r",
+            CertificateRequestSpec {
+                request: PemBytes::from("csr"),
+                issuer_ref: IssuerRef {
+                    name: "ca".into(),
+                    kind: None,
+                    group: group.map(Into::into),
+                },
+                ..Default::default()
+            },
+        );
+        r.status = Some(CertificateRequestStatus {
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(t, s, reason)| CertificateRequestCondition::new(t, *s, reason, ""))
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        r
+    }
+
+    use ConditionStatus::{False, True};
+
+    #[test]
+    fn gate_follows_the_reference_order() {
+        let approved = (types::APPROVED, True, "cert-manager.io");
+        assert_eq!(
+            gate(&request(&[approved], Some("example.com"))),
+            Gate::Ignore
+        );
+        assert_eq!(
+            gate(&request(&[(types::DENIED, True, "x")], None)),
+            Gate::MarkDenied
+        );
+        assert_eq!(
+            gate(&request(
+                &[(types::DENIED, True, "x"), (types::READY, False, "Denied")],
+                None
+            )),
+            Gate::Stop
+        );
+        assert_eq!(
+            gate(&request(&[(types::INVALID_REQUEST, True, "x")], None)),
+            Gate::Stop
+        );
+        assert_eq!(gate(&request(&[], None)), Gate::Wait);
+        assert_eq!(
+            gate(&request(&[(types::READY, False, "Pending")], None)),
+            Gate::Wait
+        );
+        assert_eq!(
+            gate(&request(&[approved, (types::READY, False, "Failed")], None)),
+            Gate::Stop
+        );
+        assert_eq!(
+            gate(&request(&[approved, (types::READY, True, "Issued")], None)),
+            Gate::Stop
+        );
+        assert_eq!(
+            gate(&request(
+                &[approved, (types::READY, False, "Pending")],
+                None
+            )),
+            Gate::Proceed
+        );
+        assert_eq!(gate(&request(&[approved], Some(""))), Gate::Proceed);
+    }
+
+    #[test]
+    fn sign_params_from_spec() {
+        let mut r = request(&[], None);
+        r.spec.usages = Some(vec!["server auth".into(), "digital signature".into()]);
+        r.spec.duration = Some("1h30m".into());
+        r.spec.is_ca = Some(true);
+        let p = sign_params(&r).unwrap();
+        assert_eq!(p.usages, vec![Usage::ServerAuth, Usage::DigitalSignature]);
+        assert_eq!(p.duration, Some(Duration::from_secs(5400)));
+        assert!(p.is_ca);
+
+        r.spec.usages = Some(vec!["server-auth".into()]);
+        let err = sign_params(&r).unwrap_err();
+        assert!(
+            err.contains("spec.usages") && err.contains("server-auth"),
+            "{err}"
+        );
+
+        r.spec.usages = None;
+        r.spec.duration = Some("90 days".into());
+        let err = sign_params(&r).unwrap_err();
+        assert!(err.contains("spec.duration"), "{err}");
+    }
+
+    #[test]
+    fn pending_is_written_only_when_it_changes() {
+        let r = request(&[(types::READY, False, reasons::ISSUER_NOT_FOUND)], None);
+        let same =
+            CertificateRequestCondition::new(types::READY, False, reasons::ISSUER_NOT_FOUND, "");
+        assert!(
+            apply(
+                r.clone(),
+                Outcome::Ready {
+                    condition: same,
+                    retry: None
+                }
+            )
+            .is_none()
+        );
+        let other =
+            CertificateRequestCondition::new(types::READY, False, reasons::ISSUER_NOT_READY, "");
+        assert!(
+            apply(
+                r,
+                Outcome::Ready {
+                    condition: other,
+                    retry: None
+                }
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn failure_sets_invalid_request_and_failure_time() {
+        let r = request(&[], None);
+        let (r, _) = apply(
+            r,
+            Outcome::Failed {
+                message: "bad".into(),
+                invalid: true,
+            },
+        )
+        .unwrap();
+        assert!(r.is_failed() && r.is_invalid_request());
+        assert!(r.status.unwrap().failure_time.is_some());
+    }
+}

@@ -1,0 +1,68 @@
+//! Status writes shared by the loops.
+
+use std::fmt::Debug;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// A reconcile that could not finish; the loop retries it with backoff.
+#[derive(Debug, Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API call failed while {action}: {source}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{what} changed {attempts} times while being updated; retrying later")]
+    Contended { what: String, attempts: u32 },
+}
+
+impl ReconcileError {
+    pub fn api(action: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
+        move |source| ReconcileError::Api { action, source }
+    }
+}
+
+/// How a guarded write ended.
+pub enum Write<K> {
+    Done(K),
+    /// Someone else wrote first (HTTP 409); the caller re-reads and decides again.
+    Conflict,
+}
+
+/// Replaces the status of `object` on the condition that it is still at the
+/// resourceVersion it was read at. The API server answers 409 when another
+/// writer got there first, so two workers can never both write a decision
+/// made from the same stale read.
+pub async fn replace_status<K>(api: &Api<K>, object: &K) -> Result<Write<K>, ReconcileError>
+where
+    K: kube::Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    debug_assert!(
+        object.meta().resource_version.is_some(),
+        "a guarded write needs the resourceVersion it was read at"
+    );
+    match api
+        .replace_status(&name, &PostParams::default(), object)
+        .await
+    {
+        Ok(written) => Ok(Write::Done(written)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Write::Conflict),
+        Err(source) => Err(ReconcileError::Api {
+            action: "writing status",
+            source,
+        }),
+    }
+}
+
+pub fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// How often a loop re-reads and retries after conflicts within one reconcile.
+pub const CONFLICT_ATTEMPTS: u32 = 5;

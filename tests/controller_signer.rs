@@ -1,0 +1,664 @@
+//! The controller's approver, issuer status and signer, run in-process
+//! against the sandbox API server with a real kube::Client. Issued chains
+//! are checked with the openssl CLI.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cert_csi::api::conditions::{ConditionStatus, types};
+use cert_csi::api::{
+    CaIssuer, CertificateRequest, CertificateRequestCondition, CertificateRequestSpec,
+    ClusterIssuer, Issuer, IssuerRef, IssuerSpec, PemBytes, SelfSignedIssuer,
+};
+use cert_csi::controller::{ControllerOptions, EnabledControllers, Health};
+use cert_csi::pki::{
+    CsrOptions, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SignParams, SubjectSpec,
+    Usage,
+};
+use cert_csi::sandbox::{Sandbox, SandboxConfig};
+use cert_csi::shutdown::CancellationToken;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::wait::await_condition;
+
+const CLUSTER_NS: &str = "cert-manager";
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A sandbox with the controller running; both stop when dropped.
+struct Env {
+    client: kube::Client,
+    token: CancellationToken,
+    controller: Option<tokio::task::JoinHandle<()>>,
+    _sandbox: Sandbox,
+}
+
+impl Env {
+    async fn start(controllers: &str) -> Env {
+        let sandbox = Sandbox::start(SandboxConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            kubeconfig: None,
+            crds: cert_csi::api::crds(),
+            watch_window: 10_000,
+        })
+        .await
+        .expect("sandbox starts");
+        let client = sandbox.client();
+        for ns in [CLUSTER_NS, "team"] {
+            let namespace = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &namespace)
+                .await
+                .expect("namespace created");
+        }
+        let mut options = ControllerOptions::new(CLUSTER_NS);
+        options.enabled = EnabledControllers::parse(controllers).unwrap();
+        let token = CancellationToken::new();
+        let controller = tokio::spawn(cert_csi::controller::run(
+            client.clone(),
+            options,
+            Health::default(),
+            token.clone(),
+        ));
+        Env {
+            client,
+            token,
+            controller: Some(controller),
+            _sandbox: sandbox,
+        }
+    }
+
+    /// Cancels the token and checks that every loop stops promptly.
+    async fn stop(mut self) {
+        self.token.cancel();
+        let handle = self.controller.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("controller stops within 10s of cancellation")
+            .expect("controller task did not panic");
+    }
+
+    fn requests(&self, ns: &str) -> Api<CertificateRequest> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn create_secret(&self, ns: &str, name: &str, ca: &Ca) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(BTreeMap::from([
+                (
+                    "tls.crt".into(),
+                    ByteString(ca.cert_pem.clone().into_bytes()),
+                ),
+                (
+                    "tls.key".into(),
+                    ByteString(ca.key.to_pem(KeyEncoding::Pkcs8).unwrap().expose().to_vec()),
+                ),
+            ])),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("secret created");
+    }
+
+    async fn create_cluster_issuer(&self, name: &str, spec: IssuerSpec) {
+        Api::<ClusterIssuer>::all(self.client.clone())
+            .create(&PostParams::default(), &ClusterIssuer::new(name, spec))
+            .await
+            .expect("cluster issuer created");
+    }
+
+    async fn cluster_issuer_ready(
+        &self,
+        name: &str,
+        want: ConditionStatus,
+        reason: &str,
+    ) -> ClusterIssuer {
+        let api = Api::<ClusterIssuer>::all(self.client.clone());
+        let reason = reason.to_owned();
+        let found = tokio::time::timeout(
+            TIMEOUT,
+            await_condition(api.clone(), name, move |i: Option<&ClusterIssuer>| {
+                ready_of(i.and_then(|i| i.status.as_ref()).map(|s| s.conditions()))
+                    == Some((want, reason.clone()))
+            }),
+        )
+        .await;
+        let current = api.get(name).await.unwrap();
+        assert!(
+            matches!(found, Ok(Ok(Some(_)))),
+            "ClusterIssuer {name} never reached Ready={want}: {:?}",
+            current.status
+        );
+        current
+    }
+
+    async fn create_request(&self, ns: &str, request: CertificateRequest) {
+        self.requests(ns)
+            .create(&PostParams::default(), &request)
+            .await
+            .expect("request created");
+    }
+
+    /// Waits until `done` holds for the request and returns it.
+    async fn wait_request(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        done: impl Fn(&CertificateRequest) -> bool + Send + 'static,
+    ) -> CertificateRequest {
+        let api = self.requests(ns);
+        let found = tokio::time::timeout(
+            TIMEOUT,
+            await_condition(api.clone(), name, move |r: Option<&CertificateRequest>| {
+                r.is_some_and(&done)
+            }),
+        )
+        .await;
+        let current = api.get(name).await.unwrap();
+        assert!(
+            matches!(found, Ok(Ok(Some(_)))),
+            "request {ns}/{name} never became {what}: {:?}",
+            current.status
+        );
+        current
+    }
+
+    async fn wait_ready_reason(
+        &self,
+        ns: &str,
+        name: &str,
+        reason: &'static str,
+    ) -> CertificateRequest {
+        self.wait_request(ns, name, reason, move |r| r.ready_reason() == Some(reason))
+            .await
+    }
+
+    /// Approves by hand, as an external approver would (approver disabled).
+    async fn set_condition(&self, ns: &str, name: &str, type_: &str, reason: &str) {
+        let api = self.requests(ns);
+        let mut request = api.get(name).await.unwrap();
+        request
+            .status
+            .get_or_insert_with(Default::default)
+            .set_condition(
+                CertificateRequestCondition::new(
+                    type_,
+                    ConditionStatus::True,
+                    reason,
+                    "by the test",
+                ),
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
+        api.replace_status(name, &PostParams::default(), &request)
+            .await
+            .expect("status written");
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+fn ready_of(
+    conditions: Option<&[cert_csi::api::IssuerCondition]>,
+) -> Option<(ConditionStatus, String)> {
+    conditions?
+        .iter()
+        .find(|c| c.type_ == types::READY)
+        .map(|c| (c.status, c.reason.clone().unwrap_or_default()))
+}
+
+struct Ca {
+    key: PrivateKey,
+    cert_pem: String,
+}
+
+fn key() -> PrivateKey {
+    PrivateKey::generate(KeyAlgorithm::Ecdsa(Curve::P256)).unwrap()
+}
+
+fn make_ca(cn: &str, duration: Option<Duration>) -> Ca {
+    let key = key();
+    let subject = SubjectSpec {
+        common_name: Some(cn.into()),
+        ..Default::default()
+    };
+    let csr = cert_csi::pki::build_csr(&key, &subject, &SanSpec::default(), &CsrOptions::default())
+        .unwrap();
+    let signed = cert_csi::pki::sign_self_signed(
+        csr.pem.as_bytes(),
+        &key,
+        &SignParams {
+            is_ca: true,
+            duration,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    Ca {
+        key,
+        cert_pem: signed.certificate_pem,
+    }
+}
+
+fn ca_spec(secret: &str) -> IssuerSpec {
+    IssuerSpec {
+        ca: Some(CaIssuer {
+            secret_name: secret.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A request for `dns` signed by `key`; `csr_usages` are encoded in the CSR
+/// when given, `spec_usages` go into spec.usages.
+fn request(
+    name: &str,
+    issuer: IssuerRef,
+    key: &PrivateKey,
+    csr_usages: Option<(&[Usage], bool)>,
+    spec_usages: &[&str],
+) -> CertificateRequest {
+    let sans = SanSpec {
+        dns_names: vec![format!("{name}.example.com")],
+        ..Default::default()
+    };
+    let csr = cert_csi::pki::build_csr(
+        key,
+        &SubjectSpec::default(),
+        &sans,
+        &CsrOptions {
+            encode_usages: csr_usages,
+            critical_san_when_subject_empty: true,
+        },
+    )
+    .unwrap();
+    let mut r = CertificateRequest::new(
+        name,
+        CertificateRequestSpec {
+            request: PemBytes::from(csr.pem.as_str()),
+            issuer_ref: issuer,
+            usages: (!spec_usages.is_empty())
+                .then(|| spec_usages.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        },
+    );
+    r.metadata.namespace = Some("team".into());
+    r
+}
+
+fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl CLI runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn certificate(r: &CertificateRequest) -> String {
+    r.status
+        .as_ref()
+        .and_then(|s| s.certificate_pem().unwrap())
+        .expect("status.certificate is set")
+        .to_owned()
+}
+
+/// Lifetime in seconds of the leaf in `pem`.
+fn lifetime(pem: &str) -> i64 {
+    let info = &cert_csi::pki::parse_chain(pem.as_bytes()).unwrap()[0];
+    info.not_after
+        .duration_since(info.not_before)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn bootstrap_approve_sign_and_verify() {
+    let env = Env::start("approver,issuers,signer").await;
+    env.create_cluster_issuer(
+        "selfsigned",
+        IssuerSpec {
+            self_signed: Some(SelfSignedIssuer::default()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.cluster_issuer_ready("selfsigned", ConditionStatus::True, "IsReady")
+        .await;
+
+    let ca = make_ca("bootstrap-ca", None);
+    env.create_secret(CLUSTER_NS, "root-ca", &ca).await;
+    env.create_cluster_issuer("ca", ca_spec("root-ca")).await;
+    let issuer = env
+        .cluster_issuer_ready("ca", ConditionStatus::True, "KeyPairVerified")
+        .await;
+    let status = issuer.status.clone().unwrap();
+    let cond = &status.conditions()[0];
+    assert_eq!(cond.message.as_deref(), Some("Signing CA verified"));
+    assert_eq!(cond.observed_generation, issuer.metadata.generation);
+
+    let usages = [
+        Usage::DigitalSignature,
+        Usage::KeyEncipherment,
+        Usage::ServerAuth,
+    ];
+    let mut r = request(
+        "web",
+        IssuerRef::cluster_issuer("ca"),
+        &key(),
+        Some((&usages, false)),
+        &["digital signature", "key encipherment", "server auth"],
+    );
+    r.spec.duration = Some("2h".into());
+    env.create_request("team", r).await;
+    let done = env.wait_ready_reason("team", "web", "Issued").await;
+    let approved = done.condition(types::APPROVED).expect("approved");
+    assert_eq!(approved.reason.as_deref(), Some("cert-manager.io"));
+    assert_eq!(
+        done.condition(types::READY).unwrap().message.as_deref(),
+        Some("Certificate fetched from issuer successfully")
+    );
+    let leaf = certificate(&done);
+    let status = done.status.as_ref().unwrap();
+    assert_eq!(status.ca_pem().unwrap(), Some(ca.cert_pem.as_str()));
+    // 2h plus the one-minute backdate for clock skew.
+    assert_eq!(lifetime(&leaf), 2 * 3600 + 60);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("leaf.crt"), &leaf).unwrap();
+    let (ok, out) = openssl(
+        &[
+            "verify",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            "ca.crt",
+            "leaf.crt",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "openssl verify rejected the leaf: {out}");
+    let (_, text) = openssl(&["x509", "-in", "leaf.crt", "-noout", "-text"], dir.path());
+    assert!(text.contains("DNS:web.example.com"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn unapproved_is_never_signed_and_denied_is_marked() {
+    // The approver is off: only the test approves or denies.
+    let env = Env::start("-approver").await;
+    let ca = make_ca("ca", None);
+    env.create_secret(CLUSTER_NS, "root-ca", &ca).await;
+    env.create_cluster_issuer("ca", ca_spec("root-ca")).await;
+    env.cluster_issuer_ready("ca", ConditionStatus::True, "KeyPairVerified")
+        .await;
+    for name in ["waiting", "approved", "denied"] {
+        env.create_request(
+            "team",
+            request(name, IssuerRef::cluster_issuer("ca"), &key(), None, &[]),
+        )
+        .await;
+    }
+    env.set_condition("team", "denied", types::DENIED, "TestPolicy")
+        .await;
+    env.set_condition("team", "approved", types::APPROVED, "test")
+        .await;
+    let denied = env.wait_ready_reason("team", "denied", "Denied").await;
+    assert_eq!(
+        denied.condition(types::READY).unwrap().status,
+        ConditionStatus::False
+    );
+    assert!(denied.status.unwrap().certificate.is_none());
+    env.wait_ready_reason("team", "approved", "Issued").await;
+    // The signer has handled later events; the unapproved one stays untouched.
+    let waiting = env.requests("team").get("waiting").await.unwrap();
+    assert!(!waiting.is_approved());
+    assert!(
+        waiting
+            .status
+            .as_ref()
+            .is_none_or(|s| s.certificate.is_none()),
+        "an unapproved request was signed"
+    );
+    assert_eq!(waiting.ready_reason(), None);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn missing_issuer_and_missing_secret_recover() {
+    let env = Env::start("approver,issuers,signer").await;
+    env.create_request(
+        "team",
+        request(
+            "early",
+            IssuerRef::cluster_issuer("later"),
+            &key(),
+            None,
+            &[],
+        ),
+    )
+    .await;
+    let pending = env
+        .wait_ready_reason("team", "early", "IssuerNotFound")
+        .await;
+    assert!(!pending.is_ready());
+
+    // The issuer appears without its Secret: ErrGetKeyPair, request waits.
+    env.create_cluster_issuer("later", ca_spec("later-ca"))
+        .await;
+    let issuer = env
+        .cluster_issuer_ready("later", ConditionStatus::False, "ErrGetKeyPair")
+        .await;
+    let message = issuer.status.unwrap().conditions()[0]
+        .message
+        .clone()
+        .unwrap();
+    assert!(message.contains("cert-manager/later-ca"), "{message}");
+    env.wait_ready_reason("team", "early", "IssuerNotReady")
+        .await;
+
+    // The Secret appears: the issuer becomes Ready and the request is signed.
+    let ca = make_ca("later", None);
+    env.create_secret(CLUSTER_NS, "later-ca", &ca).await;
+    env.cluster_issuer_ready("later", ConditionStatus::True, "KeyPairVerified")
+        .await;
+    let issued = env.wait_ready_reason("team", "early", "Issued").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("leaf.crt"), certificate(&issued)).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "ca.crt", "leaf.crt"], dir.path());
+    assert!(ok, "{out}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn usage_mismatch_duration_cap_is_ca_and_namespaced_issuer() {
+    let env = Env::start("approver,issuers,signer").await;
+    // A CA that expires in 3h, in the "team" namespace only.
+    let ca = make_ca("short-ca", Some(Duration::from_secs(3 * 3600)));
+    env.create_secret("team", "team-ca", &ca).await;
+    Api::<Issuer>::namespaced(env.client.clone(), "team")
+        .create(
+            &PostParams::default(),
+            &Issuer::new("ca", ca_spec("team-ca")),
+        )
+        .await
+        .unwrap();
+
+    // Usage mismatch: the CSR says server auth, spec.usages client auth.
+    let encoded = [
+        Usage::DigitalSignature,
+        Usage::KeyEncipherment,
+        Usage::ServerAuth,
+    ];
+    env.create_request(
+        "team",
+        request(
+            "mismatch",
+            IssuerRef::issuer("ca"),
+            &key(),
+            Some((&encoded, false)),
+            &["digital signature", "key encipherment", "client auth"],
+        ),
+    )
+    .await;
+    // Duration longer than the CA has left: capped.
+    let mut long = request("long", IssuerRef::issuer("ca"), &key(), None, &[]);
+    long.spec.duration = Some("2160h".into());
+    env.create_request("team", long).await;
+    // isCA.
+    let mut sub = request("sub-ca", IssuerRef::issuer("ca"), &key(), None, &[]);
+    sub.spec.is_ca = Some(true);
+    sub.spec.duration = Some("1h".into());
+    env.create_request("team", sub).await;
+
+    let failed = env.wait_ready_reason("team", "mismatch", "Failed").await;
+    assert!(failed.is_invalid_request());
+    assert!(failed.status.as_ref().unwrap().failure_time.is_some());
+    let message = failed
+        .condition(types::READY)
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(
+        message.contains("server auth") && message.contains("client auth"),
+        "the message names both usage sets: {message}"
+    );
+    assert!(failed.status.unwrap().certificate.is_none());
+
+    let long = env.wait_ready_reason("team", "long", "Issued").await;
+    let ca_info = &cert_csi::pki::parse_chain(ca.cert_pem.as_bytes()).unwrap()[0];
+    let leaf_info = &cert_csi::pki::parse_chain(certificate(&long).as_bytes()).unwrap()[0];
+    assert_eq!(
+        leaf_info.not_after, ca_info.not_after,
+        "capped at the CA's notAfter"
+    );
+    let message = long
+        .condition(types::READY)
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(message.contains("capped"), "{message}");
+
+    let sub = env.wait_ready_reason("team", "sub-ca", "Issued").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("sub.crt"), certificate(&sub)).unwrap();
+    let (ok, out) = openssl(&["verify", "-CAfile", "ca.crt", "sub.crt"], dir.path());
+    assert!(ok, "{out}");
+    let (_, text) = openssl(&["x509", "-in", "sub.crt", "-noout", "-text"], dir.path());
+    assert!(text.contains("CA:TRUE"), "{text}");
+    assert!(text.contains("Certificate Sign"), "{text}");
+    assert_eq!(lifetime(&certificate(&sub)), 3600 + 60);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn self_signed_uses_the_annotated_key() {
+    let env = Env::start("approver,issuers,signer").await;
+    env.create_cluster_issuer(
+        "selfsigned",
+        IssuerSpec {
+            self_signed: Some(SelfSignedIssuer::default()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.cluster_issuer_ready("selfsigned", ConditionStatus::True, "IsReady")
+        .await;
+    let k = key();
+    env.create_request(
+        "team",
+        request(
+            "no-annotation",
+            IssuerRef::cluster_issuer("selfsigned"),
+            &k,
+            None,
+            &[],
+        ),
+    )
+    .await;
+    let mut r = request(
+        "annotated",
+        IssuerRef::cluster_issuer("selfsigned"),
+        &k,
+        None,
+        &[],
+    );
+    r.metadata.annotations = Some(BTreeMap::from([(
+        "cert-manager.io/private-key-secret-name".to_string(),
+        "own-key".to_string(),
+    )]));
+    env.create_request("team", r).await;
+
+    let failed = env
+        .wait_ready_reason("team", "no-annotation", "Failed")
+        .await;
+    let message = failed
+        .condition(types::READY)
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(message.contains("private-key-secret-name"), "{message}");
+    let pending = env
+        .wait_request("team", "annotated", "Pending", |r| {
+            r.ready_reason() == Some("Pending")
+        })
+        .await;
+    assert!(!pending.is_ready());
+
+    // The key Secret appears: the watch on Secret metadata retriggers signing.
+    let holder = Ca {
+        key: k,
+        cert_pem: String::new(),
+    };
+    env.create_secret("team", "own-key", &holder).await;
+    let issued = env.wait_ready_reason("team", "annotated", "Issued").await;
+    let status = issued.status.as_ref().unwrap();
+    assert_eq!(status.certificate_pem().unwrap(), status.ca_pem().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("self.crt"), certificate(&issued)).unwrap();
+    std::fs::write(
+        dir.path().join("self.key"),
+        holder.key.to_pem(KeyEncoding::Pkcs8).unwrap().expose(),
+    )
+    .unwrap();
+    let (ok, out) = openssl(
+        &["x509", "-in", "self.crt", "-noout", "-pubkey"],
+        dir.path(),
+    );
+    let (ok2, out2) = openssl(&["pkey", "-in", "self.key", "-pubout"], dir.path());
+    assert!(ok && ok2, "{out}{out2}");
+    assert_eq!(out, out2, "the certificate carries the annotated key");
+    env.stop().await;
+}
