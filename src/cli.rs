@@ -10,7 +10,11 @@ use crate::shutdown::CancellationToken;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "cert-csi", version, about = "Per-pod X.509 identities via CSI and cert-manager.io/v1")]
+#[command(
+    name = "cert-csi",
+    version,
+    about = "Per-pod X.509 identities via CSI and cert-manager.io/v1"
+)]
 pub struct Cli {
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -28,6 +32,84 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Print the cert-manager.io/v1 CustomResourceDefinitions as YAML.
     Crds,
+    /// Run the CSI node plugin (one per node, as a DaemonSet).
+    Node(NodeArgs),
+    /// Run the controller: approver, issuer status and SelfSigned/CA signer.
+    Controller(ControllerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// kubeconfig to use; in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace that ClusterIssuer secrets are read from.
+    #[arg(
+        long,
+        env = "CLUSTER_RESOURCE_NAMESPACE",
+        default_value = "cert-manager"
+    )]
+    pub cluster_resource_namespace: String,
+    /// Loops to run: a comma list of approver, issuers, signer; `-name`
+    /// switches one off from the default set (e.g. `-approver`).
+    #[arg(
+        long,
+        env = "CONTROLLERS",
+        default_value = "approver,issuers,signer",
+        allow_hyphen_values = true
+    )]
+    pub controllers: String,
+    /// Issuer references the approver approves, in cert-manager's signer-name
+    /// syntax (`issuers.cert-manager.io/<namespace>.<name>`,
+    /// `clusterissuers.cert-manager.io/<name>`, `<resource>.<group>/*`).
+    #[arg(long, env = "APPROVE_ISSUERS", default_value = crate::controller::approver::DEFAULT_APPROVE_ISSUERS)]
+    pub approve_issuers: String,
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
+    pub metrics_address: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The CSI socket the kubelet calls, e.g. unix:///csi/csi.sock.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's name, as the kubelet knows it (spec.nodeName).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: String,
+    /// The CSI driver name; pods name it in `csi.driver`.
+    #[arg(long, env = "DRIVER_NAME", default_value = "csi.cert-manager.io")]
+    pub driver_name: String,
+    /// Node state directory on persistent disk. Private keys never go here:
+    /// each volume's keys live in a tmpfs mounted below it.
+    #[arg(long, env = "DATA_ROOT", default_value = "/var/lib/cert-csi")]
+    pub data_root: PathBuf,
+    /// kubeconfig to use; in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long NodePublishVolume waits for the request to be issued before
+    /// answering DeadlineExceeded (Go duration; the kubelet allows ~2m).
+    #[arg(long, env = "PUBLISH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub publish_timeout: std::time::Duration,
+    /// CertificateRequests kept per volume after issuance; older are deleted.
+    #[arg(long, env = "KEEP_REQUESTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_requests: u32,
+    /// Renewal jitter: renew up to this fraction of renew-before early, so
+    /// pods started together do not renew together (0 disables).
+    #[arg(long, env = "RENEWAL_JITTER", default_value = "0.1", value_parser = parse_jitter)]
+    pub renewal_jitter: crate::renewal::schedule::JitterPolicy,
+}
+
+fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    crate::volume::duration::parse_go(value)
+        .map_err(|e| format!("{e} (use a Go duration such as 60s or 2m)"))
+}
+
+fn parse_jitter(value: &str) -> Result<crate::renewal::schedule::JitterPolicy, String> {
+    let number: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number; use a fraction such as 0.1"))?;
+    crate::renewal::schedule::JitterPolicy::new(number).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +137,8 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             Ok(())
         }
         Command::Sandbox(args) => run_sandbox(args, shutdown).await,
+        Command::Node(args) => run_node(args, shutdown).await,
+        Command::Controller(args) => run_controller(args, shutdown).await,
     }
 }
 
@@ -82,5 +166,52 @@ async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::
     }
     shutdown.cancelled().await;
     sandbox.shutdown().await;
+    Ok(())
+}
+
+async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let options = crate::csi::run::NodeOptions {
+        endpoint: args.endpoint,
+        driver_name: args.driver_name,
+        data_root: args.data_root,
+        kubeconfig: args.kubeconfig,
+        node: crate::csi::node::NodeConfig {
+            node_id: args.node_id,
+            publish_timeout: args.publish_timeout,
+            keep_requests: args.keep_requests as usize,
+            jitter: args.renewal_jitter,
+        },
+    };
+    crate::csi::run::run(options, shutdown).await
+}
+
+/// Parses the controller flags, serves health, and runs the loops until
+/// `shutdown` fires.
+pub async fn run_controller(
+    args: ControllerArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use crate::controller::{ApproveScope, ControllerOptions, EnabledControllers, Health};
+    let mut options = ControllerOptions::new(args.cluster_resource_namespace);
+    options.enabled = EnabledControllers::parse(&args.controllers)?;
+    options.approve = ApproveScope::parse(&args.approve_issuers)?;
+    let client = crate::csi::run::kube_client(args.kubeconfig.as_ref()).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--metrics-address {}: cannot listen: {e}",
+                args.metrics_address
+            )
+        })?;
+    let health = Health::default();
+    let server = tokio::spawn(crate::controller::serve_health(
+        listener,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    crate::controller::run(client, options, health, shutdown.clone()).await;
+    shutdown.cancel();
+    server.await??;
     Ok(())
 }

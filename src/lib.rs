@@ -11,7 +11,9 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod csi;
+pub mod issuance;
 pub mod pki;
 pub mod renewal;
 pub mod sandbox;

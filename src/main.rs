@@ -1,5 +1,5 @@
-use clap::Parser;
 use cert_csi::cli::{self, Cli};
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

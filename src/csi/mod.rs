@@ -4,6 +4,9 @@
 
 pub mod client;
 pub mod identity;
+pub mod node;
+
+pub mod run;
 pub mod server;
 
 /// Generated from `proto/csi.proto` by build.rs.

@@ -86,12 +86,30 @@ mod tests {
 
     #[test]
     fn endpoint_forms() {
-        assert_eq!(socket_path("unix:///csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
-        assert_eq!(socket_path("unix:/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
-        assert_eq!(socket_path("/csi/csi.sock").unwrap(), PathBuf::from("/csi/csi.sock"));
-        assert!(matches!(socket_path("tcp://127.0.0.1:1"), Err(EndpointError::NotUnix(_))));
-        assert!(matches!(socket_path("unix://csi.sock"), Err(EndpointError::NotAbsolute(_))));
-        assert!(matches!(socket_path("csi.sock"), Err(EndpointError::NotAbsolute(_))));
+        assert_eq!(
+            socket_path("unix:///csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("unix:/csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert_eq!(
+            socket_path("/csi/csi.sock").unwrap(),
+            PathBuf::from("/csi/csi.sock")
+        );
+        assert!(matches!(
+            socket_path("tcp://127.0.0.1:1"),
+            Err(EndpointError::NotUnix(_))
+        ));
+        assert!(matches!(
+            socket_path("unix://csi.sock"),
+            Err(EndpointError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            socket_path("csi.sock"),
+            Err(EndpointError::NotAbsolute(_))
+        ));
     }
 
     #[tokio::test]

@@ -4,6 +4,8 @@
 //! their output. Key material and tokens are never passed to the logger: the
 //! types that hold them print `<redacted>` (see [`crate::pki::Secret`]).
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -21,7 +23,10 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--log-level {level:?} is not a valid filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: log files and container logs
+        // must stay plain text that tools can search.
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -906,9 +906,18 @@ fn parse_fs_group(
     Ok(from_attribute.or(from_kubelet))
 }
 
-/// A stable fingerprint of a volume context, leaving out the service
-/// account tokens (they change on every republish while the request stays
-/// the same). Equal fingerprints mean an unchanged volume; the hash is
+/// Context keys whose values are credentials: the service account tokens
+/// (which also change on every republish) and the keystore password. They
+/// are neither hashed into fingerprints nor kept in node state on disk.
+pub const SECRET_CONTEXT_KEYS: &[&str] = &[kubelet::SERVICE_ACCOUNT_TOKENS, keys::PKCS12_PASSWORD];
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_CONTEXT_KEYS.contains(&key)
+}
+
+/// A stable fingerprint of a volume context, leaving out the credentials in
+/// [`SECRET_CONTEXT_KEYS`] (an unsalted hash of a password on disk would
+/// invite guessing). Equal fingerprints mean an unchanged volume; the hash is
 /// SHA-256 over the sorted, length-prefixed keys and values.
 pub fn context_fingerprint<'a, I>(context: I) -> String
 where
@@ -916,7 +925,7 @@ where
 {
     let mut entries: Vec<(&String, &String)> = context
         .into_iter()
-        .filter(|(k, _)| k.as_str() != kubelet::SERVICE_ACCOUNT_TOKENS)
+        .filter(|(k, _)| !is_secret_key(k))
         .collect();
     entries.sort();
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -930,11 +939,11 @@ where
 }
 
 /// The context as it may be kept in node state: everything except the
-/// service account tokens, which are never stored.
+/// credentials in [`SECRET_CONTEXT_KEYS`], which are never stored on disk.
 pub fn context_without_tokens(context: &HashMap<String, String>) -> BTreeMap<String, String> {
     context
         .iter()
-        .filter(|(k, _)| k.as_str() != kubelet::SERVICE_ACCOUNT_TOKENS)
+        .filter(|(k, _)| !is_secret_key(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

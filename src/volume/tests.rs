@@ -1275,3 +1275,33 @@ fn other_prefixes_near_ours_are_typos_only_for_attribute_names() {
         "{err}"
     );
 }
+
+#[test]
+fn credentials_never_reach_node_state_or_fingerprints() {
+    let mut context: HashMap<String, String> = HashMap::from([
+        (keys::ISSUER_NAME.to_string(), "ca".to_string()),
+        (
+            keys::PKCS12_PASSWORD.to_string(),
+            "hunter2-secret".to_string(),
+        ),
+        (
+            kubelet::SERVICE_ACCOUNT_TOKENS.to_string(),
+            "{\"\":{\"token\":\"t\"}}".to_string(),
+        ),
+    ]);
+    let stored = context_without_tokens(&context);
+    assert_eq!(stored.keys().collect::<Vec<_>>(), vec![keys::ISSUER_NAME]);
+    let before = context_fingerprint(&context);
+    context.insert(keys::PKCS12_PASSWORD.to_string(), "other".to_string());
+    assert_eq!(
+        before,
+        context_fingerprint(&context),
+        "the password is not hashed"
+    );
+    context.insert(keys::ISSUER_NAME.to_string(), "other-ca".to_string());
+    assert_ne!(
+        before,
+        context_fingerprint(&context),
+        "other attributes are"
+    );
+}

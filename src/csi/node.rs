@@ -1,0 +1,765 @@
+//! CSI Node: publish a certificate into a pod's volume, and take it away.
+//!
+//! Publish runs in a fixed order, and nothing touches the node or the API
+//! before the whole request has been validated:
+//! validate → key + CSR → CertificateRequest → wait (watch) → check → write
+//! → mount → record state.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use thiserror::Error;
+use tonic::{Code, Request, Response, Status};
+
+use super::proto::node_server::Node;
+use super::proto::volume_capability::AccessType;
+use super::proto::*;
+use crate::api::IssuerRef;
+use crate::issuance::{self, IssuanceError, RequestParams, RequestTracker};
+use crate::pki::{self, KeyEncoding, PrivateKey, Secret};
+use crate::renewal::schedule;
+use crate::store::{RequestPhase, RequestRef, Store, StoreError, StoreErrorKind, VolumeState};
+use crate::volume::{self, AttributeError, PublishInput, VolumeSpec};
+
+/// Settings of the node service.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// How long NodePublishVolume waits for a decision on its request before
+    /// answering DeadlineExceeded (the kubelet allows about two minutes).
+    pub publish_timeout: Duration,
+    /// Requests kept per volume after issuance; older ones are deleted.
+    pub keep_requests: usize,
+    /// How far before the nominal time renewals may be moved at random.
+    pub jitter: schedule::JitterPolicy,
+}
+
+pub struct NodeService {
+    config: NodeConfig,
+    client: Client,
+    store: Store,
+    tracker: RequestTracker,
+    locks: VolumeLocks,
+}
+
+/// Everything that can stop a publish, each mapped to the gRPC code the
+/// kubelet and the user see.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("{0}")]
+    Attribute(#[from] AttributeError),
+    #[error(
+        "volume_capability: {0}. cert-csi serves filesystem (mount) volumes only; use a CSI inline volume"
+    )]
+    Capability(&'static str),
+    #[error(
+        "volume {volume_id} is already published at {existing} with different attributes; ephemeral volume attributes cannot change, recreate the pod"
+    )]
+    Incompatible { volume_id: String, existing: String },
+    #[error("generating the private key: {0}")]
+    Key(#[from] pki::KeyError),
+    #[error("building the CSR: {0}")]
+    Csr(#[from] pki::CsrError),
+    #[error("{0}")]
+    Issuance(#[from] IssuanceError),
+    #[error(
+        "the issued certificate cannot be used: {0}. The request was deleted; the next attempt starts a new one"
+    )]
+    Issued(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PublishError {
+    pub fn code(&self) -> Code {
+        match self {
+            PublishError::Attribute(_) | PublishError::Capability(_) => Code::InvalidArgument,
+            PublishError::Incompatible { .. } => Code::AlreadyExists,
+            PublishError::Key(_) => Code::Internal,
+            PublishError::Csr(
+                pki::CsrError::LiteralSubject { .. } | pki::CsrError::Field { .. },
+            ) => Code::InvalidArgument,
+            PublishError::Csr(_) => Code::Internal,
+            PublishError::Issuance(e) => issuance_code(e),
+            PublishError::Issued(_) | PublishError::Internal(_) => Code::Internal,
+            PublishError::Store(e) => store_code(e),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum UnpublishError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("volume_id: must not be empty")]
+    MissingVolumeId,
+    #[error("target_path: must not be empty")]
+    MissingTargetPath,
+    #[error("internal error: {0}")]
+    Task(String),
+}
+
+impl UnpublishError {
+    pub fn code(&self) -> Code {
+        match self {
+            UnpublishError::Store(e) => store_code(e),
+            UnpublishError::MissingVolumeId | UnpublishError::MissingTargetPath => {
+                Code::InvalidArgument
+            }
+            UnpublishError::Task(_) => Code::Internal,
+        }
+    }
+}
+
+/// A subject or SAN value the CSR encoder refused is still the user's
+/// input: report it under the full attribute key, as the volume parser
+/// reports everything else, so the pod's events say which one to fix.
+fn encoding_error(error: pki::CsrError) -> PublishError {
+    let attribute = |attribute: String, message: String| {
+        PublishError::Attribute(AttributeError { attribute, message })
+    };
+    match error {
+        pki::CsrError::LiteralSubject { reason } => attribute(
+            volume::keys::LITERAL_SUBJECT.to_string(),
+            format!("{reason}; write an RFC 4514 string such as \"CN=app,O=example\""),
+        ),
+        pki::CsrError::Field {
+            field,
+            value,
+            reason,
+        } => attribute(
+            format!("{}{field}", volume::attributes::PREFIX),
+            format!("{value:?} cannot be encoded in a certificate request: {reason}"),
+        ),
+        other => PublishError::Csr(other),
+    }
+}
+
+fn issuance_code(error: &IssuanceError) -> Code {
+    match error {
+        IssuanceError::Denied { .. } => Code::PermissionDenied,
+        IssuanceError::Failed { .. } => Code::FailedPrecondition,
+        IssuanceError::Timeout { .. } => Code::DeadlineExceeded,
+        IssuanceError::Vanished { .. } => Code::Aborted,
+        IssuanceError::BadCertificate { .. } => Code::Internal,
+        IssuanceError::Api { .. } => match error.api_status() {
+            Some(400 | 422) => Code::InvalidArgument,
+            Some(401 | 403) => Code::PermissionDenied,
+            Some(404) => Code::NotFound,
+            Some(409) => Code::Aborted,
+            Some(429) => Code::ResourceExhausted,
+            Some(_) | None => Code::Unavailable,
+        },
+    }
+}
+
+fn store_code(error: &StoreError) -> Code {
+    match error.kind() {
+        StoreErrorKind::InvalidArgument => Code::InvalidArgument,
+        StoreErrorKind::NotFound => Code::NotFound,
+        StoreErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        StoreErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        StoreErrorKind::Internal => Code::Internal,
+    }
+}
+
+fn status(code: Code, message: String, volume_id: &str) -> Status {
+    // The kubelet shows this text in the pod's events; also log it here so
+    // the node's own logs explain every failure.
+    tracing::warn!(volume_id, ?code, %message, "request failed");
+    Status::new(code, message)
+}
+
+/// One async lock per volume: concurrent publishes of the same volume queue
+/// behind the first, then find it done (cert-manager/csi-driver#636 mounted
+/// an empty directory here).
+#[derive(Default)]
+struct VolumeLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl VolumeLocks {
+    async fn lock(&self, volume_id: &str) -> VolumeGuard<'_> {
+        let lock = {
+            let mut map = self.0.lock().expect("volume locks");
+            map.entry(volume_id.to_string()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        VolumeGuard {
+            locks: self,
+            volume_id: volume_id.to_string(),
+            _guard: guard,
+        }
+    }
+}
+
+struct VolumeGuard<'a> {
+    locks: &'a VolumeLocks,
+    volume_id: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for VolumeGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.0.lock().expect("volume locks");
+        // Two references mean only the map and this guard hold it: nobody
+        // else waits, so the entry can go and the map stays small.
+        if map
+            .get(&self.volume_id)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            map.remove(&self.volume_id);
+        }
+    }
+}
+
+/// Runs blocking filesystem and mount work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, PublishError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PublishError::Internal(format!("store task failed: {e}")))?
+        .map_err(PublishError::from)
+}
+
+impl NodeService {
+    pub fn new(config: NodeConfig, client: Client, store: Store, tracker: RequestTracker) -> Self {
+        Self {
+            config,
+            client,
+            store,
+            tracker,
+            locks: VolumeLocks::default(),
+        }
+    }
+
+    async fn publish(&self, req: NodePublishVolumeRequest) -> Result<(), PublishError> {
+        let mount_group = match req
+            .volume_capability
+            .as_ref()
+            .and_then(|c| c.access_type.as_ref())
+        {
+            Some(AccessType::Mount(mount)) => {
+                Some(mount.volume_mount_group.clone()).filter(|g| !g.is_empty())
+            }
+            Some(AccessType::Block(_)) => {
+                return Err(PublishError::Capability("block access is not supported"));
+            }
+            None => return Err(PublishError::Capability("a mount capability is required")),
+        };
+        let input = PublishInput {
+            volume_id: &req.volume_id,
+            target_path: &req.target_path,
+            readonly: req.readonly,
+            volume_mount_group: mount_group.as_deref(),
+            context: &req.volume_context,
+        };
+        let spec = volume::parse(&input)?;
+        for warning in &spec.warnings {
+            // Accepted for compatibility but worth fixing (e.g. subject
+            // attributes that literal-subject overrides).
+            tracing::warn!(volume_id = %spec.volume_id, %warning, "volume attribute ignored");
+        }
+        let fingerprint = volume::context_fingerprint(&req.volume_context);
+        // The subject and SANs are encoded for real here, so input that only
+        // the DER encoder rejects still fails with InvalidArgument, naming
+        // the attribute, before any key exists.
+        pki::csr::subject_name(&spec.subject).map_err(encoding_error)?;
+        pki::csr::san_general_names(&spec.sans).map_err(encoding_error)?;
+
+        let _guard = self.locks.lock(&spec.volume_id).await;
+        let state = self.current_state(&spec.volume_id).await?;
+        if let Some(state) = &state
+            && self.already_published(state, &spec).await?
+        {
+            if state.context_fingerprint != fingerprint {
+                return Err(PublishError::Incompatible {
+                    volume_id: spec.volume_id.clone(),
+                    existing: state.target_path.display().to_string(),
+                });
+            }
+            return Ok(());
+        }
+        let outcome = self
+            .issue_and_mount(&spec, &req.volume_context, &fingerprint, state)
+            .await;
+        if let Err(error) = &outcome
+            && !matches!(error, PublishError::Issuance(IssuanceError::Timeout { .. }))
+        {
+            // A terminal failure leaves nothing behind: no mount, no state,
+            // no request. A timeout keeps all three so the kubelet's retry
+            // resumes the same request with the same key.
+            self.discard(&spec).await;
+        }
+        outcome
+    }
+
+    async fn current_state(&self, volume_id: &str) -> Result<Option<VolumeState>, PublishError> {
+        let store = self.store.clone();
+        let id = volume_id.to_string();
+        blocking(move || match store.load_state(&id) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn already_published(
+        &self,
+        state: &VolumeState,
+        spec: &VolumeSpec,
+    ) -> Result<bool, PublishError> {
+        let issued = matches!(&state.request, Some(r) if r.phase == RequestPhase::Issued);
+        if !issued || state.target_path != spec.target_path {
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let id = spec.volume_id.clone();
+        let target = spec.target_path.clone();
+        blocking(move || match store.existing(&id)? {
+            Some(dir) => dir.is_mounted_at(&target),
+            None => Ok(false),
+        })
+        .await
+    }
+
+    async fn issue_and_mount(
+        &self,
+        spec: &VolumeSpec,
+        context: &HashMap<String, String>,
+        fingerprint: &str,
+        previous: Option<VolumeState>,
+    ) -> Result<(), PublishError> {
+        // Resume a pending request when its key survived in the tmpfs;
+        // otherwise start over with a fresh key.
+        let pending = previous
+            .as_ref()
+            .and_then(|s| s.request.clone())
+            .filter(|r| r.phase == RequestPhase::Pending);
+        let namespace = spec.pod.namespace.clone();
+        let resumed = match pending {
+            Some(request) => self.resume(spec, request).await?,
+            None => None,
+        };
+        let (dir, key, name, mut sub) = match resumed {
+            Some(resumed) => resumed,
+            None => {
+                // Key and CSR are made in memory first: a CSR that cannot be
+                // built fails the publish before anything touches the node.
+                let algorithm = spec.key.algorithm;
+                let key = tokio::task::spawn_blocking(move || PrivateKey::generate(algorithm))
+                    .await
+                    .map_err(|e| {
+                        PublishError::Internal(format!("key generation task failed: {e}"))
+                    })??;
+                let csr =
+                    pki::build_csr(&key, &spec.subject, &spec.sans, &pki::CsrOptions::default())
+                        .map_err(encoding_error)?;
+                let dir = self.prepare(&spec.volume_id).await?;
+                let pem = key.to_pem(KeyEncoding::Pkcs8)?;
+                {
+                    let dir = dir.clone();
+                    blocking(move || dir.write_pending_key(&pem)).await?;
+                }
+                let name = issuance::new_request_name(&spec.pod.name);
+                let sub = self.tracker.subscribe(&namespace, &name);
+                if let Err(e) = self
+                    .create_request(spec, &csr.pem, &name, context, fingerprint)
+                    .await
+                {
+                    self.tracker.forget(&namespace, &name);
+                    return Err(e);
+                }
+                (dir, key, name, sub)
+            }
+        };
+
+        let outcome = issuance::wait(&mut sub, self.config.publish_timeout).await;
+        self.tracker.forget(&namespace, &name);
+        let issued = outcome?;
+
+        let leaf = pki::check_issued(
+            issued.chain_pem.as_bytes(),
+            key.public_key_der(),
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| PublishError::Issued(e.to_string()))?;
+        let files = build_files(spec, &key, &issued)?;
+        let gid = spec.fs_group;
+        {
+            let dir = dir.clone();
+            let target = spec.target_path.clone();
+            blocking(move || {
+                dir.publish(&files, gid)?;
+                dir.mount_at(&target)
+            })
+            .await?;
+        }
+
+        let renew_at = schedule::renewal_time(
+            leaf.not_before,
+            leaf.not_after,
+            spec.renew_before,
+            self.config.jitter,
+            rand::random::<f64>(),
+        );
+        let mut state = VolumeState::new(
+            &spec.volume_id,
+            &spec.target_path,
+            volume::context_without_tokens(context),
+            fingerprint,
+        );
+        state.node_id = Some(self.config.node_id.clone());
+        state.request = Some(RequestRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            phase: RequestPhase::Issued,
+        });
+        state.not_before = Some(to_timestamp(leaf.not_before));
+        state.not_after = Some(to_timestamp(leaf.not_after));
+        state.next_renewal = Some(to_timestamp(renew_at));
+        {
+            let store = self.store.clone();
+            let dir = dir.clone();
+            blocking(move || {
+                store.save_state(&state)?;
+                dir.clear_pending_key()
+            })
+            .await?;
+        }
+
+        // Request hygiene: keep the newest `keep_requests`, delete the rest.
+        // A failure here is not the pod's problem; the pod's ownerReference
+        // collects leftovers.
+        if let Err(error) = self.prune_requests(spec, &name).await {
+            tracing::warn!(volume_id = %spec.volume_id, %error, "could not delete old CertificateRequests");
+        }
+        tracing::info!(volume_id = %spec.volume_id, request = %format!("{namespace}/{name}"), "volume published");
+        Ok(())
+    }
+
+    async fn prepare(&self, volume_id: &str) -> Result<crate::store::VolumeDir, PublishError> {
+        let store = self.store.clone();
+        let id = volume_id.to_string();
+        blocking(move || store.prepare(&id)).await
+    }
+
+    /// Picks up a request left pending by a timed-out publish or a restart:
+    /// same key, same request, no second CertificateRequest. Returns None
+    /// when there is nothing usable to resume (the key or request is gone).
+    async fn resume(
+        &self,
+        spec: &VolumeSpec,
+        request: RequestRef,
+    ) -> Result<
+        Option<(
+            crate::store::VolumeDir,
+            PrivateKey,
+            String,
+            issuance::Subscription,
+        )>,
+        PublishError,
+    > {
+        let dir = self.prepare(&spec.volume_id).await?;
+        let pem = {
+            let dir = dir.clone();
+            blocking(move || dir.read_pending_key()).await?
+        };
+        let Some(pem) = pem else { return Ok(None) };
+        let key = PrivateKey::from_pem(pem.expose())?;
+        let sub = self.tracker.subscribe(&request.namespace, &request.name);
+        match issuance::get(&self.client, &request.namespace, &request.name).await {
+            Ok(Some(existing)) => {
+                self.tracker.seed(existing);
+                Ok(Some((dir, key, request.name, sub)))
+            }
+            Ok(None) => {
+                // Deleted meanwhile (by hand, or collected): start afresh.
+                self.tracker.forget(&request.namespace, &request.name);
+                Ok(None)
+            }
+            Err(e) => {
+                self.tracker.forget(&request.namespace, &request.name);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn create_request(
+        &self,
+        spec: &VolumeSpec,
+        csr_pem: &str,
+        name: &str,
+        context: &HashMap<String, String>,
+        fingerprint: &str,
+    ) -> Result<(), PublishError> {
+        let params = RequestParams {
+            node_id: &self.config.node_id,
+            volume_id: &spec.volume_id,
+            pod_namespace: &spec.pod.namespace,
+            pod_name: &spec.pod.name,
+            pod_uid: &spec.pod.uid,
+            csr_pem,
+            issuer_ref: IssuerRef {
+                name: spec.issuer.name.clone(),
+                kind: Some(spec.issuer.kind.clone()),
+                group: Some(spec.issuer.group.clone()),
+            },
+            duration: spec.duration,
+            is_ca: spec.is_ca,
+            usages: &spec.usages,
+            annotations: &spec.annotations,
+        };
+        let request = issuance::build_request(name, &params);
+        // Record the pending request before creating it: a crash right
+        // after the create then resumes this request instead of making a
+        // second one.
+        let mut state = VolumeState::new(
+            &spec.volume_id,
+            &spec.target_path,
+            volume::context_without_tokens(context),
+            fingerprint,
+        );
+        state.node_id = Some(self.config.node_id.clone());
+        state.request = Some(RequestRef {
+            namespace: spec.pod.namespace.clone(),
+            name: name.to_string(),
+            phase: RequestPhase::Pending,
+        });
+        let store = self.store.clone();
+        blocking(move || store.save_state(&state)).await?;
+        issuance::create(&self.client, &request).await?;
+        Ok(())
+    }
+
+    async fn prune_requests(&self, spec: &VolumeSpec, current: &str) -> Result<(), IssuanceError> {
+        let requests = issuance::list_for_volume(
+            &self.client,
+            &spec.pod.namespace,
+            &self.config.node_id,
+            &spec.volume_id,
+        )
+        .await?;
+        let keep = self.config.keep_requests.max(1);
+        let mut keep_names: Vec<String> = requests
+            .iter()
+            .rev()
+            .take(keep)
+            .map(kube::ResourceExt::name_any)
+            .collect();
+        if !keep_names.iter().any(|n| n == current) {
+            keep_names.pop();
+            keep_names.push(current.to_string());
+        }
+        for request in &requests {
+            let name = kube::ResourceExt::name_any(request);
+            if !keep_names.contains(&name) {
+                issuance::delete_one(&self.client, &spec.pod.namespace, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every trace of a volume whose publish failed for good.
+    async fn discard(&self, spec: &VolumeSpec) {
+        if let Err(error) = issuance::delete_for_volume(
+            &self.client,
+            &spec.pod.namespace,
+            &self.config.node_id,
+            &spec.volume_id,
+            &[],
+        )
+        .await
+        {
+            tracing::warn!(volume_id = %spec.volume_id, %error, "could not delete the volume's CertificateRequests; the pod's ownerReference will collect them");
+        }
+        let store = self.store.clone();
+        let id = spec.volume_id.clone();
+        let target = spec.target_path.clone();
+        if let Err(error) = blocking(move || store.remove(&id, &target)).await {
+            tracing::error!(volume_id = %spec.volume_id, %error, "could not clean up after a failed publish");
+        }
+    }
+
+    async fn unpublish(&self, req: NodeUnpublishVolumeRequest) -> Result<(), UnpublishError> {
+        if req.volume_id.is_empty() {
+            return Err(UnpublishError::MissingVolumeId);
+        }
+        if req.target_path.is_empty() {
+            return Err(UnpublishError::MissingTargetPath);
+        }
+        let _guard = self.locks.lock(&req.volume_id).await;
+        let state = match self.store.load_state(&req.volume_id) {
+            Ok(state) => Some(state),
+            Err(e) if e.is_not_found() => None,
+            Err(e) if e.is_invalid_argument() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(volume_id = %req.volume_id, error = %e, "unreadable node state; removing the volume anyway");
+                None
+            }
+        };
+        if let Some(state) = &state {
+            let namespace = state
+                .context
+                .get(volume::kubelet::POD_NAMESPACE)
+                .cloned()
+                .or_else(|| state.request.as_ref().map(|r| r.namespace.clone()));
+            if let Some(namespace) = namespace
+                && let Err(error) = issuance::delete_for_volume(
+                    &self.client,
+                    &namespace,
+                    &self.config.node_id,
+                    &req.volume_id,
+                    &[],
+                )
+                .await
+            {
+                // Unpublish must not hang a pod's deletion on the API: the
+                // pod's ownerReference collects the requests anyway.
+                tracing::warn!(volume_id = %req.volume_id, %error, "could not delete CertificateRequests on unpublish");
+            }
+        }
+        let store = self.store.clone();
+        let id = req.volume_id.clone();
+        let target = PathBuf::from(&req.target_path);
+        tokio::task::spawn_blocking(move || store.remove(&id, &target))
+            .await
+            .map_err(|e| UnpublishError::Task(e.to_string()))??;
+        tracing::info!(volume_id = %req.volume_id, "volume unpublished");
+        Ok(())
+    }
+}
+
+fn to_timestamp(time: std::time::SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(time).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// The files a pod sees, in the names it asked for.
+fn build_files(
+    spec: &VolumeSpec,
+    key: &PrivateKey,
+    issued: &issuance::Issued,
+) -> Result<Vec<(String, Secret, u32)>, PublishError> {
+    let mode = crate::store::default_file_mode(spec.fs_group);
+    let mut files = vec![
+        (
+            spec.certificate_file.clone(),
+            Secret::new(issued.chain_pem.as_bytes().to_vec()),
+            mode,
+        ),
+        (
+            spec.private_key_file.clone(),
+            key.to_pem(spec.key.encoding)?,
+            mode,
+        ),
+        (
+            spec.ca_file.clone(),
+            Secret::new(issued.ca_pem.as_bytes().to_vec()),
+            mode,
+        ),
+    ];
+    if let Some(p12) = &spec.pkcs12 {
+        let bytes = pki::keystore::pkcs12(
+            key,
+            issued.chain_pem.as_bytes(),
+            Some(issued.ca_pem.as_bytes()).filter(|ca| !ca.is_empty()),
+            p12.password.expose(),
+        )
+        .map_err(|e| PublishError::Internal(format!("building the PKCS#12 keystore: {e}")))?;
+        files.push((p12.filename.clone(), Secret::new(bytes), mode));
+    }
+    Ok(files)
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume_id = req.volume_id.clone();
+        match self.publish(req).await {
+            Ok(()) => Ok(Response::new(NodePublishVolumeResponse {})),
+            Err(e) => Err(status(e.code(), e.to_string(), &volume_id)),
+        }
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let volume_id = req.volume_id.clone();
+        match self.unpublish(req).await {
+            Ok(()) => Ok(Response::new(NodeUnpublishVolumeResponse {})),
+            Err(e) => Err(status(e.code(), e.to_string(), &volume_id)),
+        }
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::{Rpc, Type, rpc};
+        Ok(Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![NodeServiceCapability {
+                r#type: Some(Type::Rpc(Rpc {
+                    r#type: rpc::Type::VolumeMountGroup as i32,
+                })),
+            }],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+
+    async fn node_stage_volume(
+        &self,
+        _: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeStageVolume: cert-csi serves ephemeral inline volumes, which have no staging",
+        ))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeUnstageVolume: cert-csi serves ephemeral inline volumes, which have no staging",
+        ))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeGetVolumeStats is not offered (no GET_VOLUME_STATS capability)",
+        ))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "NodeExpandVolume: certificate volumes cannot be expanded",
+        ))
+    }
+}

@@ -1,0 +1,551 @@
+//! Per-volume tmpfs mounts, the atomic swap of a pod's files, and the node
+//! state that lets a restarted node plugin resume.
+//!
+//! Layout under the data root (persistent disk):
+//!
+//! ```text
+//! <data_root>/volumes/<volume_id>/state.json   node state, never key material
+//! <data_root>/volumes/<volume_id>/mnt/         a tmpfs of the volume's own
+//!     pod/       bind-mounted read-only at the pod's target path
+//!     private/   a pending private key; never visible to the pod
+//! ```
+//!
+//! Each volume has its own small tmpfs so one volume cannot fill another's
+//! memory, and so removing a volume is one unmount.
+
+mod atomic;
+mod error;
+mod mountinfo;
+mod mounts;
+mod names;
+mod scan;
+mod state;
+
+use std::fs::{self, DirBuilder, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use atomic::{
+    DATA_LINK, DIR_MODE, DIR_MODE_WITH_GROUP, FILE_MODE, FILE_MODE_WITH_GROUP, current_generation,
+    default_file_mode,
+};
+pub use error::{StoreError, StoreErrorKind};
+pub use mountinfo::{MountEntry, mounts_at, parse_mountinfo, read_mountinfo};
+pub use mounts::TMPFS_SOURCE;
+pub use names::{validate_file_name, validate_volume_id};
+pub use scan::assert_no_key_material_outside_tmpfs;
+pub use state::{RequestPhase, RequestRef, STATE_VERSION, VolumeState};
+
+use crate::pki::Secret;
+
+const VOLUMES_DIR: &str = "volumes";
+const STATE_FILE: &str = "state.json";
+const MNT_DIR: &str = "mnt";
+const POD_DIR: &str = "pod";
+const PRIVATE_DIR: &str = "private";
+const PENDING_KEY: &str = "pending.key";
+
+/// Limits of each volume's tmpfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Bytes of memory the tmpfs may hold (certificates, keys, keystores,
+    /// up to three generations while a swap runs: new, current, previous).
+    pub tmpfs_size_bytes: u64,
+    /// Files, directories and symlinks the tmpfs may hold; caps a runaway
+    /// publish long before memory does.
+    pub tmpfs_max_inodes: u64,
+}
+
+impl StoreOptions {
+    pub const MIN_SIZE_BYTES: u64 = 64 * 1024;
+    pub const MAX_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+
+    fn validate(&self) -> Result<(), StoreError> {
+        if !(Self::MIN_SIZE_BYTES..=Self::MAX_SIZE_BYTES).contains(&self.tmpfs_size_bytes) {
+            return Err(StoreError::InvalidOption {
+                field: "tmpfs_size_bytes",
+                value: self.tmpfs_size_bytes.to_string(),
+                reason: "must be between 64 KiB and 64 MiB",
+            });
+        }
+        if !(16..=65536).contains(&self.tmpfs_max_inodes) {
+            return Err(StoreError::InvalidOption {
+                field: "tmpfs_max_inodes",
+                value: self.tmpfs_max_inodes.to_string(),
+                reason: "must be between 16 and 65536",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            tmpfs_size_bytes: 2 * 1024 * 1024,
+            tmpfs_max_inodes: 1024,
+        }
+    }
+}
+
+/// The node's volume store under one data root.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Canonical, so paths compare equal to those in mountinfo.
+    root: PathBuf,
+    options: StoreOptions,
+    /// Serialises mount, publish and removal. Without it two concurrent
+    /// publishes of one volume could stack two tmpfs mounts and hide the
+    /// first one's files (cert-manager/csi-driver#636). These operations
+    /// take micro- to milliseconds, so one lock for the node is enough.
+    lock: Arc<Mutex<()>>,
+}
+
+impl Store {
+    /// Opens (creating, mode 0700) the store under `data_root`.
+    pub fn open(data_root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with(data_root, StoreOptions::default())
+    }
+
+    /// Like [`Store::open`], with explicit tmpfs limits.
+    pub fn open_with(
+        data_root: impl AsRef<Path>,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        options.validate()?;
+        let data_root = data_root.as_ref();
+        create_private_dir_all(data_root)?;
+        let root = data_root
+            .canonicalize()
+            .map_err(|e| StoreError::io("resolve data root", data_root, e))?;
+        let volumes = root.join(VOLUMES_DIR);
+        create_private_dir_all(&volumes)?;
+        fs::set_permissions(&volumes, Permissions::from_mode(0o700))
+            .map_err(|e| StoreError::io("change mode of", &volumes, e))?;
+        Ok(Store {
+            root,
+            options,
+            lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The canonical data root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn volume_path(&self, volume_id: &str) -> Result<PathBuf, StoreError> {
+        validate_volume_id(volume_id)?;
+        Ok(self.root.join(VOLUMES_DIR).join(volume_id))
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves no in-memory invariant
+        // broken (all state is on disk), so poisoning is ignored.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the volume's directory and mounts its tmpfs. An existing
+    /// tmpfs is reused with its contents, which is how a restarted plugin
+    /// finds a pending key again.
+    pub fn prepare(&self, volume_id: &str) -> Result<VolumeDir, StoreError> {
+        let dir = self.volume_path(volume_id)?;
+        let _guard = self.guard();
+        create_private_dir(&dir)?;
+        let mnt = dir.join(MNT_DIR);
+        create_private_dir(&mnt)?;
+        // Only cert-csi mounts below its 0700 data root, so a tmpfs found
+        // here is the one an earlier run mounted.
+        if !mounts::is_tmpfs_mount(&mnt)? {
+            if mounts::is_foreign_device(&mnt)? {
+                return Err(StoreError::Conflict {
+                    op: "prepare",
+                    path: mnt,
+                    reason: "a filesystem other than tmpfs is mounted there; unmount it".into(),
+                });
+            }
+            mounts::mount_tmpfs(
+                &mnt,
+                self.options.tmpfs_size_bytes,
+                self.options.tmpfs_max_inodes,
+            )?;
+        }
+        create_dir_with_mode(&mnt.join(POD_DIR), DIR_MODE)?;
+        create_private_dir(&mnt.join(PRIVATE_DIR))?;
+        Ok(VolumeDir {
+            volume_id: volume_id.to_owned(),
+            dir,
+            lock: Arc::clone(&self.lock),
+        })
+    }
+
+    /// Unmounts `target_path` and the volume's tmpfs and deletes what the
+    /// store created. Whatever is already gone counts as done, so the
+    /// kubelet may retry freely.
+    pub fn remove(&self, volume_id: &str, target_path: &Path) -> Result<(), StoreError> {
+        let dir = self.volume_path(volume_id)?;
+        let _guard = self.guard();
+
+        match target_path.canonicalize() {
+            Ok(target) => {
+                mounts::unmount_all(&target)?;
+                match fs::remove_dir(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                        return Err(StoreError::Conflict {
+                            op: "remove target",
+                            path: target,
+                            reason: "the directory holds files cert-csi did not put there; \
+                                     it was left in place"
+                                .into(),
+                        });
+                    }
+                    Err(e) => return Err(StoreError::io("remove target", &target, e)),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("resolve target", target_path, e)),
+        }
+
+        mounts::unmount_all(&dir.join(MNT_DIR))?;
+        match fs::metadata(&dir) {
+            Ok(meta) => remove_tree_on_device(&dir, meta.dev()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("inspect", &dir, e)),
+        }
+    }
+
+    /// Writes the volume's state atomically and durably.
+    pub fn save_state(&self, state: &VolumeState) -> Result<(), StoreError> {
+        let dir = self.volume_path(&state.volume_id)?;
+        let path = dir.join(STATE_FILE);
+        state.check_before_save(&path)?;
+        let mut state = state.clone();
+        state.version = STATE_VERSION;
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::InvalidState {
+            path: path.clone(),
+            field: "(all)",
+            reason: format!("cannot be encoded: {e}"),
+        })?;
+        state::write_durably(&path, &json, 0o600)
+    }
+
+    /// Reads the volume's state.
+    pub fn load_state(&self, volume_id: &str) -> Result<VolumeState, StoreError> {
+        let path = self.volume_path(volume_id)?.join(STATE_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::StateNotFound {
+                    volume_id: volume_id.to_owned(),
+                    path,
+                });
+            }
+            Err(e) => return Err(StoreError::io("read state", &path, e)),
+        };
+        let state = VolumeState::decode(&path, &bytes)?;
+        if state.volume_id != volume_id {
+            return Err(StoreError::InvalidState {
+                path,
+                field: "volume_id",
+                reason: format!(
+                    "is {:?} but the file belongs to {volume_id:?}",
+                    state.volume_id
+                ),
+            });
+        }
+        Ok(state)
+    }
+
+    /// The ids of all volume directories, including those without state
+    /// (a crash between `prepare` and the first `save_state`).
+    pub fn volume_ids(&self) -> Result<Vec<String>, StoreError> {
+        let volumes = self.root.join(VOLUMES_DIR);
+        let entries = fs::read_dir(&volumes).map_err(|e| StoreError::io("list", &volumes, e))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list", &volumes, e))?;
+            if let Some(id) = entry.file_name().to_str()
+                && validate_volume_id(id).is_ok()
+                && entry.file_type().is_ok_and(|t| t.is_dir())
+            {
+                ids.push(id.to_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The state of every volume, for recovery after a restart. Volumes
+    /// without state are skipped; unreadable state is logged and skipped so
+    /// one bad file does not stop the others from resuming.
+    pub fn list(&self) -> Result<Vec<VolumeState>, StoreError> {
+        let mut states = Vec::new();
+        for id in self.volume_ids()? {
+            match self.load_state(&id) {
+                Ok(s) => states.push(s),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(volume_id = %id, error = %e, "skipping volume state"),
+            }
+        }
+        Ok(states)
+    }
+
+    /// A handle on a volume that `prepare` already set up, without touching
+    /// mounts; `None` if its tmpfs is not mounted.
+    pub fn existing(&self, volume_id: &str) -> Result<Option<VolumeDir>, StoreError> {
+        let dir = self.volume_path(volume_id)?;
+        let mounted = mounts::is_tmpfs_mount(&dir.join(MNT_DIR))?;
+        Ok(mounted.then(|| VolumeDir {
+            volume_id: volume_id.to_owned(),
+            dir,
+            lock: Arc::clone(&self.lock),
+        }))
+    }
+}
+
+/// One prepared volume: its tmpfs is mounted.
+#[derive(Debug, Clone)]
+pub struct VolumeDir {
+    volume_id: String,
+    dir: PathBuf,
+    lock: Arc<Mutex<()>>,
+}
+
+impl VolumeDir {
+    pub fn volume_id(&self) -> &str {
+        &self.volume_id
+    }
+
+    /// `<data_root>/volumes/<volume_id>`.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tmpfs mount point.
+    pub fn tmpfs_path(&self) -> PathBuf {
+        self.dir.join(MNT_DIR)
+    }
+
+    /// The directory the pod sees.
+    pub fn pod_path(&self) -> PathBuf {
+        self.tmpfs_path().join(POD_DIR)
+    }
+
+    fn pending_key_path(&self) -> PathBuf {
+        self.tmpfs_path().join(PRIVATE_DIR).join(PENDING_KEY)
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the private key of a request in flight (mode 0600, tmpfs only),
+    /// so a restarted plugin can finish that request instead of making another.
+    pub fn write_pending_key(&self, key: &Secret) -> Result<(), StoreError> {
+        self.ensure_tmpfs("write pending key")?;
+        state::write_durably(&self.pending_key_path(), &key.0, 0o600)
+    }
+
+    /// The pending private key, if one was written and not cleared.
+    pub fn read_pending_key(&self) -> Result<Option<Secret>, StoreError> {
+        let path = self.pending_key_path();
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(Secret(bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read pending key", &path, e)),
+        }
+    }
+
+    /// Forgets the pending key; absent is fine.
+    pub fn clear_pending_key(&self) -> Result<(), StoreError> {
+        let path = self.pending_key_path();
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io("remove pending key", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Atomically replaces the pod's files with `files`: `(name, contents,
+    /// mode)`, mode usually [`default_file_mode`]. With `gid`, files and
+    /// directories are group-owned by it (the pod's fsGroup).
+    pub fn publish<N: AsRef<str>, B: AsRef<[u8]>>(
+        &self,
+        files: &[(N, B, u32)],
+        gid: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.guard();
+        self.ensure_tmpfs("publish")?;
+        atomic::publish(&self.pod_path(), files, gid)
+    }
+
+    /// Bind-mounts the pod directory read-only (and nodev, noexec, nosuid)
+    /// at `target`, creating the directory. Does nothing if this volume is
+    /// already mounted there.
+    pub fn mount_at(&self, target: &Path) -> Result<(), StoreError> {
+        let _guard = self.guard();
+        self.ensure_tmpfs("mount")?;
+        match DirBuilder::new().mode(0o750).create(target) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::io("create target directory", target, e));
+            }
+            _ => {}
+        }
+        let target = target
+            .canonicalize()
+            .map_err(|e| StoreError::io("resolve target", target, e))?;
+        let pod = self.pod_path();
+        if mounts::identity(&target)? == mounts::identity(&pod)? {
+            // A crash between the two mount calls leaves a writable bind.
+            return if mounts::is_read_only(&target)? {
+                Ok(())
+            } else {
+                mounts::remount_read_only(&target)
+            };
+        }
+        if mounts::is_foreign_device(&target)? {
+            return Err(StoreError::Conflict {
+                op: "mount",
+                path: target,
+                reason: "another filesystem is already mounted there; \
+                         unpublish the volume that owns it first"
+                    .into(),
+            });
+        }
+        mounts::bind_read_only(&pod, &target)
+    }
+
+    /// Whether `target` currently shows this volume's pod directory.
+    pub fn is_mounted_at(&self, target: &Path) -> Result<bool, StoreError> {
+        let pod = self.pod_path();
+        let (Some(shown), Some(ours)) = (mounts::identity(target)?, mounts::identity(&pod)?) else {
+            return Ok(false);
+        };
+        // Equal inodes through two different paths: a bind mount of ours.
+        Ok(shown == ours && target.canonicalize().is_ok_and(|t| t != pod))
+    }
+
+    /// An error if the tmpfs vanished (node reboot, someone unmounted it):
+    /// writing then would land on persistent disk.
+    fn ensure_tmpfs(&self, op: &'static str) -> Result<(), StoreError> {
+        let mnt = self.tmpfs_path();
+        if mounts::is_tmpfs_mount(&mnt)? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                op,
+                path: mnt,
+                reason: "the volume's tmpfs is not mounted; prepare the volume again".into(),
+            })
+        }
+    }
+}
+
+/// Whether anything is mounted at `path` (compared after resolving
+/// symlinks). Reads /proc/self/mountinfo, so it is meant for checks and
+/// tests, not for every request.
+pub fn is_mounted(path: &Path) -> Result<bool, StoreError> {
+    let path = match path.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StoreError::io("resolve", path, e)),
+    };
+    Ok(mounts::top_mount(&path)?.is_some())
+}
+
+/// `rm -r` that refuses to cross into another filesystem, so a mount left
+/// below the volume directory is reported instead of emptied.
+fn remove_tree_on_device(path: &Path, dev: u64) -> Result<(), StoreError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("inspect", path, e)),
+    };
+    if meta.dev() != dev {
+        return Err(StoreError::Conflict {
+            op: "remove volume",
+            path: path.to_owned(),
+            reason: "another filesystem is still mounted there; unmount it".into(),
+        });
+    }
+    let result = if meta.is_dir() {
+        let entries = fs::read_dir(path).map_err(|e| StoreError::io("list", path, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list", path, e))?;
+            remove_tree_on_device(&entry.path(), dev)?;
+        }
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    create_dir_with_mode(path, 0o700)
+}
+
+fn create_dir_with_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    match DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => fs::set_permissions(path, Permissions::from_mode(mode))
+            .map_err(|e| StoreError::io("change mode of", path, e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::io("create directory", path, e)),
+    }
+}
+
+fn create_private_dir_all(path: &Path) -> Result<(), StoreError> {
+    DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(path)
+        .map_err(|e| StoreError::io("create directory", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_range_checked() {
+        StoreOptions::default().validate().unwrap();
+        let tiny = StoreOptions {
+            tmpfs_size_bytes: 1024,
+            ..StoreOptions::default()
+        };
+        let err = tiny.validate().unwrap_err();
+        assert!(err.to_string().contains("tmpfs_size_bytes"), "{err}");
+        let few = StoreOptions {
+            tmpfs_max_inodes: 1,
+            ..StoreOptions::default()
+        };
+        assert!(
+            few.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("tmpfs_max_inodes")
+        );
+    }
+
+    #[test]
+    fn state_round_trip_without_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let id = "csi-abc";
+        fs::create_dir(store.root().join(VOLUMES_DIR).join(id)).unwrap();
+        let state = VolumeState::new(id, "/target", Default::default(), "fp");
+        store.save_state(&state).unwrap();
+        assert_eq!(store.load_state(id).unwrap(), state);
+        assert_eq!(store.list().unwrap(), vec![state]);
+        assert!(store.load_state("csi-other").unwrap_err().is_not_found());
+        assert!(store.load_state("../x").unwrap_err().is_invalid_argument());
+    }
+}

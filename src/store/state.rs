@@ -1,0 +1,230 @@
+//! Node state of one volume: what a restarted node plugin needs to resume
+//! without issuing twice. It lives on persistent disk, so it never holds key
+//! material or tokens.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// The state format this build writes and the newest it reads.
+pub const STATE_VERSION: u32 = 1;
+
+/// Volume attribute keys whose values are credentials. The kubelet passes
+/// the service account token here when the driver asks for one.
+const SECRET_CONTEXT_KEYS: &[&str] = &["csi.storage.k8s.io/serviceAccount.tokens"];
+
+/// Persistent facts about one published volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// Format version, for migrations; [`STATE_VERSION`] when written.
+    pub version: u32,
+    pub volume_id: String,
+    pub target_path: PathBuf,
+    /// The volume context as the kubelet sent it, minus credentials.
+    pub context: BTreeMap<String, String>,
+    /// A digest of `context`, so a republish with changed attributes is noticed.
+    pub context_fingerprint: String,
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The CertificateRequest that is pending or was last issued.
+    #[serde(default)]
+    pub request: Option<RequestRef>,
+    /// Validity of the certificate currently published, if any.
+    #[serde(default)]
+    pub not_before: Option<Timestamp>,
+    #[serde(default)]
+    pub not_after: Option<Timestamp>,
+    /// When the renewal scheduler should act next.
+    #[serde(default)]
+    pub next_renewal: Option<Timestamp>,
+    /// Consecutive failed renewal attempts; 0 after a success.
+    #[serde(default)]
+    pub renewal_attempts: u32,
+}
+
+/// Names one CertificateRequest and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRef {
+    pub namespace: String,
+    pub name: String,
+    pub phase: RequestPhase,
+}
+
+/// Whether the referenced request still awaits its certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestPhase {
+    /// Created; its private key waits in the volume's tmpfs.
+    Pending,
+    /// Its certificate is the one published.
+    Issued,
+}
+
+impl VolumeState {
+    /// A state at the current version with nothing requested yet.
+    pub fn new(
+        volume_id: impl Into<String>,
+        target_path: impl Into<PathBuf>,
+        context: BTreeMap<String, String>,
+        context_fingerprint: impl Into<String>,
+    ) -> Self {
+        VolumeState {
+            version: STATE_VERSION,
+            volume_id: volume_id.into(),
+            target_path: target_path.into(),
+            context,
+            context_fingerprint: context_fingerprint.into(),
+            node_id: None,
+            request: None,
+            not_before: None,
+            not_after: None,
+            next_renewal: None,
+            renewal_attempts: 0,
+        }
+    }
+
+    /// Refuses a state that must not be written to `path`.
+    pub(crate) fn check_before_save(&self, path: &Path) -> Result<(), StoreError> {
+        if let Some(key) = self
+            .context
+            .keys()
+            .find(|k| SECRET_CONTEXT_KEYS.contains(&k.as_str()))
+        {
+            return Err(StoreError::SecretInState {
+                volume_id: self.volume_id.clone(),
+                key: key.clone(),
+            });
+        }
+        if let (Some(nb), Some(na)) = (self.not_before, self.not_after)
+            && na < nb
+        {
+            return Err(StoreError::InvalidState {
+                path: path.to_owned(),
+                field: "not_after",
+                reason: format!("({na}) is before not_before ({nb})"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes a state file's bytes, checking the version.
+    pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<Self, StoreError> {
+        // Read the version alone first so a newer format gets a version
+        // error instead of a confusing field error.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let versioned: Versioned =
+            serde_json::from_slice(bytes).map_err(|source| StoreError::CorruptState {
+                path: path.to_owned(),
+                source,
+            })?;
+        if versioned.version > STATE_VERSION {
+            return Err(StoreError::UnsupportedStateVersion {
+                path: path.to_owned(),
+                found: versioned.version,
+                supported: STATE_VERSION,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|source| StoreError::CorruptState {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the
+/// new content, never a torn file: write a sibling, fsync it, rename it over,
+/// fsync the directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StoreError::io("write temporary file", &tmp, e)
+    })?;
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io("rename into place", path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VolumeState {
+        let mut ctx = BTreeMap::new();
+        ctx.insert("csi.cert-manager.io/issuer-name".into(), "ca".into());
+        let mut s = VolumeState::new("csi-1", "/t", ctx, "fp");
+        s.request = Some(RequestRef {
+            namespace: "ns".into(),
+            name: "cr-1".into(),
+            phase: RequestPhase::Pending,
+        });
+        s.not_before = Some("2025-01-01T00:00:00Z".parse().unwrap());
+        s.not_after = Some("2025-01-02T00:00:00Z".parse().unwrap());
+        s
+    }
+
+    #[test]
+    fn json_round_trip_and_readable_times() {
+        let s = sample();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"2025-01-02T00:00:00Z\""), "{json}");
+        assert!(json.contains("\"pending\""), "{json}");
+        assert_eq!(
+            VolumeState::decode(Path::new("/s"), json.as_bytes()).unwrap(),
+            s
+        );
+    }
+
+    #[test]
+    fn newer_versions_and_garbage_are_refused_with_the_path() {
+        let mut s = sample();
+        s.version = STATE_VERSION + 1;
+        let json = serde_json::to_vec(&s).unwrap();
+        let err = VolumeState::decode(Path::new("/d/state.json"), &json).unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedStateVersion { found, .. } if found == 2));
+        let err = VolumeState::decode(Path::new("/d/state.json"), b"{\"version\":1").unwrap_err();
+        assert!(err.to_string().contains("/d/state.json"), "{err}");
+        assert!(matches!(err, StoreError::CorruptState { .. }));
+    }
+
+    #[test]
+    fn tokens_and_inverted_validity_are_refused() {
+        let mut s = sample();
+        s.context.insert(
+            "csi.storage.k8s.io/serviceAccount.tokens".into(),
+            "{}".into(),
+        );
+        let err = s.check_before_save(Path::new("/s")).unwrap_err();
+        assert!(err.to_string().contains("serviceAccount.tokens"), "{err}");
+
+        let mut s = sample();
+        std::mem::swap(&mut s.not_before, &mut s.not_after);
+        let err = s.check_before_save(Path::new("/s")).unwrap_err();
+        assert!(err.to_string().contains("not_after"), "{err}");
+        sample().check_before_save(Path::new("/s")).unwrap();
+    }
+}

@@ -1,0 +1,495 @@
+//! Volume attributes reach the key, the CertificateRequest and the issued
+//! certificate, checked independently with the openssl CLI.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use cert_csi::volume::keys;
+use common::{Env, PodRef, VolumeRequest, annotations, cert_text, openssl, openssl_ok};
+use kube::ResourceExt;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+fn key_text(volume: &VolumeRequest, name: &str) -> String {
+    openssl_ok(&[
+        "pkey",
+        "-noout",
+        "-text",
+        "-in",
+        path_str(&volume.file(name)),
+    ])
+}
+
+fn ext(volume: &VolumeRequest, cert: &str, which: &str) -> String {
+    openssl_ok(&[
+        "x509",
+        "-noout",
+        "-ext",
+        which,
+        "-in",
+        path_str(&volume.file(cert)),
+    ])
+}
+
+fn assert_chain_and_key(volume: &VolumeRequest, cert: &str, key: &str, ca: &str) {
+    let out = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        path_str(&volume.file(ca)),
+        path_str(&volume.file(cert)),
+    ]);
+    assert!(out.contains(": OK"), "{}: {out}", volume.volume_name);
+    let from_key = openssl_ok(&["pkey", "-pubout", "-in", path_str(&volume.file(key))]);
+    let from_cert = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        path_str(&volume.file(cert)),
+    ]);
+    assert_eq!(
+        from_key, from_cert,
+        "{}: key and certificate differ",
+        volume.volume_name
+    );
+}
+
+/// Whether the certificate is still valid `seconds` from now
+/// (`openssl x509 -checkend`).
+fn valid_for(volume: &VolumeRequest, cert: &str, seconds: u64) -> bool {
+    let out = openssl(&[
+        "x509",
+        "-noout",
+        "-checkend",
+        &seconds.to_string(),
+        "-in",
+        path_str(&volume.file(cert)),
+    ]);
+    out.status.success()
+}
+
+async fn publish_all(env: &Env, volumes: &[&VolumeRequest]) {
+    for v in volumes {
+        env.publish_ok(v).await;
+    }
+}
+
+fn vol(env: &Env, pod: &PodRef, name: &str, extra: &[(&str, &str)]) -> VolumeRequest {
+    let mut attrs = vec![(keys::ISSUER_NAME, "ca")];
+    attrs.extend_from_slice(extra);
+    env.volume(pod, name, &attrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_algorithms_sizes_and_encodings() {
+    if !common::require_root("key_algorithms_sizes_and_encodings") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("keys", "keys-0", "default").await;
+    let rsa_default = vol(&env, &pod, "rsa-default", &[]);
+    let rsa_pkcs8 = vol(&env, &pod, "rsa-pkcs8", &[(keys::KEY_ENCODING, "PKCS8")]);
+    // The one RSA-4096 case of the suite (slow in debug builds).
+    let rsa_4096 = vol(
+        &env,
+        &pod,
+        "rsa-4096",
+        &[(keys::KEY_ALGORITHM, "rsa"), (keys::KEY_SIZE, "4096")],
+    );
+    let ec_256 = vol(&env, &pod, "ec-256", &[(keys::KEY_ALGORITHM, "ECDSA")]);
+    let ec_384 = vol(
+        &env,
+        &pod,
+        "ec-384",
+        &[(keys::KEY_ALGORITHM, "ECDSA"), (keys::KEY_SIZE, "384")],
+    );
+    let ec_521 = vol(
+        &env,
+        &pod,
+        "ec-521",
+        &[(keys::KEY_ALGORITHM, "ecdsa"), (keys::KEY_SIZE, "521")],
+    );
+    let ed = vol(&env, &pod, "ed25519", &[(keys::KEY_ALGORITHM, "Ed25519")]);
+    publish_all(
+        &env,
+        &[
+            &rsa_default,
+            &rsa_pkcs8,
+            &rsa_4096,
+            &ec_256,
+            &ec_384,
+            &ec_521,
+            &ed,
+        ],
+    )
+    .await;
+
+    for v in [
+        &rsa_default,
+        &rsa_pkcs8,
+        &rsa_4096,
+        &ec_256,
+        &ec_384,
+        &ec_521,
+        &ed,
+    ] {
+        assert_chain_and_key(v, "tls.crt", "tls.key", "ca.crt");
+    }
+    // RSA: 2048 and PKCS#1 by default; PKCS#8 on request.
+    assert!(
+        rsa_default
+            .read_string("tls.key")
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+    );
+    assert!(key_text(&rsa_default, "tls.key").contains("(2048 bit"));
+    assert!(cert_text(&rsa_default.file("tls.crt")).contains("rsaEncryption"));
+    assert!(
+        rsa_pkcs8
+            .read_string("tls.key")
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    assert!(key_text(&rsa_pkcs8, "tls.key").contains("(2048 bit"));
+    assert!(
+        rsa_4096
+            .read_string("tls.key")
+            .starts_with("-----BEGIN RSA PRIVATE KEY-----")
+    );
+    assert!(cert_text(&rsa_4096.file("tls.crt")).contains("Public-Key: (4096 bit)"));
+    // ECDSA: the curve follows key-size; keys are PKCS#8.
+    for (v, bits, curve) in [
+        (&ec_256, 256, "prime256v1"),
+        (&ec_384, 384, "secp384r1"),
+        (&ec_521, 521, "secp521r1"),
+    ] {
+        assert!(
+            v.read_string("tls.key")
+                .starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{}",
+            v.volume_name
+        );
+        let text = key_text(v, "tls.key");
+        assert!(
+            text.contains(&format!("({bits} bit)")),
+            "{}: {text}",
+            v.volume_name
+        );
+        assert!(text.contains(curve), "{}: {text}", v.volume_name);
+        assert!(cert_text(&v.file("tls.crt")).contains("id-ecPublicKey"));
+    }
+    assert!(
+        ed.read_string("tls.key")
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    assert!(key_text(&ed, "tls.key").contains("ED25519 Private-Key"));
+    assert!(cert_text(&ed.file("tls.crt")).contains("Public Key Algorithm: ED25519"));
+    assert_eq!(env.count_requests("keys").await, 7);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_names_usages_and_ca_reach_request_and_certificate() {
+    if !common::require_root("subject_names_usages_and_ca_reach_request_and_certificate") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("names", "names-0", "frontend").await;
+    let defaults = vol(&env, &pod, "defaults", &[]);
+    let literal = vol(
+        &env,
+        &pod,
+        "literal",
+        &[(keys::LITERAL_SUBJECT, "CN=${POD_NAME},O=Acme Corp,C=DE")],
+    );
+    let ca = vol(
+        &env,
+        &pod,
+        "is-ca",
+        &[(keys::IS_CA, "true"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    let usages = vol(
+        &env,
+        &pod,
+        "usages",
+        &[
+            (
+                keys::KEY_USAGES,
+                "digital signature, key encipherment, server auth, client auth",
+            ),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let sans = vol(
+        &env,
+        &pod,
+        "sans",
+        &[
+            (keys::COMMON_NAME, "${POD_NAME}"),
+            (keys::DNS_NAMES, "a.example, ${POD_NAME}.${POD_NAMESPACE}"),
+            (keys::IP_SANS, "10.1.2.3,fd00::1"),
+            (
+                keys::URI_SANS,
+                "spiffe://cluster.local/ns/${POD_NAMESPACE}/sa/${SERVICE_ACCOUNT_NAME}",
+            ),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    publish_all(&env, &[&defaults, &literal, &ca, &usages, &sans]).await;
+    for v in [&defaults, &literal, &ca, &usages, &sans] {
+        assert_chain_and_key(v, "tls.crt", "tls.key", "ca.crt");
+    }
+
+    // Defaults: issuer kind and group, 2160h, the two default usages, not a CA.
+    let cr = env.only_request(&defaults).await;
+    assert_eq!(cr.spec.issuer_ref.name, "ca");
+    assert_eq!(cr.spec.issuer_ref.kind.as_deref(), Some("Issuer"));
+    assert_eq!(cr.spec.issuer_ref.group.as_deref(), Some("cert-manager.io"));
+    let duration =
+        cert_csi::volume::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
+    assert_eq!(duration, Duration::from_secs(2160 * 3600));
+    assert_eq!(
+        cr.spec.usages.as_deref(),
+        Some(
+            &[
+                "digital signature".to_string(),
+                "key encipherment".to_string()
+            ][..]
+        )
+    );
+    assert_ne!(cr.spec.is_ca, Some(true));
+    assert!(
+        cr.owner_references()
+            .iter()
+            .any(|o| o.kind == "Pod" && o.uid == pod.uid),
+        "no ownerReference to the pod"
+    );
+    let ku = ext(&defaults, "tls.crt", "keyUsage");
+    assert!(ku.contains("Digital Signature, Key Encipherment"), "{ku}");
+    assert!(!ku.contains("Certificate Sign"), "{ku}");
+    assert!(!ext(&defaults, "tls.crt", "basicConstraints").contains("CA:TRUE"));
+    assert!(
+        valid_for(&defaults, "tls.crt", 89 * 24 * 3600),
+        "default lifetime shorter than 90 days"
+    );
+    assert!(
+        !valid_for(&defaults, "tls.crt", 91 * 24 * 3600),
+        "default lifetime longer than 90 days"
+    );
+
+    // Literal subject, byte for byte in RFC 4514 order, variables expanded.
+    let subject = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        path_str(&literal.file("tls.crt")),
+    ]);
+    assert_eq!(subject.trim(), "subject=CN=names-0,O=Acme Corp,C=DE");
+
+    // is-ca: the request asks for it and the certificate is a CA.
+    assert_eq!(env.only_request(&ca).await.spec.is_ca, Some(true));
+    let bc = ext(&ca, "tls.crt", "basicConstraints");
+    assert!(bc.contains("CA:TRUE"), "{bc}");
+    assert!(ext(&ca, "tls.crt", "keyUsage").contains("Certificate Sign"));
+
+    // key-usages: the request's spec.usages and the certificate's extensions.
+    let cr = env.only_request(&usages).await;
+    assert_eq!(
+        cr.spec.usages.clone().unwrap(),
+        [
+            "digital signature",
+            "key encipherment",
+            "server auth",
+            "client auth"
+        ]
+    );
+    let text = ext(&usages, "tls.crt", "keyUsage,extendedKeyUsage");
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+
+    // SANs of every kind, with variables expanded.
+    let san = ext(&sans, "tls.crt", "subjectAltName").to_ascii_lowercase();
+    for want in [
+        "dns:a.example",
+        "dns:names-0.names",
+        "ip address:10.1.2.3",
+        "ip address:fd00:0:0:0:0:0:0:1",
+        "uri:spiffe://cluster.local/ns/names/sa/frontend",
+    ] {
+        assert!(san.contains(want), "missing {want}: {san}");
+    }
+    let subject = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        path_str(&sans.file("tls.crt")),
+    ]);
+    assert_eq!(subject.trim(), "subject=CN=names-0");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_keystore_lifetime_and_annotations() {
+    if !common::require_root("files_keystore_lifetime_and_annotations") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("files", "files-0", "default").await;
+    let names = vol(
+        &env,
+        &pod,
+        "names",
+        &[
+            (keys::CERTIFICATE_FILE, "cert.pem"),
+            (keys::PRIVATE_KEY_FILE, "key.pem"),
+            (keys::CA_FILE, "root.pem"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let p12 = vol(
+        &env,
+        &pod,
+        "p12",
+        &[
+            (keys::PKCS12_ENABLE, "true"),
+            (keys::PKCS12_PASSWORD, "s3cret-pass"),
+        ],
+    );
+    let lifetime = vol(
+        &env,
+        &pod,
+        "lifetime",
+        &[
+            (keys::DURATION, "1h"),
+            (keys::RENEW_BEFORE, "30m"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let lifetime_default_renew = vol(
+        &env,
+        &pod,
+        "lifetime-default",
+        &[(keys::DURATION, "1h"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    let annotated = vol(
+        &env,
+        &pod,
+        "annotated",
+        &[
+            ("example.com/team", "x"),
+            ("example.com/cost-center", "42"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    publish_all(
+        &env,
+        &[&names, &p12, &lifetime, &lifetime_default_renew, &annotated],
+    )
+    .await;
+
+    // Custom file names replace the defaults.
+    assert_chain_and_key(&names, "cert.pem", "key.pem", "root.pem");
+    for default in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            !names.file(default).exists(),
+            "{default} written despite a custom name"
+        );
+    }
+
+    // PKCS#12 opens with the password (and not without it), holding the leaf.
+    assert_chain_and_key(&p12, "tls.crt", "tls.key", "ca.crt");
+    let store = path_str(&p12.file("keystore.p12")).to_string();
+    let opened = openssl_ok(&[
+        "pkcs12",
+        "-in",
+        &store,
+        "-passin",
+        "pass:s3cret-pass",
+        "-nodes",
+    ]);
+    assert!(opened.contains("PRIVATE KEY"), "no key in the keystore");
+    let leaf_b64: String = p12
+        .read_string("tls.crt")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let opened_b64: String = opened.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        opened_b64.contains(&leaf_b64),
+        "the keystore does not hold the issued leaf"
+    );
+    assert!(
+        !openssl(&["pkcs12", "-in", &store, "-passin", "pass:wrong", "-nodes"])
+            .status
+            .success(),
+        "the keystore opened with a wrong password"
+    );
+
+    // duration: on the request and in the certificate's validity.
+    let cr = env.only_request(&lifetime).await;
+    let duration =
+        cert_csi::volume::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
+    assert_eq!(duration, Duration::from_secs(3600));
+    assert!(
+        valid_for(&lifetime, "tls.crt", 50 * 60),
+        "a 1h certificate expires within 50m"
+    );
+    assert!(
+        !valid_for(&lifetime, "tls.crt", 70 * 60),
+        "a 1h certificate outlives 70m"
+    );
+    // renew-before: accepted and used for the renewal time (30m plus up to
+    // 10% jitter), unlike the default of a third of the lifetime.
+    let renew_gap = |v: &VolumeRequest| -> Duration {
+        let state = env.state_json(v).expect("node state");
+        let ts = |k: &str| -> jiff::Timestamp { state[k].as_str().unwrap().parse().unwrap() };
+        let gap = ts("not_after").duration_since(ts("next_renewal"));
+        Duration::try_from(gap).unwrap()
+    };
+    let gap = renew_gap(&lifetime);
+    assert!(
+        gap >= Duration::from_secs(30 * 60) && gap <= Duration::from_secs(33 * 60),
+        "renew-before 30m gave a renewal {gap:?} before expiry"
+    );
+    let gap = renew_gap(&lifetime_default_renew);
+    assert!(
+        gap >= Duration::from_secs(20 * 60) && gap <= Duration::from_secs(23 * 60),
+        "the default renew-before gave {gap:?} before expiry"
+    );
+
+    // Annotation pass-through: other prefixes are copied, the kubelet's and
+    // cert-manager's attribute keys never.
+    let cr = env.only_request(&annotated).await;
+    let notes = annotations(&cr);
+    assert_eq!(notes.get("example.com/team").map(String::as_str), Some("x"));
+    assert_eq!(
+        notes.get("example.com/cost-center").map(String::as_str),
+        Some("42")
+    );
+    for r in env.requests("files").await {
+        for key in annotations(&r).keys() {
+            assert!(
+                !key.starts_with("csi.storage.k8s.io/") && !key.starts_with("csi.cert-manager.io/"),
+                "{} carries {key}",
+                r.name_any()
+            );
+        }
+    }
+    assert!(annotations(&env.only_request(&names).await).is_empty());
+    env.finish().await;
+}

@@ -1,0 +1,457 @@
+//! What a publish answers when the input is wrong, or when the request is
+//! denied, fails, is slow, or is never decided; and that nothing is left
+//! behind when it fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cert_csi::volume::{keys, kubelet};
+use common::{Capability, Env, Options, Policy, VolumeRequest, assert_status};
+use kube::ResourceExt;
+use tonic::Code;
+
+/// One bad input: how to break a valid request, and the attribute (or
+/// request field) its error message must name.
+struct Case {
+    name: &'static str,
+    names: &'static str,
+    breaks: fn(&mut VolumeRequest),
+}
+
+fn case(name: &'static str, names: &'static str, breaks: fn(&mut VolumeRequest)) -> Case {
+    Case {
+        name,
+        names,
+        breaks,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case("typo dns-name", keys::DNS_NAMES, |v| {
+            v.set("csi.cert-manager.io/dns-name", "a.example");
+        }),
+        case("unknown attribute", "csi.cert-manager.io/colour", |v| {
+            v.set("csi.cert-manager.io/colour", "blue");
+        }),
+        case("missing issuer-name", keys::ISSUER_NAME, |v| {
+            v.remove(keys::ISSUER_NAME);
+        }),
+        case("bad issuer-kind", keys::ISSUER_KIND, |v| {
+            v.set(keys::ISSUER_KIND, "Vault");
+        }),
+        case("RSA key-size too small", keys::KEY_SIZE, |v| {
+            v.set(keys::KEY_SIZE, "1024");
+        }),
+        case("RSA key-size not a number", keys::KEY_SIZE, |v| {
+            v.set(keys::KEY_SIZE, "big");
+        }),
+        case("ECDSA key-size", keys::KEY_SIZE, |v| {
+            v.set(keys::KEY_ALGORITHM, "ECDSA")
+                .set(keys::KEY_SIZE, "2048");
+        }),
+        case("key-size with Ed25519", keys::KEY_SIZE, |v| {
+            v.set(keys::KEY_ALGORITHM, "Ed25519")
+                .set(keys::KEY_SIZE, "256");
+        }),
+        case("unknown key-algorithm", keys::KEY_ALGORITHM, |v| {
+            v.set(keys::KEY_ALGORITHM, "DSA");
+        }),
+        case("PKCS1 with ECDSA", keys::KEY_ENCODING, |v| {
+            v.set(keys::KEY_ALGORITHM, "ECDSA")
+                .set(keys::KEY_ENCODING, "PKCS1");
+        }),
+        case("unknown key-encoding", keys::KEY_ENCODING, |v| {
+            v.set(keys::KEY_ENCODING, "DER");
+        }),
+        case("bad duration", keys::DURATION, |v| {
+            v.set(keys::DURATION, "90 days");
+        }),
+        case("zero duration", keys::DURATION, |v| {
+            v.set(keys::DURATION, "0s");
+        }),
+        case("bad renew-before", keys::RENEW_BEFORE, |v| {
+            v.set(keys::RENEW_BEFORE, "soon");
+        }),
+        case("bad is-ca", keys::IS_CA, |v| {
+            v.set(keys::IS_CA, "yes");
+        }),
+        case("bad reuse-private-key", keys::REUSE_PRIVATE_KEY, |v| {
+            v.set(keys::REUSE_PRIVATE_KEY, "sometimes");
+        }),
+        case("unknown key usage", keys::KEY_USAGES, |v| {
+            v.set(keys::KEY_USAGES, "digital signature,world domination");
+        }),
+        case("bad ip", keys::IP_SANS, |v| {
+            v.set(keys::IP_SANS, "10.0.0.1,300.1.1.1");
+        }),
+        case("bad uri", keys::URI_SANS, |v| {
+            v.set(keys::URI_SANS, "not a uri");
+        }),
+        case("file name ../x", keys::CERTIFICATE_FILE, |v| {
+            v.set(keys::CERTIFICATE_FILE, "../x");
+        }),
+        case("absolute file name", keys::PRIVATE_KEY_FILE, |v| {
+            v.set(keys::PRIVATE_KEY_FILE, "/etc/shadow");
+        }),
+        case("file name with a slash", keys::CA_FILE, |v| {
+            v.set(keys::CA_FILE, "a/b");
+        }),
+        case(
+            "file name with a leading space",
+            keys::CERTIFICATE_FILE,
+            |v| {
+                v.set(keys::CERTIFICATE_FILE, " tls.crt");
+            },
+        ),
+        case("duplicate file names", keys::PRIVATE_KEY_FILE, |v| {
+            v.set(keys::PRIVATE_KEY_FILE, "tls.crt");
+        }),
+        case("unknown variable", keys::DNS_NAMES, |v| {
+            v.set(keys::DNS_NAMES, "${FOO}.example");
+        }),
+        case("pkcs12 without password", keys::PKCS12_PASSWORD, |v| {
+            v.set(keys::PKCS12_ENABLE, "true");
+        }),
+        case(
+            "pkcs12-filename without pkcs12-enable",
+            keys::PKCS12_FILENAME,
+            |v| {
+                v.set(keys::PKCS12_FILENAME, "store.p12");
+            },
+        ),
+        case("fs-group not a number", keys::FS_GROUP, |v| {
+            v.set(keys::FS_GROUP, "wheel");
+        }),
+        case("fs-group zero", keys::FS_GROUP, |v| {
+            v.set(keys::FS_GROUP, "0");
+        }),
+        case("readonly=false", "readonly", |v| v.readonly = false),
+        case("ephemeral missing", kubelet::EPHEMERAL, |v| {
+            v.remove(kubelet::EPHEMERAL);
+        }),
+        case("pod name missing", kubelet::POD_NAME, |v| {
+            v.remove(kubelet::POD_NAME);
+        }),
+        case("bad literal subject", keys::LITERAL_SUBJECT, |v| {
+            v.set(keys::LITERAL_SUBJECT, "this is not a DN");
+        }),
+        case(
+            "literal subject with an unknown attribute type",
+            keys::LITERAL_SUBJECT,
+            |v| {
+                v.set(keys::LITERAL_SUBJECT, "CN=app,FAVOURITECOLOUR=blue");
+            },
+        ),
+        case("non-ASCII DNS name", keys::DNS_NAMES, |v| {
+            v.set(keys::DNS_NAMES, "bücher.example");
+        }),
+        case("country that is no PrintableString", keys::COUNTRIES, |v| {
+            v.set(keys::COUNTRIES, "Österreich");
+        }),
+        case("reserved prefix", "cert-csi.io/mode", |v| {
+            v.set("cert-csi.io/mode", "fast");
+        }),
+        case("relative target path", "target_path", |v| {
+            v.target_path = v.target_path.trim_start_matches('/').to_string();
+        }),
+        case("unclean target path", "target_path", |v| {
+            let t = v.target();
+            let parent = t.parent().unwrap();
+            v.target_path = format!(
+                "{}/../{}/mount",
+                parent.display(),
+                parent.file_name().unwrap().to_string_lossy()
+            );
+        }),
+        case("block capability", "volume_capability", |v| {
+            v.capability = Capability::Block
+        }),
+        case("no capability", "volume_capability", |v| {
+            v.capability = Capability::Missing
+        }),
+        case("empty volume id", "volume_id", |v| v.volume_id.clear()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
+    if !common::require_root("bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("bad", "bad-0", "default").await;
+    let base = [
+        (keys::ISSUER_NAME, "ca"),
+        (keys::DNS_NAMES, "${POD_NAME}.example"),
+        (keys::KEY_ALGORITHM, "RSA"),
+    ];
+    let cases = cases();
+    assert!(cases.len() >= 30);
+    let mut failures = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let mut v = env.volume(&pod, &format!("bad-{i}"), &base);
+        (c.breaks)(&mut v);
+        match env.publish(&v).await {
+            Ok(()) => failures.push(format!("{}: accepted", c.name)),
+            Err(s) if s.code() != Code::InvalidArgument => failures.push(format!(
+                "{}: {:?} instead of InvalidArgument: {}",
+                c.name,
+                s.code(),
+                s.message()
+            )),
+            Err(s) if !s.message().contains(c.names) => failures.push(format!(
+                "{}: message does not name {}: {}",
+                c.name,
+                c.names,
+                s.message()
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "bad inputs handled wrongly:\n{}",
+        failures.join("\n")
+    );
+
+    // The suggestion for the typo names the right key.
+    let mut typo = env.volume(&pod, "typo", &base);
+    typo.set("csi.cert-manager.io/dns-name", "a.example");
+    let status = assert_status(
+        env.publish(&typo).await,
+        Code::InvalidArgument,
+        "did you mean",
+        "typo",
+    );
+    assert!(
+        status.message().contains(keys::DNS_NAMES),
+        "{}",
+        status.message()
+    );
+    // The keystore password is never echoed.
+    let mut secret = env.volume(&pod, "secret", &base);
+    secret.set(keys::PKCS12_PASSWORD, "hunter2-very-secret");
+    let status = assert_status(
+        env.publish(&secret).await,
+        Code::InvalidArgument,
+        keys::PKCS12_PASSWORD,
+        "password",
+    );
+    assert!(
+        !status.message().contains("hunter2"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !env.log().contains("hunter2"),
+        "the password reached the log"
+    );
+
+    // Validation happens before anything: no request, no mount, no state.
+    assert_eq!(env.count_requests("bad").await, 0);
+    let mounted = common::mounts_under(&env.kubelet_root);
+    assert!(
+        mounted.is_empty(),
+        "mounted under the kubelet root: {mounted:?}"
+    );
+    assert!(
+        env.volume_dirs().is_empty(),
+        "left under the data root: {:?}",
+        env.volume_dirs()
+    );
+    assert_eq!(env.signer.checked(), 0);
+
+    // The base itself is valid, so each failure above came from its one change.
+    let control = env.volume(&pod, "control", &base);
+    env.publish_ok(&control).await;
+    assert_eq!(env.count_requests("bad").await, 1);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_failed_and_slow_requests() {
+    if !common::require_root("denied_failed_and_slow_requests") {
+        return;
+    }
+    let env = Env::start_with(Options {
+        publish_timeout: "5s",
+        policy: Policy::Deny {
+            reason: "policy.example.com".into(),
+            message: "team-x may not use issuer ca".into(),
+        },
+    })
+    .await;
+    let pod = env.create_pod("outcomes", "out-0", "default").await;
+    let attrs = [(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")];
+
+    // Denied: PermissionDenied with the approver's words; nothing left.
+    let denied = env.volume(&pod, "denied", &attrs);
+    let status = assert_status(
+        env.publish(&denied).await,
+        Code::PermissionDenied,
+        "policy.example.com",
+        "denied",
+    );
+    assert!(
+        status.message().contains("team-x may not use issuer ca"),
+        "{}",
+        status.message()
+    );
+    env.assert_no_trace(&denied).await;
+    assert!(
+        !denied.target().exists(),
+        "the target directory was left behind"
+    );
+    assert_eq!(
+        env.signer.checked(),
+        1,
+        "the denied request never reached the signer"
+    );
+
+    // Failed: FailedPrecondition with the issuer's message; nothing left.
+    env.signer.set_policy(Policy::Fail {
+        message: "the CA secret is missing".into(),
+    });
+    let failed = env.volume(&pod, "failed", &attrs);
+    let status = assert_status(
+        env.publish(&failed).await,
+        Code::FailedPrecondition,
+        "the CA secret is missing",
+        "failed",
+    );
+    assert!(status.message().contains("Failed"), "{}", status.message());
+    env.assert_no_trace(&failed).await;
+
+    // Approval after 2 s, within the 5 s publish timeout: success.
+    env.signer
+        .set_policy(Policy::ApproveAfter(Duration::from_secs(2)));
+    let slow = env.volume(&pod, "slow", &attrs);
+    let started = Instant::now();
+    env.publish_ok(&slow).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "published in {took:?}, before the approval"
+    );
+    assert_eq!(env.requests_for(&slow).await.len(), 1);
+    assert!(slow.file("tls.crt").exists());
+
+    assert_eq!(
+        env.count_requests("outcomes").await,
+        1,
+        "only the slow volume's request remains"
+    );
+    assert!(env.volume_dirs().len() == 1, "{:?}", env.volume_dirs());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_publish_is_resumed_with_the_same_request() {
+    if !common::require_root("a_timed_out_publish_is_resumed_with_the_same_request") {
+        return;
+    }
+    let env = Env::start_with(Options {
+        publish_timeout: "3s",
+        policy: Policy::Ignore,
+    })
+    .await;
+    let pod = env.create_pod("timeout", "slow-0", "default").await;
+    let volume = env.volume(
+        &pod,
+        "tls",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+
+    let started = Instant::now();
+    let status = assert_status(
+        env.publish(&volume).await,
+        Code::DeadlineExceeded,
+        "Approved",
+        "undecided",
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "timed out after {took:?}"
+    );
+    assert!(
+        status.message().contains("not approved"),
+        "{}",
+        status.message()
+    );
+    let first = env.only_request(&volume).await.name_any();
+    assert!(
+        common::mounts_at(&volume.target()).is_empty(),
+        "mounted before issuance"
+    );
+
+    // A second undecided attempt keeps waiting on the same request.
+    assert_status(
+        env.publish(&volume).await,
+        Code::DeadlineExceeded,
+        "Approved",
+        "still undecided",
+    );
+    assert_eq!(env.only_request(&volume).await.name_any(), first);
+
+    // The pod of a second volume goes away while its request is undecided:
+    // unpublish removes the pending request, the key's tmpfs and the state.
+    let abandoned = env.volume(
+        &pod,
+        "abandoned",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    assert_status(
+        env.publish(&abandoned).await,
+        Code::DeadlineExceeded,
+        "Approved",
+        "abandoned",
+    );
+    assert_eq!(env.requests_for(&abandoned).await.len(), 1);
+    assert!(
+        env.state_json(&abandoned).is_some(),
+        "a timed-out publish keeps its state for the retry"
+    );
+    env.unpublish(&abandoned.volume_id, &abandoned.target_path)
+        .await
+        .expect("unpublish of a pending volume");
+    env.assert_no_trace(&abandoned).await;
+
+    // An approver appears; the kubelet's retry resumes the same request.
+    env.signer.set_policy(Policy::Approve);
+    env.publish_ok(&volume).await;
+    assert_eq!(
+        env.only_request(&volume).await.name_any(),
+        first,
+        "the retry made a new request"
+    );
+    assert_eq!(env.count_requests("timeout").await, 1);
+    assert_eq!(env.signer.signed(), 1);
+    let out = common::openssl_ok(&[
+        "verify",
+        "-CAfile",
+        volume.file("ca.crt").to_str().unwrap(),
+        volume.file("tls.crt").to_str().unwrap(),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+    let from_key = common::openssl_ok(&[
+        "pkey",
+        "-pubout",
+        "-in",
+        volume.file("tls.key").to_str().unwrap(),
+    ]);
+    let from_cert = common::openssl_ok(&[
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        volume.file("tls.crt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        from_key, from_cert,
+        "the resumed key does not match the certificate"
+    );
+    env.finish().await;
+}

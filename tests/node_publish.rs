@@ -1,0 +1,432 @@
+//! A pod gets its certificate: the files verify, the mount is hardened,
+//! modes and groups are right, and the kubelet's repeated, concurrent and
+//! unpublish calls behave (issue "Node plugin: a certificate on every mount").
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cert_csi::volume::{keys, kubelet};
+use common::{Env, Policy, VolumeRequest, assert_status, mounts_at, openssl_ok};
+use kube::ResourceExt;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// `openssl pkey -pubout` of the key equals `openssl x509 -pubkey` of the
+/// certificate: the pod's key and certificate belong together.
+fn assert_key_matches(volume: &VolumeRequest, cert: &str, key: &str) {
+    let from_key = openssl_ok(&["pkey", "-pubout", "-in", path_str(&volume.file(key))]);
+    let from_cert = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-pubkey",
+        "-in",
+        path_str(&volume.file(cert)),
+    ]);
+    assert_eq!(
+        from_key, from_cert,
+        "{}: key and certificate differ",
+        volume.volume_name
+    );
+}
+
+fn assert_verifies(volume: &VolumeRequest, ca: &str, cert: &str) {
+    let out = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        path_str(&volume.file(ca)),
+        path_str(&volume.file(cert)),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
+    if !common::require_root("a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("team-a", "web-0", "web").await;
+    let volume = env.volume(
+        &pod,
+        "tls",
+        &[
+            (keys::ISSUER_NAME, "ca"),
+            (keys::DNS_NAMES, "${POD_NAME}.${POD_NAMESPACE}.svc"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    env.publish_ok(&volume).await;
+
+    // The three files, chained to the CA the signer used.
+    assert_verifies(&volume, "ca.crt", "tls.crt");
+    assert_eq!(volume.read_string("ca.crt"), env.signer.ca_pem());
+    assert_key_matches(&volume, "tls.crt", "tls.key");
+    let san = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-ext",
+        "subjectAltName",
+        "-in",
+        path_str(&volume.file("tls.crt")),
+    ]);
+    assert!(
+        san.contains("DNS:web-0.team-a.svc"),
+        "variables not expanded: {san}"
+    );
+    assert!(!san.contains('$'), "{san}");
+    let key_pem = volume.read_string("tls.key");
+    assert!(
+        key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+        "ECDSA keys are PKCS#8"
+    );
+
+    // A tmpfs of the volume's own, mounted read-only and hardened.
+    let target = volume.target();
+    let mounts = mounts_at(&target);
+    let top = mounts
+        .last()
+        .unwrap_or_else(|| panic!("nothing mounted at {}", target.display()));
+    assert_eq!(top.fs_type, "tmpfs", "{top:?}");
+    assert_eq!(
+        top.source,
+        cert_csi::store::TMPFS_SOURCE,
+        "not the volume's own tmpfs: {top:?}"
+    );
+    assert!(
+        top.super_option("size").is_some(),
+        "the tmpfs has no size limit: {top:?}"
+    );
+    assert_eq!(mounts.len(), 1, "mounts stacked at the target: {mounts:?}");
+    for opt in ["ro", "nodev", "noexec", "nosuid"] {
+        assert!(top.has_mount_option(opt), "mount lacks {opt}: {top:?}");
+    }
+    let write = std::fs::write(target.join("evil"), b"x");
+    let err = write.expect_err("writing into the pod's volume must fail");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS), "{err}");
+    let overwrite = std::fs::OpenOptions::new()
+        .write(true)
+        .open(volume.file("tls.crt"));
+    assert!(overwrite.is_err(), "tls.crt opened for writing");
+
+    // Without a group: 0440 files in a 0550 directory, owned by root.
+    let dir = std::fs::metadata(&target).unwrap();
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o550);
+    assert_eq!(dir.gid(), 0);
+    for name in ["tls.crt", "tls.key", "ca.crt"] {
+        let meta = std::fs::metadata(volume.file(name)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o440, "{name}");
+        assert_eq!(meta.gid(), 0, "{name}");
+    }
+
+    // fs-group attribute, and the kubelet's volume_mount_group: 0640 and
+    // group-owned by that gid.
+    let mut with_attr = env.volume(
+        &pod,
+        "tls-group-attr",
+        &[
+            (keys::ISSUER_NAME, "ca"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+            (keys::FS_GROUP, "2000"),
+        ],
+    );
+    with_attr.capability = common::Capability::Mount {
+        mount_group: Some(3000),
+    };
+    let mut with_mount_group = env.volume(
+        &pod,
+        "tls-group-kubelet",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    with_mount_group.capability = common::Capability::Mount {
+        mount_group: Some(3000),
+    };
+    env.publish_ok(&with_attr).await;
+    env.publish_ok(&with_mount_group).await;
+    // The attribute overrides the kubelet's group.
+    for (volume, gid) in [(&with_attr, 2000), (&with_mount_group, 3000)] {
+        let dir = std::fs::metadata(volume.target()).unwrap();
+        assert_eq!(
+            dir.permissions().mode() & 0o7777,
+            0o750,
+            "{}",
+            volume.volume_name
+        );
+        assert_eq!(dir.gid(), gid, "{}", volume.volume_name);
+        for name in ["tls.crt", "tls.key", "ca.crt"] {
+            let meta = std::fs::metadata(volume.file(name)).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o7777,
+                0o640,
+                "{} {name}",
+                volume.volume_name
+            );
+            assert_eq!(meta.gid(), gid, "{} {name}", volume.volume_name);
+        }
+        assert_verifies(volume, "ca.crt", "tls.crt");
+    }
+    assert_eq!(env.count_requests("team-a").await, 3);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_of_one_volume_share_one_request() {
+    if !common::require_root("concurrent_publishes_of_one_volume_share_one_request") {
+        return;
+    }
+    let env = std::sync::Arc::new(Env::start().await);
+    let pod = env.create_pod("team-b", "api-0", "api").await;
+    let volume = env.volume(
+        &pod,
+        "tls",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let env = env.clone();
+        let volume = volume.clone();
+        tasks.push(tokio::spawn(async move {
+            env.publish(&volume)
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+            // What this caller's pod would see the moment its call returns.
+            Ok::<_, String>(
+                ["tls.crt", "tls.key", "ca.crt"]
+                    .map(|n| std::fs::read(volume.file(n)).map_err(|e| format!("{n}: {e}"))),
+            )
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        let files = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("a concurrent publish failed: {e}"));
+        let files: Vec<Vec<u8>> = files
+            .into_iter()
+            .map(|f| f.unwrap_or_else(|e| panic!("file missing right after publish: {e}")))
+            .collect();
+        assert!(
+            files.iter().all(|f| !f.is_empty()),
+            "an empty file was served"
+        );
+        seen.push(files);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "callers saw different files"
+    );
+    assert_eq!(
+        mounts_at(&volume.target()).len(),
+        1,
+        "mounts stacked at the target"
+    );
+    let requests = env.requests("team-b").await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "{:?}",
+        requests.iter().map(|r| r.name_any()).collect::<Vec<_>>()
+    );
+    assert_eq!(env.signer.signed(), 1);
+    let env = std::sync::Arc::into_inner(env).expect("all tasks finished");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_publish_answers_at_once_without_a_new_request() {
+    if !common::require_root("a_repeated_publish_answers_at_once_without_a_new_request") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("team-c", "worker-0", "worker").await;
+    let mut volume = env.volume(
+        &pod,
+        "tls",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    // With tokenRequests the kubelet sends fresh service account tokens on
+    // every republish; they must not count as changed attributes, and must
+    // never be stored or logged.
+    let tokens = |t: &str| {
+        format!(r#"{{"vault":{{"token":"{t}","expirationTimestamp":"2030-01-01T00:00:00Z"}}}}"#)
+    };
+    volume.set(
+        kubelet::SERVICE_ACCOUNT_TOKENS,
+        &tokens("sa-token-first-0123456789"),
+    );
+    env.publish_ok(&volume).await;
+    let first = env.only_request(&volume).await.name_any();
+    let cert = volume.read("tls.crt");
+
+    // If the plugin issued again it would now wait for the 5 s publish
+    // timeout and fail, since nobody approves any more.
+    env.signer.set_policy(Policy::Ignore);
+    volume.set(
+        kubelet::SERVICE_ACCOUNT_TOKENS,
+        &tokens("sa-token-second-0123456789"),
+    );
+    let started = Instant::now();
+    env.publish_ok(&volume).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "a republish took {took:?}");
+    assert_eq!(env.only_request(&volume).await.name_any(), first);
+    assert_eq!(
+        volume.read("tls.crt"),
+        cert,
+        "a republish changed the certificate"
+    );
+    assert_eq!(
+        mounts_at(&volume.target()).len(),
+        1,
+        "a republish stacked a mount"
+    );
+
+    let state = env.state_json(&volume).expect("node state").to_string();
+    for secret in ["sa-token-first", "sa-token-second"] {
+        assert!(
+            !state.contains(secret),
+            "a service account token is in the node state"
+        );
+        assert!(
+            !env.log().contains(secret),
+            "a service account token is in the log"
+        );
+    }
+
+    // Changed attributes on a published volume are refused, not applied.
+    let mut changed = volume.clone();
+    changed.set(keys::DNS_NAMES, "other.example");
+    assert_status(
+        env.publish(&changed).await,
+        tonic::Code::AlreadyExists,
+        "different attributes",
+        "republish with changed attributes",
+    );
+    assert_eq!(env.only_request(&volume).await.name_any(), first);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_removes_everything_and_is_idempotent() {
+    if !common::require_root("unpublish_removes_everything_and_is_idempotent") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("team-d", "job-0", "job").await;
+    let volume = env.volume(
+        &pod,
+        "tls",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    let other = env.volume(
+        &pod,
+        "tls-other",
+        &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
+    );
+    env.publish_ok(&volume).await;
+    env.publish_ok(&other).await;
+    assert!(
+        env.state_json(&volume).is_some(),
+        "no node state after publish"
+    );
+    assert_eq!(env.requests_for(&volume).await.len(), 1);
+
+    env.unpublish(&volume.volume_id, &volume.target_path)
+        .await
+        .expect("first unpublish");
+    env.unpublish(&volume.volume_id, &volume.target_path)
+        .await
+        .expect("second unpublish");
+    env.assert_no_trace(&volume).await;
+    assert!(
+        !volume.target().exists(),
+        "the target directory was left behind"
+    );
+
+    // A volume the plugin never saw (the kubelet retries after a restart).
+    let unknown = env.volume(&pod, "never-published", &[]);
+    env.unpublish(&unknown.volume_id, &unknown.target_path)
+        .await
+        .expect("unpublish of an unknown volume");
+    env.assert_no_trace(&unknown).await;
+
+    // The other volume of the same pod is untouched.
+    assert_eq!(mounts_at(&other.target()).len(), 1);
+    assert_eq!(env.requests_for(&other).await.len(), 1);
+    assert_verifies(&other, "ca.crt", "tls.crt");
+    env.unpublish(&other.volume_id, &other.target_path)
+        .await
+        .expect("unpublish other");
+    env.assert_no_trace(&other).await;
+    assert!(
+        env.volume_dirs().is_empty(),
+        "left under the data root: {:?}",
+        env.volume_dirs()
+    );
+    assert_eq!(env.count_requests("team-d").await, 0);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
+    if !common::require_root("a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests") {
+        return;
+    }
+    let mut env = Env::start_with(common::Options {
+        publish_timeout: "3s",
+        policy: Policy::Approve,
+    })
+    .await;
+    let pod = env.create_pod("restart", "db-0", "db").await;
+    let attrs = [(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")];
+    let done = env.volume(&pod, "done", &attrs);
+    env.publish_ok(&done).await;
+    let done_request = env.only_request(&done).await.name_any();
+    let done_cert = done.read("tls.crt");
+
+    env.signer.set_policy(Policy::Ignore);
+    let pending = env.volume(&pod, "pending", &attrs);
+    assert_status(
+        env.publish(&pending).await,
+        tonic::Code::DeadlineExceeded,
+        "Approved",
+        "undecided before the restart",
+    );
+    let pending_request = env.only_request(&pending).await.name_any();
+
+    env.restart_plugin().await;
+
+    // The issued volume is still served and a republish is a no-op.
+    assert_verifies(&done, "ca.crt", "tls.crt");
+    let started = Instant::now();
+    env.publish_ok(&done).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(env.only_request(&done).await.name_any(), done_request);
+    assert_eq!(done.read("tls.crt"), done_cert);
+    assert_eq!(mounts_at(&done.target()).len(), 1);
+
+    // The pending request is resumed with the key kept in its tmpfs.
+    env.signer.set_policy(Policy::Approve);
+    env.publish_ok(&pending).await;
+    assert_eq!(
+        env.only_request(&pending).await.name_any(),
+        pending_request,
+        "a new request after the restart"
+    );
+    assert_verifies(&pending, "ca.crt", "tls.crt");
+    assert_key_matches(&pending, "tls.crt", "tls.key");
+
+    for v in [&done, &pending] {
+        env.unpublish(&v.volume_id, &v.target_path)
+            .await
+            .expect("unpublish after restart");
+        env.assert_no_trace(v).await;
+    }
+    assert!(env.volume_dirs().is_empty(), "{:?}", env.volume_dirs());
+    env.finish().await;
+}

@@ -1,0 +1,67 @@
+//! The README is part of the interface: these tests keep it true.
+
+use std::path::Path;
+
+const BEGIN: &str = "<!-- attributes:begin (generated from src/volume/attributes.rs; UPDATE_README=1 cargo test --test readme) -->\n";
+const END: &str = "<!-- attributes:end -->";
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable")
+}
+
+/// The attribute reference in the README is the table the parser uses, so
+/// documentation and behaviour cannot drift apart.
+#[test]
+fn attribute_reference_matches_the_code() {
+    let text = readme();
+    let start = text
+        .find(BEGIN)
+        .expect("README.md has the attributes:begin marker")
+        + BEGIN.len();
+    let end = text[start..]
+        .find(END)
+        .expect("README.md has the attributes:end marker")
+        + start;
+    let expected = cert_csi::volume::attributes::reference_markdown();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{}{}", &text[..start], expected, &text[end..]);
+        std::fs::write(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"),
+            updated,
+        )
+        .unwrap();
+        return;
+    }
+    assert_eq!(
+        &text[start..end],
+        expected,
+        "README attribute table drifted from the code; run UPDATE_README=1 cargo test --test readme"
+    );
+    assert_eq!(
+        cert_csi::volume::ATTRIBUTES.len(),
+        31,
+        "all 31 upstream attributes are documented"
+    );
+}
+
+/// The two commands promised at the top of the README exist as written.
+#[test]
+fn the_two_commands_are_at_the_top() {
+    let text = readme();
+    let head: String = text.lines().take(40).collect::<Vec<_>>().join("\n");
+    assert!(
+        head.contains("hack/test"),
+        "the test command is near the top"
+    );
+    assert!(
+        head.contains("cargo run --release --"),
+        "the run command is near the top"
+    );
+    let ci =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run")).unwrap();
+    assert!(
+        ci.contains("hack/test"),
+        ".ci/run runs the README's test command"
+    );
+}
