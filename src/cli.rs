@@ -19,11 +19,23 @@ pub struct Cli {
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `cert_csi=debug,kube=warn`.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    pub log_level: String,
+    /// Log filter, e.g. `info` or `cert_csi=debug,kube=warn` [default: info;
+    /// warn for the demo, whose own output tells the story].
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log filter in force: the flag, or the mode's default.
+    pub fn log_level(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(level), _) => level,
+            (None, Command::Demo(_)) => "warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,8 +46,25 @@ pub enum Command {
     Crds,
     /// Run the CSI node plugin (one per node, as a DaemonSet).
     Node(NodeArgs),
+    /// Show the whole system on this machine: API sandbox, controller, node
+    /// plugin and a simulated kubelet; two pods get identities, talk mutual
+    /// TLS, and rotate in place.
+    Demo(DemoArgs),
     /// Run the controller: approver, issuer status and SelfSigned/CA signer.
     Controller(ControllerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave everything running until Ctrl-C, to look around with kubectl.
+    #[arg(long)]
+    pub keep: bool,
+    /// Working directory for the socket, node state and kubelet root.
+    #[arg(long, default_value = ".cert-csi-demo")]
+    pub dir: PathBuf,
+    /// Lifetime of the pods' certificates; short, so a rotation shows.
+    #[arg(long, default_value = "24s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -50,12 +79,12 @@ pub struct ControllerArgs {
         default_value = "cert-manager"
     )]
     pub cluster_resource_namespace: String,
-    /// Loops to run: a comma list of approver, issuers, signer; `-name`
-    /// switches one off from the default set (e.g. `-approver`).
+    /// Loops to run: a comma list of approver, issuers, signer, certificates;
+    /// `-name` switches one off from the default set (e.g. `-approver`).
     #[arg(
         long,
         env = "CONTROLLERS",
-        default_value = "approver,issuers,signer",
+        default_value = "approver,issuers,signer,certificates",
         allow_hyphen_values = true
     )]
     pub controllers: String,
@@ -67,6 +96,18 @@ pub struct ControllerArgs {
     /// Where `/healthz` and `/readyz` are served.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
     pub metrics_address: SocketAddr,
+    /// Wait after a Certificate's first failed issuance; doubles per
+    /// failure (Go duration; upstream: 1h).
+    #[arg(long, env = "CERTIFICATE_BACKOFF_BASE", default_value = "1h", value_parser = parse_duration)]
+    pub certificate_backoff_base: std::time::Duration,
+    /// Longest wait between failed issuances (Go duration; upstream: 32h).
+    #[arg(long, env = "CERTIFICATE_BACKOFF_MAX", default_value = "32h", value_parser = parse_duration)]
+    pub certificate_backoff_max: std::time::Duration,
+    /// Certificate renewal jitter: renew up to this fraction of renewBefore
+    /// early, so Certificates issued together do not renew together
+    /// (0, the default, renews exactly when upstream would).
+    #[arg(long = "certificate-renewal-jitter", env = "CERTIFICATE_RENEWAL_JITTER", default_value = "0", value_parser = parse_jitter)]
+    pub certificate_renewal_jitter: crate::renewal::schedule::JitterPolicy,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +139,28 @@ pub struct NodeArgs {
     /// pods started together do not renew together (0 disables).
     #[arg(long, env = "RENEWAL_JITTER", default_value = "0.1", value_parser = parse_jitter)]
     pub renewal_jitter: crate::renewal::schedule::JitterPolicy,
+    /// CertificateRequests this node may have undecided at once (first
+    /// issuance and renewals together).
+    #[arg(long, env = "MAX_INFLIGHT_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight_requests: u32,
+    /// New CertificateRequests this node may create per second (a fraction
+    /// such as 0.5 is allowed); waiting pods go before renewals.
+    #[arg(long, env = "MAX_REQUEST_RATE", default_value = "10", value_parser = parse_rate)]
+    pub max_request_rate: crate::renewal::limiter::RequestRate,
+    /// First wait after a failed renewal; doubles per failure, with jitter
+    /// (Go duration).
+    #[arg(long, env = "RENEWAL_RETRY_BASE", default_value = "30s", value_parser = parse_duration)]
+    pub renewal_retry_base: std::time::Duration,
+    /// Longest wait between failed renewals (Go duration).
+    #[arg(long, env = "RENEWAL_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub renewal_retry_max: std::time::Duration,
+}
+
+fn parse_rate(value: &str) -> Result<crate::renewal::limiter::RequestRate, String> {
+    let number: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number; use requests per second such as 10"))?;
+    crate::renewal::limiter::RequestRate::new(number).map_err(|e| e.to_string())
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
@@ -138,6 +201,14 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
         }
         Command::Sandbox(args) => run_sandbox(args, shutdown).await,
         Command::Node(args) => run_node(args, shutdown).await,
+        Command::Demo(args) => {
+            let options = crate::demo::DemoOptions {
+                dir: args.dir,
+                keep: args.keep,
+                duration: args.duration,
+            };
+            crate::demo::run(options, shutdown).await
+        }
         Command::Controller(args) => run_controller(args, shutdown).await,
     }
 }
@@ -180,6 +251,14 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             publish_timeout: args.publish_timeout,
             keep_requests: args.keep_requests as usize,
             jitter: args.renewal_jitter,
+            retry: crate::csi::node::RetryPolicy {
+                base: args.renewal_retry_base,
+                max: args.renewal_retry_max.max(args.renewal_retry_base),
+            },
+            limits: crate::renewal::limiter::LimiterConfig {
+                max_inflight: args.max_inflight_requests as usize,
+                rate: args.max_request_rate,
+            },
         },
     };
     crate::csi::run::run(options, shutdown).await
@@ -195,6 +274,18 @@ pub async fn run_controller(
     let mut options = ControllerOptions::new(args.cluster_resource_namespace);
     options.enabled = EnabledControllers::parse(&args.controllers)?;
     options.approve = ApproveScope::parse(&args.approve_issuers)?;
+    if args.certificate_backoff_max < args.certificate_backoff_base {
+        anyhow::bail!(
+            "--certificate-backoff-max ({:?}) is shorter than --certificate-backoff-base ({:?}); make the maximum at least the base",
+            args.certificate_backoff_max,
+            args.certificate_backoff_base
+        );
+    }
+    options.certificates = crate::controller::certificates::CertificatesOptions {
+        backoff_base: args.certificate_backoff_base,
+        backoff_max: args.certificate_backoff_max,
+        jitter: args.certificate_renewal_jitter,
+    };
     let client = crate::csi::run::kube_client(args.kubeconfig.as_ref()).await?;
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

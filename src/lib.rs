@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod csi;
+pub mod demo;
 pub mod issuance;
 pub mod pki;
 pub mod renewal;

@@ -65,3 +65,29 @@ fn the_two_commands_are_at_the_top() {
         ".ci/run runs the README's test command"
     );
 }
+
+/// Every flag of every mode is documented in the README.
+#[test]
+fn every_flag_is_documented() {
+    let text = readme();
+    for mode in ["node", "controller", "demo", "sandbox"] {
+        let help = std::process::Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+            .args([mode, "--help"])
+            .output()
+            .expect("cert-csi --help runs");
+        let help = String::from_utf8_lossy(&help.stdout);
+        for flag in help
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+            .map(|f| f.trim_end_matches(','))
+        {
+            if flag == "--help" {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("`{flag}`")),
+                "README does not document `{flag}` of cert-csi {mode}"
+            );
+        }
+    }
+}

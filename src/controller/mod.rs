@@ -4,11 +4,13 @@
 //! - [`approver`]: sets Approved (or Denied) on CertificateRequests by policy.
 //! - [`issuers`]: keeps the Ready condition of Issuers and ClusterIssuers.
 //! - [`signer`]: signs approved requests for SelfSigned and CA issuers.
+//! - [`certificates`]: turns Certificates into `kubernetes.io/tls` Secrets and renews them.
 //!
 //! Every loop is a kube-runtime `Controller` fed by watches; nothing polls.
 //! All loops share one shutdown token and stop together.
 
 pub mod approver;
+pub mod certificates;
 pub mod issuers;
 pub mod signer;
 mod status;
@@ -28,28 +30,35 @@ pub enum ControllerName {
     Approver,
     Issuers,
     Signer,
+    Certificates,
 }
 
 impl ControllerName {
-    pub const ALL: [ControllerName; 3] = [Self::Approver, Self::Issuers, Self::Signer];
+    pub const ALL: [ControllerName; 4] = [
+        Self::Approver,
+        Self::Issuers,
+        Self::Signer,
+        Self::Certificates,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Approver => "approver",
             Self::Issuers => "issuers",
             Self::Signer => "signer",
+            Self::Certificates => "certificates",
         }
     }
 }
 
 /// Names accepted by `--controllers` that are not built yet.
-const RESERVED: &[&str] = &["certificates"];
+const RESERVED: &[&str] = &[];
 
 /// Errors in the controller's flags.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ControllerConfigError {
     #[error(
-        "--controllers: {name:?} is not a controller; use a comma list of approver, issuers, signer, optionally `*` for all, and `-name` to switch one off"
+        "--controllers: {name:?} is not a controller; use a comma list of approver, issuers, signer, certificates, optionally `*` for all, and `-name` to switch one off"
     )]
     UnknownController { name: String },
     #[error(
@@ -143,6 +152,8 @@ pub struct ControllerOptions {
     pub approve: ApproveScope,
     /// The approval policy; [`ApproveAll`] by default.
     pub policy: Arc<dyn Policy>,
+    /// Backoff and renewal jitter of the certificates loop.
+    pub certificates: certificates::CertificatesOptions,
 }
 
 impl ControllerOptions {
@@ -152,6 +163,7 @@ impl ControllerOptions {
             enabled: EnabledControllers::defaults(),
             approve: ApproveScope::all_cert_manager(),
             policy: Arc::new(ApproveAll),
+            certificates: certificates::CertificatesOptions::default(),
         }
     }
 }
@@ -215,6 +227,9 @@ pub async fn run(
             ControllerName::Signer => {
                 tasks.spawn(signer::run(client, options, health, shutdown));
             }
+            ControllerName::Certificates => {
+                tasks.spawn(certificates::run(client, options, health, shutdown));
+            }
         }
     }
     while let Some(result) = tasks.join_next().await {
@@ -272,23 +287,19 @@ mod tests {
             set("approver,issuers,signer"),
             ["approver", "issuers", "signer"]
         );
-        assert_eq!(set("-approver"), ["issuers", "signer"]);
+        assert_eq!(set("-approver"), ["issuers", "signer", "certificates"]);
         assert_eq!(set("signer"), ["signer"]);
-        assert_eq!(set("*,-signer"), ["approver", "issuers"]);
+        assert_eq!(set("*,-signer"), ["approver", "issuers", "certificates"]);
         assert_eq!(set(" issuers , signer "), ["issuers", "signer"]);
-        assert_eq!(set("-approver,-signer,-issuers"), Vec::<&str>::new());
+        assert_eq!(
+            set("-approver,-signer,-issuers,-certificates"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(set("certificates"), ["certificates"]);
     }
 
     #[test]
     fn controllers_list_errors_name_the_entry() {
-        let err = EnabledControllers::parse("approver,certificates").unwrap_err();
-        assert_eq!(
-            err,
-            ControllerConfigError::ReservedController {
-                name: "certificates".into()
-            }
-        );
-        assert!(err.to_string().contains("not available yet"));
         let err = EnabledControllers::parse("-sigher").unwrap_err();
         assert!(err.to_string().contains("\"sigher\""), "{err}");
     }

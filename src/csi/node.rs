@@ -5,6 +5,8 @@
 //! validate → key + CSR → CertificateRequest → wait (watch) → check → write
 //! → mount → record state.
 
+pub mod renew;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,9 +22,14 @@ use super::proto::*;
 use crate::api::IssuerRef;
 use crate::issuance::{self, IssuanceError, RequestParams, RequestTracker};
 use crate::pki::{self, KeyEncoding, PrivateKey, Secret};
+use crate::renewal::limiter::{Limiter, LimiterConfig, Priority};
 use crate::renewal::schedule;
+use crate::renewal::scheduler::Scheduler;
+use crate::shutdown::CancellationToken;
 use crate::store::{RequestPhase, RequestRef, Store, StoreError, StoreErrorKind, VolumeState};
-use crate::volume::{self, AttributeError, PublishInput, VolumeSpec};
+use crate::volume::{self, AttributeError, PublishInput, SecretString, VolumeSpec};
+
+pub use renew::{Recovery, RetryPolicy};
 
 /// Settings of the node service.
 #[derive(Clone, Debug)]
@@ -35,14 +42,42 @@ pub struct NodeConfig {
     pub keep_requests: usize,
     /// How far before the nominal time renewals may be moved at random.
     pub jitter: schedule::JitterPolicy,
+    /// How long to wait before retrying a failed renewal.
+    pub retry: RetryPolicy,
+    /// The node-wide issuance limit (in flight, and new requests per second).
+    pub limits: LimiterConfig,
 }
 
+impl NodeConfig {
+    /// The defaults of `cert-csi node` for `node_id`.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        NodeConfig {
+            node_id: node_id.into(),
+            publish_timeout: Duration::from_secs(60),
+            keep_requests: 1,
+            jitter: schedule::JitterPolicy::default(),
+            retry: RetryPolicy::default(),
+            limits: LimiterConfig::default(),
+        }
+    }
+}
+
+/// The node service. It is shared (`Arc`) between the gRPC server, the
+/// renewal tasks and recovery.
 pub struct NodeService {
     config: NodeConfig,
     client: Client,
     store: Store,
     tracker: RequestTracker,
     locks: VolumeLocks,
+    limiter: Limiter,
+    scheduler: Scheduler,
+    /// The kubelet's service account tokens by volume, from the latest
+    /// publish. Held only in memory: tokens are never written to disk.
+    tokens: Mutex<HashMap<String, SecretString>>,
+    /// Renewals running now, by volume; cancelling one stops it (unpublish).
+    renewals: Mutex<HashMap<String, CancellationToken>>,
+    shutdown: CancellationToken,
 }
 
 /// Everything that can stop a publish, each mapped to the gRPC code the
@@ -71,11 +106,28 @@ pub enum PublishError {
     Issued(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error(
+        "waited {waited:?} for a free issuance slot (--max-inflight-requests / --max-request-rate) without creating a request; the node is issuing many certificates at once, and the next attempt queues again"
+    )]
+    Throttled { waited: Duration },
+    #[error("the node plugin is shutting down; retry after it restarts")]
+    ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl PublishError {
+    /// Whether the volume's progress (request, pending key, state) is kept
+    /// for the next attempt instead of being removed.
+    fn keeps_progress(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Issuance(IssuanceError::Timeout { .. })
+                | PublishError::Throttled { .. }
+                | PublishError::ShuttingDown
+        )
+    }
+
     pub fn code(&self) -> Code {
         match self {
             PublishError::Attribute(_) | PublishError::Capability(_) => Code::InvalidArgument,
@@ -88,6 +140,8 @@ impl PublishError {
             PublishError::Issuance(e) => issuance_code(e),
             PublishError::Issued(_) | PublishError::Internal(_) => Code::Internal,
             PublishError::Store(e) => store_code(e),
+            PublishError::Throttled { .. } => Code::DeadlineExceeded,
+            PublishError::ShuttingDown => Code::Unavailable,
         }
     }
 }
@@ -226,14 +280,50 @@ async fn blocking<T: Send + 'static>(
         .map_err(PublishError::from)
 }
 
+/// The file in a volume's private tmpfs directory that keeps the PKCS#12
+/// password for renewals (node state on disk never holds it).
+const PKCS12_PASSWORD_FILE: &str = "pkcs12-password";
+
 impl NodeService {
-    pub fn new(config: NodeConfig, client: Client, store: Store, tracker: RequestTracker) -> Self {
+    pub fn new(
+        config: NodeConfig,
+        client: Client,
+        store: Store,
+        tracker: RequestTracker,
+        limiter: Limiter,
+        scheduler: Scheduler,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             config,
             client,
             store,
             tracker,
             locks: VolumeLocks::default(),
+            limiter,
+            scheduler,
+            tokens: Mutex::default(),
+            renewals: Mutex::default(),
+            shutdown,
+        }
+    }
+
+    /// The renewal timer (for tests and metrics).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// Keeps the latest tokens in memory; a republish with new tokens only
+    /// updates this map.
+    fn remember_tokens(&self, spec: &VolumeSpec) {
+        let mut tokens = self.tokens.lock().expect("tokens lock");
+        match &spec.tokens {
+            Some(t) => {
+                tokens.insert(spec.volume_id.clone(), t.clone());
+            }
+            None => {
+                tokens.remove(&spec.volume_id);
+            }
         }
     }
 
@@ -282,13 +372,17 @@ impl NodeService {
                     existing: state.target_path.display().to_string(),
                 });
             }
+            // A republish (requiresRepublish): nothing to issue, but the
+            // kubelet may have sent fresh tokens.
+            self.remember_tokens(&spec);
             return Ok(());
         }
+        self.remember_tokens(&spec);
         let outcome = self
-            .issue_and_mount(&spec, &req.volume_context, &fingerprint, state)
+            .issue_and_mount(&spec, &req, &fingerprint, state, mount_group.as_deref())
             .await;
         if let Err(error) = &outcome
-            && !matches!(error, PublishError::Issuance(IssuanceError::Timeout { .. }))
+            && !error.keeps_progress()
         {
             // A terminal failure leaves nothing behind: no mount, no state,
             // no request. A timeout keeps all three so the kubelet's retry
@@ -314,7 +408,10 @@ impl NodeService {
         state: &VolumeState,
         spec: &VolumeSpec,
     ) -> Result<bool, PublishError> {
-        let issued = matches!(&state.request, Some(r) if r.phase == RequestPhase::Issued);
+        // A volume with a certificate is published even while a renewal is
+        // pending: the pod keeps being served the current certificate.
+        let issued = state.not_after.is_some()
+            || matches!(&state.request, Some(r) if r.phase == RequestPhase::Issued);
         if !issued || state.target_path != spec.target_path {
             return Ok(false);
         }
@@ -331,16 +428,36 @@ impl NodeService {
     async fn issue_and_mount(
         &self,
         spec: &VolumeSpec,
-        context: &HashMap<String, String>,
+        req: &NodePublishVolumeRequest,
         fingerprint: &str,
         previous: Option<VolumeState>,
+        mount_group: Option<&str>,
     ) -> Result<(), PublishError> {
+        let context = &req.volume_context;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.config.publish_timeout;
         // Resume a pending request when its key survived in the tmpfs;
         // otherwise start over with a fresh key.
         let pending = previous
             .as_ref()
             .and_then(|s| s.request.clone())
             .filter(|r| r.phase == RequestPhase::Pending);
+        // A pod waiting here goes before every renewal; resuming a request
+        // that exists takes a slot but no new-request token.
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            self.limiter.acquire(Priority::Publish, pending.is_none()),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(PublishError::ShuttingDown),
+            Err(_) => {
+                return Err(PublishError::Throttled {
+                    waited: started.elapsed(),
+                });
+            }
+        };
         let namespace = spec.pod.namespace.clone();
         let resumed = match pending {
             Some(request) => self.resume(spec, request).await?,
@@ -349,14 +466,7 @@ impl NodeService {
         let (dir, key, name, mut sub) = match resumed {
             Some(resumed) => resumed,
             None => {
-                // Key and CSR are made in memory first: a CSR that cannot be
-                // built fails the publish before anything touches the node.
-                let algorithm = spec.key.algorithm;
-                let key = tokio::task::spawn_blocking(move || PrivateKey::generate(algorithm))
-                    .await
-                    .map_err(|e| {
-                        PublishError::Internal(format!("key generation task failed: {e}"))
-                    })??;
+                let key = self.new_key(spec).await?;
                 let csr =
                     pki::build_csr(&key, &spec.subject, &spec.sans, &pki::CsrOptions::default())
                         .map_err(encoding_error)?;
@@ -368,10 +478,17 @@ impl NodeService {
                 }
                 let name = issuance::new_request_name(&spec.pod.name);
                 let sub = self.tracker.subscribe(&namespace, &name);
-                if let Err(e) = self
-                    .create_request(spec, &csr.pem, &name, context, fingerprint)
-                    .await
-                {
+                // Record the pending request before creating it: a crash
+                // right after the create then resumes this request instead
+                // of making a second one.
+                let mut state = VolumeState::new(
+                    &spec.volume_id,
+                    &spec.target_path,
+                    volume::context_without_tokens(context),
+                    fingerprint,
+                );
+                state.volume_mount_group = mount_group.map(str::to_string);
+                if let Err(e) = self.create_request(spec, &csr.pem, &name, state).await {
                     self.tracker.forget(&namespace, &name);
                     return Err(e);
                 }
@@ -379,8 +496,10 @@ impl NodeService {
             }
         };
 
-        let outcome = issuance::wait(&mut sub, self.config.publish_timeout).await;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = issuance::wait(&mut sub, remaining).await;
         self.tracker.forget(&namespace, &name);
+        drop(permit);
         let issued = outcome?;
 
         let leaf = pki::check_issued(
@@ -391,29 +510,31 @@ impl NodeService {
         .map_err(|e| PublishError::Issued(e.to_string()))?;
         let files = build_files(spec, &key, &issued)?;
         let gid = spec.fs_group;
+        let password = spec
+            .pkcs12
+            .as_ref()
+            .map(|p| Secret::new(p.password.expose().as_bytes().to_vec()));
         {
             let dir = dir.clone();
             let target = spec.target_path.clone();
             blocking(move || {
+                if let Some(password) = &password {
+                    dir.write_private(PKCS12_PASSWORD_FILE, password)?;
+                }
                 dir.publish(&files, gid)?;
                 dir.mount_at(&target)
             })
             .await?;
         }
 
-        let renew_at = schedule::renewal_time(
-            leaf.not_before,
-            leaf.not_after,
-            spec.renew_before,
-            self.config.jitter,
-            rand::random::<f64>(),
-        );
+        let renew_at = self.renewal_time(spec, &leaf);
         let mut state = VolumeState::new(
             &spec.volume_id,
             &spec.target_path,
             volume::context_without_tokens(context),
             fingerprint,
         );
+        state.volume_mount_group = mount_group.map(str::to_string);
         state.node_id = Some(self.config.node_id.clone());
         state.request = Some(RequestRef {
             namespace: namespace.clone(),
@@ -432,15 +553,44 @@ impl NodeService {
             })
             .await?;
         }
+        self.scheduler.schedule(&spec.volume_id, renew_at);
 
         // Request hygiene: keep the newest `keep_requests`, delete the rest.
         // A failure here is not the pod's problem; the pod's ownerReference
         // collects leftovers.
-        if let Err(error) = self.prune_requests(spec, &name).await {
+        if let Err(error) = self
+            .prune_requests(&namespace, &spec.volume_id, &name)
+            .await
+        {
             tracing::warn!(volume_id = %spec.volume_id, %error, "could not delete old CertificateRequests");
         }
         tracing::info!(volume_id = %spec.volume_id, request = %format!("{namespace}/{name}"), "volume published");
         Ok(())
+    }
+
+    /// A fresh key of the volume's algorithm, made off the async threads
+    /// (RSA generation takes a while).
+    async fn new_key(&self, spec: &VolumeSpec) -> Result<PrivateKey, PublishError> {
+        let algorithm = spec.key.algorithm;
+        tokio::task::spawn_blocking(move || PrivateKey::generate(algorithm))
+            .await
+            .map_err(|e| PublishError::Internal(format!("key generation task failed: {e}")))?
+            .map_err(PublishError::from)
+    }
+
+    /// When to renew `leaf`. Renew-before defaults to a third of the
+    /// requested duration rather than of the certificate's lifetime: the
+    /// issuer's clock-skew backdate lengthens the lifetime, and a third of
+    /// that could reach past the requested duration and renew at once.
+    fn renewal_time(&self, spec: &VolumeSpec, leaf: &pki::CertInfo) -> std::time::SystemTime {
+        let before = schedule::renew_before(spec.duration, spec.renew_before);
+        schedule::renewal_time(
+            leaf.not_before,
+            leaf.not_after,
+            Some(before),
+            self.config.jitter,
+            rand::random::<f64>(),
+        )
     }
 
     async fn prepare(&self, volume_id: &str) -> Result<crate::store::VolumeDir, PublishError> {
@@ -490,13 +640,13 @@ impl NodeService {
         }
     }
 
+    /// Saves `state` with this request as pending, then creates it.
     async fn create_request(
         &self,
         spec: &VolumeSpec,
         csr_pem: &str,
         name: &str,
-        context: &HashMap<String, String>,
-        fingerprint: &str,
+        mut state: VolumeState,
     ) -> Result<(), PublishError> {
         let params = RequestParams {
             node_id: &self.config.node_id,
@@ -516,15 +666,6 @@ impl NodeService {
             annotations: &spec.annotations,
         };
         let request = issuance::build_request(name, &params);
-        // Record the pending request before creating it: a crash right
-        // after the create then resumes this request instead of making a
-        // second one.
-        let mut state = VolumeState::new(
-            &spec.volume_id,
-            &spec.target_path,
-            volume::context_without_tokens(context),
-            fingerprint,
-        );
         state.node_id = Some(self.config.node_id.clone());
         state.request = Some(RequestRef {
             namespace: spec.pod.namespace.clone(),
@@ -537,14 +678,15 @@ impl NodeService {
         Ok(())
     }
 
-    async fn prune_requests(&self, spec: &VolumeSpec, current: &str) -> Result<(), IssuanceError> {
-        let requests = issuance::list_for_volume(
-            &self.client,
-            &spec.pod.namespace,
-            &self.config.node_id,
-            &spec.volume_id,
-        )
-        .await?;
+    async fn prune_requests(
+        &self,
+        namespace: &str,
+        volume_id: &str,
+        current: &str,
+    ) -> Result<(), IssuanceError> {
+        let requests =
+            issuance::list_for_volume(&self.client, namespace, &self.config.node_id, volume_id)
+                .await?;
         let keep = self.config.keep_requests.max(1);
         let mut keep_names: Vec<String> = requests
             .iter()
@@ -559,7 +701,7 @@ impl NodeService {
         for request in &requests {
             let name = kube::ResourceExt::name_any(request);
             if !keep_names.contains(&name) {
-                issuance::delete_one(&self.client, &spec.pod.namespace, &name).await?;
+                issuance::delete_one(&self.client, namespace, &name).await?;
             }
         }
         Ok(())
@@ -593,6 +735,21 @@ impl NodeService {
         if req.target_path.is_empty() {
             return Err(UnpublishError::MissingTargetPath);
         }
+        // Stop the renewal first, then take the lock, so a renewal that is
+        // about to record a failure sees the cancellation and writes nothing.
+        self.scheduler.cancel(&req.volume_id);
+        if let Some(running) = self
+            .renewals
+            .lock()
+            .expect("renewals lock")
+            .remove(&req.volume_id)
+        {
+            running.cancel();
+        }
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .remove(&req.volume_id);
         let _guard = self.locks.lock(&req.volume_id).await;
         let state = match self.store.load_state(&req.volume_id) {
             Ok(state) => Some(state),

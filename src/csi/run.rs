@@ -2,6 +2,7 @@
 //! the gRPC server on the kubelet's socket.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,8 @@ use super::node::{NodeConfig, NodeService};
 use super::proto::identity_server::IdentityServer;
 use super::proto::node_server::NodeServer;
 use crate::issuance::{self, RequestTracker};
+use crate::renewal::limiter::Limiter;
+use crate::renewal::scheduler::Scheduler;
 use crate::shutdown::CancellationToken;
 use crate::store::Store;
 
@@ -50,12 +53,26 @@ pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::R
         issuance::node_selector(&options.node.node_id),
         shutdown.clone(),
     );
+    let node_id = options.node.node_id.clone();
+    let limiter = Limiter::spawn(options.node.limits, shutdown.clone());
+    let (scheduler, due) = Scheduler::spawn(shutdown.clone());
+    let node = Arc::new(NodeService::new(
+        options.node,
+        client.clone(),
+        store,
+        tracker,
+        limiter,
+        scheduler,
+        shutdown.clone(),
+    ));
     let readiness = Readiness::default();
     let listener = super::server::bind(&socket)?;
-    tracing::info!(socket = %socket.display(), driver = %options.driver_name, node_id = %options.node.node_id, "serving CSI");
+    tracing::info!(socket = %socket.display(), driver = %options.driver_name, node_id = %node_id, "serving CSI");
 
-    tokio::spawn(become_ready(
-        client.clone(),
+    tokio::spawn(recover_then_ready(
+        node.clone(),
+        due,
+        client,
         readiness.clone(),
         shutdown.clone(),
     ));
@@ -65,16 +82,41 @@ pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::R
             options.driver_name.clone(),
             readiness,
         )))
-        .add_service(NodeServer::new(NodeService::new(
-            options.node,
-            client,
-            store,
-            tracker,
-        )));
+        .add_service(NodeServer::from_arc(node));
     super::server::serve(router, listener, shutdown).await?;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("node plugin stopped");
     Ok(())
+}
+
+/// Recovers node state, starts renewals, then waits for the API. Probe
+/// reports ready only after both, so a kubelet never publishes into a
+/// plugin that has not re-adopted its volumes.
+async fn recover_then_ready(
+    node: Arc<NodeService>,
+    due: tokio::sync::mpsc::UnboundedReceiver<String>,
+    client: kube::Client,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match node.recover().await {
+            Ok(report) => {
+                tracing::info!(took = ?started.elapsed(), volumes = report.scheduled + report.overdue + report.resumed + report.awaiting_publish, "recovery finished");
+                break;
+            }
+            Err(error) => tracing::error!(%error, "cannot read node state; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    node.drive_renewals(due);
+    become_ready(client, readiness, shutdown).await;
 }
 
 /// Probe turns ready once the API answers; until then the livenessprobe

@@ -209,7 +209,22 @@ pub struct Issued {
 /// `timeout` passes. A request that is merely slow is never deleted here:
 /// the caller keeps it, and a retry resumes the same request.
 pub async fn wait(sub: &mut Subscription, timeout: Duration) -> Result<Issued, IssuanceError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    wait_until(sub, Some(timeout)).await
+}
+
+/// Waits for the decision with no deadline, as a renewal does: under an
+/// issuer backlog the request is waited on, never deleted and recreated. It
+/// still ends with a Timeout error if the tracker stops (shutdown).
+pub async fn wait_for_decision(sub: &mut Subscription) -> Result<Issued, IssuanceError> {
+    wait_until(sub, None).await
+}
+
+async fn wait_until(
+    sub: &mut Subscription,
+    timeout: Option<Duration>,
+) -> Result<Issued, IssuanceError> {
+    let started = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| started + t);
     loop {
         let seen = sub.rx.borrow_and_update().clone();
         match &seen {
@@ -226,7 +241,11 @@ pub async fn wait(sub: &mut Subscription, timeout: Duration) -> Result<Issued, I
             }
             Seen::Unknown => {}
         }
-        match tokio::time::timeout_at(deadline, sub.rx.changed()).await {
+        let changed = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, sub.rx.changed()).await,
+            None => Ok(sub.rx.changed().await),
+        };
+        match changed {
             Ok(Ok(())) => continue,
             // The tracker stopped (shutdown): report it as a timeout so the
             // request is kept for the next attempt.
@@ -234,7 +253,7 @@ pub async fn wait(sub: &mut Subscription, timeout: Duration) -> Result<Issued, I
                 return Err(IssuanceError::Timeout {
                     namespace: sub.namespace.clone(),
                     name: sub.name.clone(),
-                    waited: timeout,
+                    waited: timeout.unwrap_or_else(|| started.elapsed()),
                     waiting_for: waiting_for(&seen),
                 });
             }

@@ -1,3 +1,5 @@
-//! Renewal: the pure schedule math. The scheduler that drives it (one timer
-//! for all volumes, a node-wide rate limit) builds on [`schedule`].
+//! Renewal: the pure schedule math ([`schedule`]), one timer for all volumes
+//! ([`scheduler`]) and the node-wide issuance limit ([`limiter`]).
+pub mod limiter;
 pub mod schedule;
+pub mod scheduler;

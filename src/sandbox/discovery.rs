@@ -91,6 +91,10 @@ fn resource_entries(d: &ResourceDef) -> Vec<Value> {
             "verbs": ["get", "patch", "update"],
         }));
     }
+    if d.builtin == Some(Builtin::ServiceAccount) {
+        // Served by the TokenRequest handler, not the object store.
+        out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+    }
     if d.builtin == Some(Builtin::Namespace) {
         out.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false, "kind": "Namespace", "verbs": ["update"]}));
     }
@@ -142,6 +146,7 @@ mod tests {
             "secrets",
             "configmaps",
             "serviceaccounts",
+            "serviceaccounts/token",
             "events",
         ] {
             assert!(names.contains(&want), "{want} in {names:?}");
@@ -172,6 +177,7 @@ mod tests {
         assert_eq!(
             names,
             vec![
+                "admissionregistration.k8s.io",
                 "apiextensions.k8s.io",
                 "coordination.k8s.io",
                 "events.k8s.io"

@@ -184,6 +184,16 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Internal(String),
+    /// A missing, unknown or expired bearer token.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// An admission webhook's refusal, with the code and reason it chose.
+    #[error("{message}")]
+    Rejected {
+        code: u16,
+        reason: String,
+        message: String,
+    },
 }
 
 fn join_causes(causes: &[FieldError]) -> String {
@@ -213,10 +223,12 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Internal(_) => 500,
+            ApiError::Unauthorized => 401,
+            ApiError::Rejected { code, .. } => *code,
         }
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
@@ -228,6 +240,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Rejected { reason, .. } => reason,
         }
     }
 
@@ -287,6 +301,12 @@ impl ApiError {
         };
         if let Some(d) = details {
             status["details"] = d;
+        }
+        if self.reason().is_empty()
+            && let Some(m) = status.as_object_mut()
+        {
+            // A webhook may refuse without a reason; the real server then omits it.
+            m.remove("reason");
         }
         status
     }

@@ -2,9 +2,10 @@
 //! and PartialObjectMetadata answers, and streams watches.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,6 +17,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::RequestRecord;
+use super::admission::{self, Attributes, HookKind, Operation, Review, Webhook};
+use super::auth::{self, UserInfo};
 use super::discovery;
 use super::error::ApiError;
 use super::ops::{self, DeleteOpts, PatchKind, Store};
@@ -34,14 +37,38 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often an idle watch that asked for bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A Service a test made reachable: (namespace, name, port).
+pub type ServiceKey = (String, String, u16);
+
 pub struct Shared {
     pub store: Store,
     pub log: Mutex<VecDeque<RequestRecord>>,
     pub cancel: CancellationToken,
     pub addr: String,
+    pub tokens: auth::Tokens,
+    /// Every webhook of every stored configuration, mutating ones first,
+    /// each kind in configuration-name order. Rebuilt after each write to a
+    /// configuration, so a write elsewhere only reads this list.
+    pub webhooks: RwLock<Arc<Vec<Webhook>>>,
+    /// Serializes rebuilds of `webhooks`, so the last rebuild sees the last write.
+    pub webhooks_rebuild: Mutex<()>,
+    pub services: Mutex<HashMap<ServiceKey, SocketAddr>>,
 }
 
 impl Shared {
+    pub fn new(store: Store, addr: String) -> Shared {
+        Shared {
+            store,
+            log: Mutex::new(VecDeque::new()),
+            cancel: CancellationToken::new(),
+            addr,
+            tokens: auth::Tokens::default(),
+            webhooks: RwLock::new(Arc::new(Vec::new())),
+            webhooks_rebuild: Mutex::new(()),
+            services: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn record(&self, r: RequestRecord) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         if log.len() == LOG_CAPACITY {
@@ -49,12 +76,54 @@ impl Shared {
         }
         log.push_back(r);
     }
-}
 
-/// Who is asking. Every request is anonymous for now; bearer-token
-/// authentication (ServiceAccount tokens) will plug in here.
-fn authenticate(_headers: &HeaderMap) -> String {
-    "system:anonymous".to_string()
+    fn webhooks(&self) -> Arc<Vec<Webhook>> {
+        self.webhooks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the stored webhook configurations.
+    fn rebuild_webhooks(&self) {
+        let _one_at_a_time = self
+            .webhooks_rebuild
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut all = Vec::new();
+        for (plural, kind) in [
+            ("mutatingwebhookconfigurations", HookKind::Mutating),
+            ("validatingwebhookconfigurations", HookKind::Validating),
+        ] {
+            let def = self
+                .store
+                .lookup(admission::GROUP, "v1", plural)
+                .expect("webhook configurations are built-in resources");
+            let page = self
+                .store
+                .list(
+                    &def,
+                    None,
+                    &LabelSelector::default(),
+                    &FieldSelector::default(),
+                    None,
+                    None,
+                )
+                .expect("an unpaged list without selectors cannot fail");
+            for o in &page.items {
+                all.extend(admission::webhooks_of(kind, &o.value()));
+            }
+        }
+        *self.webhooks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(all);
+    }
+
+    fn resolve_service(&self, ns: &str, name: &str, port: u16) -> Option<SocketAddr> {
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(ns.to_string(), name.to_string(), port))
+            .copied()
+    }
 }
 
 fn json_response(code: StatusCode, body: impl Into<Body>) -> Response {
@@ -205,6 +274,10 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
     let query = parse_query(req.uri().query());
     let headers = req.headers().clone();
     let format = format_of(&headers);
+    let user = match auth::authenticate(&headers, &shared.tokens, &shared.store) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
 
     if method == Method::GET {
         match segs.as_slice() {
@@ -306,7 +379,8 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string(),
-        user: authenticate(&headers),
+        user: user.username.clone(),
+        groups: user.groups.clone(),
         verb: verb.to_string(),
         group: group.clone(),
         resource: plural.clone(),
@@ -314,6 +388,9 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
         namespace: namespace.clone(),
         name: name.clone(),
     });
+    if group.is_empty() && plural == "serviceaccounts" && sub.as_deref() == Some("token") {
+        return token_request(&shared, &method, namespace.as_deref(), name.as_deref(), req).await;
+    }
     let Some(def) = shared.store.lookup(&group, &version, &plural) else {
         return error_response(&ApiError::NoRoute);
     };
@@ -343,20 +420,483 @@ pub async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response
             )));
         }
     };
+    let w = Write {
+        t: &target,
+        q: &query,
+        headers: &headers,
+        body: &body,
+        format,
+    };
     let result = match verb {
         "get" => get(&shared, &target, format),
         "list" => list(&shared, &target, &query, format),
         "watch" => return watch(&shared, target, &query, format),
-        "create" => create(&shared, &target, &query, &headers, &body, format),
-        "update" => update(&shared, &target, &query, &headers, &body, format),
-        "patch" => patch(&shared, &target, &query, &headers, &body, format),
-        "delete" => delete(&shared, &target, &query, &body, format),
+        // Writes pay for admission only while some webhook is configured.
+        "create" | "update" | "patch" | "delete" if !shared.webhooks().is_empty() => {
+            admitted(&shared, verb, &w, &user).await
+        }
+        "create" | "update" | "patch" | "delete" => plain_write(&shared, verb, &w),
         "deletecollection" => delete_collection(&shared, &target, &query, &body),
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{method} is not supported on {path}"
         ))),
     };
+    if result.is_ok() && target.def.group == admission::GROUP && verb != "get" && verb != "list" {
+        shared.rebuild_webhooks();
+    }
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// `POST .../namespaces/{ns}/serviceaccounts/{name}/token`.
+async fn token_request(
+    shared: &Shared,
+    method: &Method,
+    namespace: Option<&str>,
+    name: Option<&str>,
+    req: Request,
+) -> Response {
+    let (Some(ns), Some(name)) = (namespace, name) else {
+        return error_response(&ApiError::NoRoute);
+    };
+    if method != Method::POST {
+        return error_response(&ApiError::MethodNotAllowed(format!(
+            "{method} is not supported on serviceaccounts/token; POST a TokenRequest"
+        )));
+    }
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) if b.is_empty() => Bytes::from_static(b"{}"),
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(&ApiError::BadRequest(format!(
+                "the request body is larger than {MAX_BODY} bytes"
+            )));
+        }
+    };
+    let result = write_body(&headers, &body).and_then(|v| {
+        auth::token_request(
+            &shared.store,
+            &shared.tokens,
+            ns,
+            name,
+            &v,
+            SystemTime::now(),
+        )
+    });
+    match result {
+        Ok(v) => value_response(StatusCode::CREATED, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// One write request, as parsed by `handle`.
+struct Write<'a> {
+    t: &'a Target,
+    q: &'a Query,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    format: Format,
+}
+
+/// A write without admission.
+fn plain_write(shared: &Shared, verb: &str, w: &Write<'_>) -> Result<Response, ApiError> {
+    match verb {
+        "create" => create(shared, w.t, w.q, w.headers, w.body, w.format),
+        "update" => update(shared, w.t, w.q, w.headers, w.body, w.format),
+        "patch" => patch(shared, w.t, w.q, w.headers, w.body, w.format),
+        _ => delete(shared, w.t, w.q, w.body, w.format),
+    }
+}
+
+/// How many times an unconditional write is re-run through admission when
+/// another writer got in between, as the real server's update loop does.
+const ADMISSION_ATTEMPTS: usize = 8;
+
+fn attributes(t: &Target, operation: Operation) -> Attributes<'_> {
+    Attributes {
+        group: &t.def.group,
+        version: &t.version,
+        resource: &t.def.plural,
+        subresource: t.subresource.as_deref(),
+        operation,
+        namespaced: t.def.namespaced,
+    }
+}
+
+fn matching(hooks: &[Webhook], a: &Attributes<'_>) -> Vec<usize> {
+    hooks
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.rules_match(a))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The labels a namespaceSelector is matched against: the Namespace's own
+/// for a Namespace, its namespace's for a namespaced object, none otherwise.
+fn namespace_labels(shared: &Shared, t: &Target, obj: &Value) -> Option<BTreeMap<String, String>> {
+    if t.def.plural == "namespaces" && t.def.group.is_empty() {
+        return Some(admission::labels_of(obj));
+    }
+    let ns = t.namespace.as_deref().filter(|_| t.def.namespaced)?;
+    let def = shared
+        .store
+        .lookup("", "v1", "namespaces")
+        .expect("namespaces are a built-in resource");
+    Some(
+        shared
+            .store
+            .get(&def, None, ns)
+            .map(|o| admission::labels_of(&o.value()))
+            .unwrap_or_default(),
+    )
+}
+
+/// The webhooks (of one kind) whose rules and selectors select this write.
+fn selected<'h>(
+    hooks: &'h [Webhook],
+    idx: &[usize],
+    kind: HookKind,
+    object: Option<&Value>,
+    old: Option<&Value>,
+    ns_labels: Option<&BTreeMap<String, String>>,
+) -> Vec<&'h Webhook> {
+    idx.iter()
+        .map(|i| &hooks[*i])
+        .filter(|h| h.kind == kind && h.selectors_match(object, old, ns_labels))
+        .collect()
+}
+
+fn options(kind: &str, q: &Query) -> Value {
+    let mut o = json!({"kind": kind, "apiVersion": "meta.k8s.io/v1"});
+    if let Some(fm) = q.get("fieldManager") {
+        o["fieldManager"] = json!(fm);
+    }
+    if dry_run(q) {
+        o["dryRun"] = json!(["All"]);
+    }
+    o
+}
+
+/// A write with admission: mutating webhooks, the server's own checks,
+/// validating webhooks, then the commit of exactly what was approved.
+async fn admitted(
+    shared: &Arc<Shared>,
+    verb: &str,
+    w: &Write<'_>,
+    user: &UserInfo,
+) -> Result<Response, ApiError> {
+    let hooks = shared.webhooks();
+    let considered: &[Operation] = match verb {
+        "create" => &[Operation::Create],
+        "update" => &[Operation::Update],
+        // A server-side apply may create.
+        "patch" => &[Operation::Update, Operation::Create],
+        _ => &[Operation::Delete],
+    };
+    if !considered
+        .iter()
+        .any(|op| hooks.iter().any(|h| h.rules_match(&attributes(w.t, *op))))
+    {
+        return plain_write(shared, verb, w);
+    }
+    let resolve = |ns: &str, name: &str, port: u16| shared.resolve_service(ns, name, port);
+    match verb {
+        "create" => {
+            if w.t.name.is_some() {
+                return plain_write(shared, verb, w);
+            }
+            let mut obj = write_body(w.headers, w.body)?;
+            ops::normalize(&w.t.def, &w.t.version, w.t.namespace.as_deref(), &mut obj)?;
+            admit_create(shared, w, obj, user, &hooks, &resolve).await
+        }
+        "delete" => admit_delete(shared, w, user, &hooks, &resolve).await,
+        _ => admit_update(shared, verb, w, user, &hooks, &resolve).await,
+    }
+}
+
+async fn admit_create(
+    shared: &Shared,
+    w: &Write<'_>,
+    mut obj: Value,
+    user: &UserInfo,
+    hooks: &[Webhook],
+    resolve: admission::Resolver<'_>,
+) -> Result<Response, ApiError> {
+    let t = w.t;
+    let ns = t.namespace.as_deref();
+    let idx = matching(hooks, &attributes(t, Operation::Create));
+    let name = |v: &Value| {
+        v.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let first_name = name(&obj);
+    let mut review = Review {
+        group: &t.def.group,
+        version: &t.version,
+        kind: &t.def.kind,
+        resource: &t.def.plural,
+        subresource: t.subresource.as_deref(),
+        namespace: ns,
+        name: &first_name,
+        operation: Operation::Create,
+        user,
+        old_object: None,
+        dry_run: dry_run(w.q),
+        options: options("CreateOptions", w.q),
+    };
+    let labels = namespace_labels(shared, t, &obj);
+    let mutating = selected(
+        hooks,
+        &idx,
+        HookKind::Mutating,
+        Some(&obj),
+        None,
+        labels.as_ref(),
+    );
+    if !mutating.is_empty() {
+        admission::mutate(&mutating, &review, &mut obj, resolve).await?;
+        ops::normalize(&t.def, &t.version, ns, &mut obj)?;
+    }
+    let opts = write_opts(w.q);
+    let checked = shared.store.create(
+        &t.def,
+        &t.version,
+        ns,
+        obj,
+        ops::WriteOpts {
+            dry_run: true,
+            ..opts
+        },
+    )?;
+    let final_name = name(&checked);
+    review.name = &final_name;
+    let labels = namespace_labels(shared, t, &checked);
+    let validating = selected(
+        hooks,
+        &idx,
+        HookKind::Validating,
+        Some(&checked),
+        None,
+        labels.as_ref(),
+    );
+    admission::validate(&validating, &review, Some(&checked), resolve).await?;
+    if opts.dry_run {
+        return Ok(object_response(
+            t,
+            StatusCode::CREATED,
+            checked,
+            w.format,
+            w.q,
+        ));
+    }
+    let created = shared.store.create(
+        &t.def,
+        &t.version,
+        ns,
+        checked,
+        ops::WriteOpts {
+            preserve_system_fields: true,
+            ..opts
+        },
+    )?;
+    Ok(object_response(
+        t,
+        StatusCode::CREATED,
+        created,
+        w.format,
+        w.q,
+    ))
+}
+
+/// The body of a PUT, or a PATCH's kind and document.
+enum Proposed {
+    Put(Value),
+    Patch(PatchKind, Value),
+}
+
+async fn admit_update(
+    shared: &Shared,
+    verb: &str,
+    w: &Write<'_>,
+    user: &UserInfo,
+    hooks: &[Webhook],
+    resolve: admission::Resolver<'_>,
+) -> Result<Response, ApiError> {
+    let t = w.t;
+    let ns = t.namespace.as_deref();
+    let name = t.name.as_deref().unwrap_or_default();
+    let status_only = t.subresource.as_deref() == Some("status");
+    let opts = write_opts(w.q);
+    let dry = ops::WriteOpts {
+        dry_run: true,
+        ..opts
+    };
+    let proposed = if verb == "update" {
+        Proposed::Put(write_body(w.headers, w.body)?)
+    } else {
+        let (kind, yaml) = patch_kind(t, w.q, w.headers)?;
+        Proposed::Patch(kind, parse_body(w.body, yaml)?)
+    };
+    let doc = match &proposed {
+        Proposed::Put(v) | Proposed::Patch(_, v) => v,
+    };
+    // A write that names a resourceVersion must fail on a conflict; one that
+    // does not is retried, as the real server retries it internally.
+    let pinned = doc
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty());
+    let idx = matching(hooks, &attributes(t, Operation::Update));
+    for _ in 0..ADMISSION_ATTEMPTS {
+        let (candidate, created) = match &proposed {
+            Proposed::Put(v) => (
+                shared
+                    .store
+                    .update(&t.def, &t.version, ns, name, v.clone(), status_only, dry)?,
+                false,
+            ),
+            Proposed::Patch(kind, v) => shared.store.patch(
+                &t.def,
+                &t.version,
+                ns,
+                name,
+                *kind,
+                v.clone(),
+                status_only,
+                dry,
+            )?,
+        };
+        if created {
+            return admit_create(shared, w, candidate, user, hooks, resolve).await;
+        }
+        if idx.is_empty() {
+            return plain_write(shared, verb, w);
+        }
+        let old = shared.store.get(&t.def, ns, name)?;
+        let mut obj = present_value(&t.def, &t.version, candidate);
+        if obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            != Some(old.rv.to_string().as_str())
+        {
+            // Another write landed between the dry run and the read.
+            continue;
+        }
+        let old_v = present_value(&t.def, &t.version, old.value());
+        let review = Review {
+            group: &t.def.group,
+            version: &t.version,
+            kind: &t.def.kind,
+            resource: &t.def.plural,
+            subresource: t.subresource.as_deref(),
+            namespace: ns,
+            name,
+            operation: Operation::Update,
+            user,
+            old_object: Some(&old_v),
+            dry_run: opts.dry_run,
+            options: options("UpdateOptions", w.q),
+        };
+        let labels = namespace_labels(shared, t, &obj);
+        let mutating = selected(
+            hooks,
+            &idx,
+            HookKind::Mutating,
+            Some(&obj),
+            Some(&old_v),
+            labels.as_ref(),
+        );
+        if !mutating.is_empty() {
+            let before = obj.clone();
+            admission::mutate(&mutating, &review, &mut obj, resolve).await?;
+            if obj != before {
+                ops::normalize(&t.def, &t.version, ns, &mut obj)?;
+                obj = match shared
+                    .store
+                    .update(&t.def, &t.version, ns, name, obj, status_only, dry)
+                {
+                    Ok(v) => present_value(&t.def, &t.version, v),
+                    Err(ApiError::Conflict { .. }) if !pinned => continue,
+                    Err(e) => return Err(e),
+                };
+            }
+        }
+        let validating = selected(
+            hooks,
+            &idx,
+            HookKind::Validating,
+            Some(&obj),
+            Some(&old_v),
+            labels.as_ref(),
+        );
+        admission::validate(&validating, &review, Some(&obj), resolve).await?;
+        if opts.dry_run {
+            return Ok(object_response(t, StatusCode::OK, obj, w.format, w.q));
+        }
+        match shared
+            .store
+            .update(&t.def, &t.version, ns, name, obj, status_only, opts)
+        {
+            Ok(v) => return Ok(object_response(t, StatusCode::OK, v, w.format, w.q)),
+            Err(ApiError::Conflict { .. }) if !pinned => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Conflict {
+        group: t.def.group.clone(),
+        resource: t.def.plural.clone(),
+        name: name.to_string(),
+    })
+}
+
+async fn admit_delete(
+    shared: &Shared,
+    w: &Write<'_>,
+    user: &UserInfo,
+    hooks: &[Webhook],
+    resolve: admission::Resolver<'_>,
+) -> Result<Response, ApiError> {
+    let t = w.t;
+    let ns = t.namespace.as_deref();
+    let name = t.name.as_deref().unwrap_or_default();
+    let old = present_value(
+        &t.def,
+        &t.version,
+        shared.store.get(&t.def, ns, name)?.value(),
+    );
+    let mut opts = if w.body.is_empty() {
+        json!({})
+    } else {
+        parse_body(w.body, false)?
+    };
+    opts["kind"] = json!("DeleteOptions");
+    opts["apiVersion"] = json!("meta.k8s.io/v1");
+    let idx = matching(hooks, &attributes(t, Operation::Delete));
+    let review = Review {
+        group: &t.def.group,
+        version: &t.version,
+        kind: &t.def.kind,
+        resource: &t.def.plural,
+        subresource: t.subresource.as_deref(),
+        namespace: ns,
+        name,
+        operation: Operation::Delete,
+        user,
+        old_object: Some(&old),
+        dry_run: delete_opts(w.q, w.body)?.dry_run,
+        options: opts,
+    };
+    let labels = namespace_labels(shared, t, &old);
+    // A deletion has no object to patch: mutating webhooks can only refuse,
+    // and they are asked before the validating ones.
+    for kind in [HookKind::Mutating, HookKind::Validating] {
+        let hs = selected(hooks, &idx, kind, None, Some(&old), labels.as_ref());
+        admission::validate(&hs, &review, None, resolve).await?;
+    }
+    delete(shared, t, w.q, w.body, w.format)
 }
 
 /// The stored bytes as the requested version shows them.
@@ -548,6 +1088,7 @@ fn write_opts(q: &Query) -> ops::WriteOpts {
     ops::WriteOpts {
         dry_run: dry_run(q),
         strict: q.get("fieldValidation").is_some_and(|v| v == "Strict"),
+        ..Default::default()
     }
 }
 
@@ -607,6 +1148,29 @@ fn patch(
     format: Format,
 ) -> Result<Response, ApiError> {
     let name = t.name.as_deref().unwrap_or_default();
+    let (kind, yaml) = patch_kind(t, q, headers)?;
+    let doc = parse_body(body, yaml)?;
+    let status_only = t.subresource.as_deref() == Some("status");
+    let (v, created) = shared.store.patch(
+        &t.def,
+        &t.version,
+        t.namespace.as_deref(),
+        name,
+        kind,
+        doc,
+        status_only,
+        write_opts(q),
+    )?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(object_response(t, code, v, format, q))
+}
+
+/// The patch flavour from the Content-Type, and whether its body is YAML.
+fn patch_kind(t: &Target, q: &Query, headers: &HeaderMap) -> Result<(PatchKind, bool), ApiError> {
     let (kind, yaml) = match content_type(headers).as_str() {
         "application/merge-patch+json" => (PatchKind::Merge, false),
         "application/json-patch+json" => (PatchKind::Json, false),
@@ -630,24 +1194,7 @@ fn patch(
             "strategic merge patch is not supported for custom resources; use application/merge-patch+json".into(),
         ));
     }
-    let doc = parse_body(body, yaml)?;
-    let status_only = t.subresource.as_deref() == Some("status");
-    let (v, created) = shared.store.patch(
-        &t.def,
-        &t.version,
-        t.namespace.as_deref(),
-        name,
-        kind,
-        doc,
-        status_only,
-        write_opts(q),
-    )?;
-    let code = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(object_response(t, code, v, format, q))
+    Ok((kind, yaml))
 }
 
 fn delete_opts(q: &Query, body: &Bytes) -> Result<DeleteOpts, ApiError> {

@@ -4,18 +4,22 @@
 //! Layout: [`store`] keeps objects and changes, [`ops`] implements the verbs
 //! on it, [`http`] routes and streams, and the pure pieces ([`selector`],
 //! [`validation`], [`schema`], [`patch`], [`jsonpath`], [`table`],
-//! [`discovery`]) are tested on their own.
+//! [`discovery`]) are tested on their own. [`auth`] attributes each request
+//! to a user (ServiceAccount tokens from the TokenRequest API, or
+//! anonymous) and [`admission`] calls the configured admission webhooks
+//! before a write is stored.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
+pub mod admission;
+pub mod auth;
 pub mod discovery;
 pub mod error;
 mod http;
@@ -48,8 +52,11 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
     pub user_agent: String,
-    /// `system:anonymous` until authentication exists.
+    /// The authenticated user: `system:serviceaccount:<ns>:<name>` for a
+    /// token the sandbox issued, `system:anonymous` without a token.
     pub user: String,
+    /// The user's groups, e.g. `system:serviceaccounts:<ns>`.
+    pub groups: Vec<String>,
     /// get, list, watch, create, update, patch, delete or deletecollection.
     pub verb: String,
     pub group: String,
@@ -64,6 +71,7 @@ impl RequestRecord {
         json!({
             "userAgent": self.user_agent,
             "user": self.user,
+            "groups": self.groups,
             "verb": self.verb,
             "group": self.group,
             "resource": self.resource,
@@ -79,6 +87,16 @@ impl RequestRecord {
         Some(RequestRecord {
             user_agent: s("userAgent")?,
             user: s("user")?,
+            groups: v
+                .get("groups")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
             verb: s("verb")?,
             group: s("group")?,
             resource: s("resource")?,
@@ -124,12 +142,7 @@ impl Sandbox {
             kubeconfig::write(path, &url)
                 .with_context(|| format!("writing the sandbox kubeconfig to {}", path.display()))?;
         }
-        let shared = Arc::new(http::Shared {
-            store,
-            log: Mutex::new(VecDeque::new()),
-            cancel: CancellationToken::new(),
-            addr: addr.to_string(),
-        });
+        let shared = Arc::new(http::Shared::new(store, addr.to_string()));
         let app = axum::Router::new()
             .fallback(http::handle)
             .with_state(shared.clone());
@@ -172,6 +185,89 @@ impl Sandbox {
     pub fn client(&self) -> kube::Client {
         kube::Client::try_from(self.kube_config())
             .expect("a plain-HTTP kube config always builds a client")
+    }
+
+    /// A token for ServiceAccount `namespace/service_account`, as a
+    /// TokenRequest with default audience and lifetime (one hour) gives.
+    /// Fails if the ServiceAccount does not exist.
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<String, error::ApiError> {
+        let v = auth::token_request(
+            &self.shared.store,
+            &self.shared.tokens,
+            namespace,
+            service_account,
+            &json!({}),
+            SystemTime::now(),
+        )?;
+        Ok(v["status"]["token"]
+            .as_str()
+            .expect("a TokenRequest answer carries status.token")
+            .to_string())
+    }
+
+    /// Like [`Sandbox::issue_token`], with any lifetime: tests of expiry
+    /// need lifetimes below the API's ten-minute floor.
+    pub fn issue_token_for(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        lifetime: Duration,
+    ) -> Result<String, error::ApiError> {
+        let def = self
+            .shared
+            .store
+            .lookup("", "v1", "serviceaccounts")
+            .expect("serviceaccounts are a built-in resource");
+        let sa = self
+            .shared
+            .store
+            .get(&def, Some(namespace), service_account)?
+            .value();
+        Ok(self
+            .shared
+            .tokens
+            .issue(
+                &sa,
+                &[auth::DEFAULT_AUDIENCE.to_string()],
+                lifetime,
+                None,
+                SystemTime::now(),
+            )
+            .token)
+    }
+
+    /// A client configuration that authenticates with `token`.
+    pub fn kube_config_for_token(&self, token: &str) -> kube::Config {
+        let mut c = self.kube_config();
+        c.auth_info.token = Some(token.to_string().into());
+        c
+    }
+
+    /// A client that authenticates with `token`.
+    pub fn client_for_token(&self, token: &str) -> kube::Client {
+        kube::Client::try_from(self.kube_config_for_token(token))
+            .expect("a plain-HTTP kube config always builds a client")
+    }
+
+    /// Writes a kubeconfig (mode 0600, since it holds the token) for
+    /// kubectl to act as the token's user.
+    pub fn write_kubeconfig_for_token(&self, path: &Path, token: &str) -> std::io::Result<()> {
+        kubeconfig::write_with_token(path, &self.url(), token)
+    }
+
+    /// Makes `clientConfig.service` `namespace/name:port` of a webhook
+    /// reach `addr`; the sandbox has no Services of its own. TLS still
+    /// checks the name `<name>.<namespace>.svc`.
+    pub fn route_service(&self, namespace: &str, name: &str, port: u16, addr: SocketAddr) {
+        self.shared
+            .services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((namespace.to_string(), name.to_string(), port), addr);
     }
 
     pub fn request_log(&self) -> Vec<RequestRecord> {

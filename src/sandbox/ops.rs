@@ -11,6 +11,7 @@ use rand::Rng as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
+use super::admission;
 use super::error::{ApiError, FieldError};
 use super::patch;
 use super::resources::{self, Builtin, Registry, ResKey, ResourceDef};
@@ -113,6 +114,10 @@ pub struct WriteOpts {
     /// `fieldValidation=Strict`: fields a custom resource's schema does not
     /// declare are an error instead of being dropped.
     pub strict: bool,
+    /// Create keeps `metadata.uid` and `creationTimestamp` from the body: the
+    /// admission path commits the very object validating webhooks approved,
+    /// which a dry run already gave its server-set fields.
+    pub preserve_system_fields: bool,
 }
 
 /// Options of a delete, from the query and the DeleteOptions body.
@@ -394,8 +399,18 @@ impl Store {
         ] {
             m.remove(k);
         }
-        m.insert("uid".into(), json!(new_uid()));
-        m.insert("creationTimestamp".into(), json!(now()));
+        let keep = |m: &Map<String, Value>, k: &str| {
+            opts.preserve_system_fields
+                && m.get(k)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+        };
+        if !keep(m, "uid") {
+            m.insert("uid".into(), json!(new_uid()));
+        }
+        if !keep(m, "creationTimestamp") {
+            m.insert("creationTimestamp".into(), json!(now()));
+        }
         m.insert("generation".into(), json!(1));
         if opts.dry_run {
             return Ok(body);
@@ -1007,6 +1022,19 @@ fn decode_continue(token: &str) -> Result<(u64, Key), ApiError> {
     Ok((rv, (ns, name)))
 }
 
+/// What the decoder does to a body before anything else sees it: checks
+/// its apiVersion and kind (filling them when absent) and its namespace
+/// against the URL's.
+pub fn normalize(
+    def: &ResourceDef,
+    version: &str,
+    ns: Option<&str>,
+    body: &mut Value,
+) -> Result<(), ApiError> {
+    check_type(def, version, body)?;
+    check_namespace(def, ns, body)
+}
+
 /// Checks the body is an object of this resource, filling in apiVersion and
 /// kind when absent (as the real server's decoder does).
 fn check_type(def: &ResourceDef, version: &str, body: &mut Value) -> Result<(), ApiError> {
@@ -1084,6 +1112,19 @@ fn prepare_object(
             body["status"] = json!({"phase": "Pending"});
         }
         Some(Builtin::Secret) => prepare_secret(def, &name, body)?,
+        Some(
+            b @ (Builtin::MutatingWebhookConfiguration | Builtin::ValidatingWebhookConfiguration),
+        ) => {
+            let kind = if b == Builtin::MutatingWebhookConfiguration {
+                admission::HookKind::Mutating
+            } else {
+                admission::HookKind::Validating
+            };
+            let causes = admission::prepare_configuration(kind, body);
+            if !causes.is_empty() {
+                return Err(invalid(def, &name, causes));
+            }
+        }
         Some(Builtin::ConfigMap) => {
             let mut causes = Vec::new();
             for field in ["data", "binaryData"] {

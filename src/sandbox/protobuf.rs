@@ -1,6 +1,7 @@
 //! Reading the Kubernetes protobuf encoding for the few built-in kinds that
 //! kubectl's typed clients send that way (`kubectl create namespace`,
-//! `create secret`, `create configmap`, `create serviceaccount`).
+//! `create secret`, `create configmap`, `create serviceaccount`,
+//! `create token`).
 //! kubectl accepts JSON answers, so only decoding is needed.
 //!
 //! The wire form is the magic `k8s\0` followed by a `runtime.Unknown`
@@ -101,6 +102,25 @@ const SERVICE_ACCOUNT: Schema = &[
     (2, "secrets", F::Msg(OBJECT_REF), true),
     (3, "imagePullSecrets", F::Msg(LOCAL_REF), true),
     (4, "automountServiceAccountToken", F::Bool, false),
+];
+
+const BOUND_OBJECT_REF: Schema = &[
+    (1, "kind", F::Str, false),
+    (2, "apiVersion", F::Str, false),
+    (3, "name", F::Str, false),
+    (4, "uid", F::Str, false),
+];
+
+const TOKEN_REQUEST_SPEC: Schema = &[
+    (1, "audiences", F::Str, true),
+    (3, "boundObjectRef", F::Msg(BOUND_OBJECT_REF), false),
+    (4, "expirationSeconds", F::Int, false),
+];
+
+/// `kubectl create token` sends this one as protobuf.
+const TOKEN_REQUEST: Schema = &[
+    (1, "metadata", F::Msg(OBJECT_META), false),
+    (2, "spec", F::Msg(TOKEN_REQUEST_SPEC), false),
 ];
 
 /// One raw field: number and either a varint or the bytes it carries.
@@ -301,6 +321,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
         ("v1", "Secret") => SECRET,
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         _ => return Err(ProtoError::UnsupportedKind(format!("{api_version}/{kind}"))),
     };
     let mut v = message(raw, schema)?;

@@ -23,6 +23,8 @@ pub enum Builtin {
     Event,
     Lease,
     Crd,
+    MutatingWebhookConfiguration,
+    ValidatingWebhookConfiguration,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +271,28 @@ pub fn builtins() -> Vec<ResourceDef> {
             Lease,
         ),
         crd,
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "mutatingwebhookconfigurations",
+            "MutatingWebhookConfiguration",
+            false,
+            &[],
+            false,
+            &[],
+            MutatingWebhookConfiguration,
+        ),
+        builtin(
+            "admissionregistration.k8s.io",
+            "v1",
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+            false,
+            &[],
+            false,
+            &[],
+            ValidatingWebhookConfiguration,
+        ),
     ]
 }
 

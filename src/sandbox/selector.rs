@@ -93,6 +93,67 @@ impl LabelSelector {
         }
         Ok(LabelSelector(reqs))
     }
+
+    /// Reads a `metav1.LabelSelector` object (`matchLabels` and
+    /// `matchExpressions`), as webhook configurations carry them. An absent
+    /// or empty object matches everything.
+    pub fn from_json(v: Option<&serde_json::Value>) -> Result<LabelSelector, SelectorError> {
+        use serde_json::Value;
+        let mut reqs = Vec::new();
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(LabelSelector(reqs));
+        };
+        if let Some(m) = v.get("matchLabels").and_then(Value::as_object) {
+            for (k, val) in m {
+                let val = val.as_str().ok_or_else(|| {
+                    SelectorError::Label(format!("matchLabels[{k:?}] must be a string"))
+                })?;
+                reqs.push(Requirement::Equals(check_key(k)?, check_value(val)?));
+            }
+        }
+        for e in v
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let key = check_key(e.get("key").and_then(Value::as_str).unwrap_or(""))?;
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(check_value)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
+            reqs.push(match (op, values.is_empty()) {
+                ("In", false) => Requirement::In(key, values),
+                ("NotIn", false) => Requirement::NotIn(key, values),
+                ("Exists", true) => Requirement::Exists(key),
+                ("DoesNotExist", true) => Requirement::NotExists(key),
+                ("In" | "NotIn", true) => {
+                    return Err(SelectorError::Label(format!(
+                        "matchExpressions for key {key:?}: values must be non-empty for operator {op}"
+                    )));
+                }
+                ("Exists" | "DoesNotExist", false) => {
+                    return Err(SelectorError::Label(format!(
+                        "matchExpressions for key {key:?}: values must be empty for operator {op}"
+                    )));
+                }
+                _ => {
+                    return Err(SelectorError::Label(format!(
+                        "matchExpressions for key {key:?}: operator {op:?} is not one of In, NotIn, Exists, DoesNotExist"
+                    )));
+                }
+            });
+        }
+        Ok(LabelSelector(reqs))
+    }
 }
 
 /// Splits on commas outside parentheses.
@@ -451,5 +512,35 @@ mod tests {
         let esc = FieldSelector::parse(r"metadata.name=a\,b", &supported).unwrap();
         assert_eq!(esc.exact("metadata.name"), Some("a,b"));
         assert!(FieldSelector::parse("", &supported).unwrap().is_empty());
+    }
+
+    #[test]
+    fn json_selectors_match_like_their_query_form() {
+        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let sel = |v: serde_json::Value| LabelSelector::from_json(Some(&v)).unwrap();
+        assert!(sel(serde_json::json!({})).matches(&labels));
+        assert!(LabelSelector::from_json(None).unwrap().matches(&labels));
+        assert!(sel(serde_json::json!({"matchLabels": {"app": "web"}})).matches(&labels));
+        assert!(!sel(serde_json::json!({"matchLabels": {"app": "db"}})).matches(&labels));
+        let expr = |op: &str, values: &[&str]| {
+            sel(
+                serde_json::json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]}),
+            )
+        };
+        assert!(expr("In", &["front", "back"]).matches(&labels));
+        assert!(!expr("NotIn", &["front"]).matches(&labels));
+        assert!(expr("Exists", &[]).matches(&labels));
+        assert!(!expr("DoesNotExist", &[]).matches(&labels));
+        for bad in [
+            serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}),
+            serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+            serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}),
+            serde_json::json!({"matchLabels": {"a b": "x"}}),
+        ] {
+            assert!(LabelSelector::from_json(Some(&bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -200,6 +200,16 @@ fn builtin_columns(b: Builtin) -> Vec<Value> {
             name_col(),
             col("Holder", "string", "", "The holder of the lease.", 0),
         ],
+        Builtin::MutatingWebhookConfiguration | Builtin::ValidatingWebhookConfiguration => vec![
+            name_col(),
+            col(
+                "Webhooks",
+                "integer",
+                "",
+                "Webhooks indicates the number of webhooks in this configuration.",
+                0,
+            ),
+        ],
         Builtin::Crd => {
             return vec![
                 name_col(),
@@ -298,6 +308,9 @@ fn builtin_cells(b: Builtin, v: &Value, now: i64) -> Vec<Value> {
         }
         Builtin::Lease => vec![name, json!(s(v, "/spec/holderIdentity")), age_cell],
         Builtin::Crd => vec![name, json!(created.unwrap_or(""))],
+        Builtin::MutatingWebhookConfiguration | Builtin::ValidatingWebhookConfiguration => {
+            vec![name, json!(count(v, "/webhooks")), age_cell]
+        }
     }
 }
 

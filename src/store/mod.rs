@@ -360,6 +360,36 @@ impl VolumeDir {
         }
     }
 
+    /// Keeps a small secret the volume needs again at renewal (e.g. the
+    /// keystore password) in the tmpfs's private directory, mode 0600, never
+    /// visible to the pod and never on persistent disk.
+    pub fn write_private(&self, name: &str, secret: &Secret) -> Result<(), StoreError> {
+        validate_file_name(name)?;
+        if name == PENDING_KEY {
+            return Err(StoreError::InvalidFileName {
+                name: name.to_owned(),
+                reason: "it is reserved for the pending key",
+            });
+        }
+        self.ensure_tmpfs("write private file")?;
+        state::write_durably(
+            &self.tmpfs_path().join(PRIVATE_DIR).join(name),
+            &secret.0,
+            0o600,
+        )
+    }
+
+    /// A secret written by [`VolumeDir::write_private`], if present.
+    pub fn read_private(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        validate_file_name(name)?;
+        let path = self.tmpfs_path().join(PRIVATE_DIR).join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(Secret(bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read private file", &path, e)),
+        }
+    }
+
     /// Forgets the pending key; absent is fine.
     pub fn clear_pending_key(&self) -> Result<(), StoreError> {
         let path = self.pending_key_path();

@@ -47,6 +47,11 @@ pub struct VolumeState {
     /// Consecutive failed renewal attempts; 0 after a success.
     #[serde(default)]
     pub renewal_attempts: u32,
+    /// `volume_mount_group` of the publish (the pod's fsGroup as the kubelet
+    /// passed it), so a renewal after a restart writes files with the group
+    /// the pod was given.
+    #[serde(default)]
+    pub volume_mount_group: Option<String>,
 }
 
 /// Names one CertificateRequest and where it stands.
@@ -87,6 +92,7 @@ impl VolumeState {
             not_after: None,
             next_renewal: None,
             renewal_attempts: 0,
+            volume_mount_group: None,
         }
     }
 

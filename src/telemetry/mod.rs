@@ -1,13 +1,27 @@
-//! Logging setup shared by every mode.
+//! Logging, metrics, health endpoints and Kubernetes Events, shared by every
+//! mode.
+//!
+//! - [`metrics`]: [`NodeMetrics`] and [`ControllerMetrics`] (prometheus-client).
+//! - [`health`]: one HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+//! - [`events`]: deduplicated, rate-capped `events.k8s.io/v1` Events.
 //!
 //! Logs go to stderr so that commands such as `cert-csi crds` keep stdout for
 //! their output. Key material and tokens are never passed to the logger: the
 //! types that hold them print `<redacted>` (see [`crate::pki::Secret`]).
 
+pub mod events;
+pub mod health;
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
+
+pub use events::{EventLimits, EventRecorder, EventType, Recorded};
+pub use health::{ReadinessCheck, serve};
+pub use metrics::{ControllerMetrics, NodeMetrics};
+pub use prometheus_client::registry::Registry;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {

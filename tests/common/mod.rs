@@ -196,8 +196,10 @@ fn make_ca() -> (String, PrivateKey) {
 
 async fn run_signer(shared: Arc<SignerShared>) {
     let api: Api<CertificateRequest> = Api::all(shared.client.clone());
+    // The node plugin's watch backoff (1 s to 5 s), so after an API
+    // outage the signer is back as soon as the plugin is.
     let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
+        .backoff(cert_csi::issuance::tracker::WatchBackoff::default())
         .boxed();
     loop {
         tokio::select! {
@@ -441,6 +443,16 @@ impl Default for Options {
     }
 }
 
+/// What [`Env::stop_api`] kept of the API server's objects.
+pub struct ApiSnapshot {
+    pub addr: std::net::SocketAddr,
+    /// The resourceVersion when the snapshot was taken.
+    pub resource_version: u64,
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    pub requests: Vec<CertificateRequest>,
+}
+
 /// A pod as the API server stored it.
 #[derive(Clone, Debug)]
 pub struct PodRef {
@@ -554,6 +566,8 @@ pub struct Env {
     node: NodeClient<Channel>,
     plugin: Option<Child>,
     publish_timeout: &'static str,
+    /// More `cert-csi node` flags, after the harness's own.
+    extra_args: Vec<String>,
     sandbox: Option<Sandbox>,
     _dir: tempfile::TempDir,
 }
@@ -564,6 +578,12 @@ impl Env {
     }
 
     pub async fn start_with(options: Options) -> Env {
+        Env::start_with_args(options, &[]).await
+    }
+
+    /// Like [`Env::start_with`], passing `extra_args` to `cert-csi node`
+    /// (e.g. `--max-request-rate 100`).
+    pub async fn start_with_args(options: Options, extra_args: &[&str]) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().canonicalize().expect("canonical tempdir");
@@ -604,6 +624,7 @@ impl Env {
             ),
             plugin: None,
             publish_timeout: options.publish_timeout,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             sandbox: Some(sandbox),
             _dir: dir,
         };
@@ -628,6 +649,7 @@ impl Env {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--publish-timeout", self.publish_timeout])
+            .args(&self.extra_args)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -643,6 +665,172 @@ impl Env {
         self.stop_plugin();
         self.plugin = Some(self.spawn_plugin());
         self.wait_ready().await;
+    }
+
+    /// Kills the plugin with SIGKILL (by pid), as an OOM kill or a node
+    /// crash would, and reaps it. Nothing runs on the way out.
+    pub fn kill_plugin(&mut self) {
+        let Some(mut child) = self.plugin.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+            .expect("SIGKILL the node plugin");
+        let _ = child.wait();
+    }
+
+    /// Starts the plugin again (after [`Env::kill_plugin`]) and waits for
+    /// Probe to report ready; returns how long that took.
+    pub async fn start_plugin(&mut self) -> Duration {
+        assert!(self.plugin.is_none(), "the plugin is still running");
+        let started = Instant::now();
+        self.plugin = Some(self.spawn_plugin());
+        self.wait_ready().await;
+        started.elapsed()
+    }
+
+    /// Stops the API server, keeping its namespaces, pods and
+    /// CertificateRequests (with status) in a snapshot read through the
+    /// real client. The sandbox keeps no state across a stop, so
+    /// [`Env::start_api`] re-creates these objects: names, specs and
+    /// status survive; uids, resourceVersions and creation times are new,
+    /// as after an etcd restore.
+    pub async fn stop_api(&mut self) -> ApiSnapshot {
+        let namespaces: Vec<Namespace> = Api::<Namespace>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot namespaces")
+            .items;
+        let pods: Vec<Pod> = Api::<Pod>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot pods")
+            .items;
+        let requests = Api::<CertificateRequest>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot requests");
+        let resource_version: u64 = requests
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .expect("the list's resourceVersion is a number in the sandbox");
+        let requests = requests.items;
+        let sandbox = self.sandbox.take().expect("the API server is running");
+        let addr = sandbox.addr();
+        sandbox.shutdown().await;
+        ApiSnapshot {
+            addr,
+            resource_version,
+            namespaces,
+            pods,
+            requests,
+        }
+    }
+
+    /// Starts the API server again on the same address and restores the
+    /// snapshot (see [`Env::stop_api`]).
+    pub async fn start_api(&mut self, snapshot: ApiSnapshot) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sandbox = loop {
+            match Sandbox::start(SandboxConfig {
+                listen: snapshot.addr,
+                kubeconfig: Some(self.kubeconfig.clone()),
+                crds: cert_csi::api::crds(),
+                watch_window: 10_000,
+            })
+            .await
+            {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!(
+                        "restarting the API server on {}: {e:#}; retrying",
+                        snapshot.addr
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restarting the API server on {}: {e:#}", snapshot.addr),
+            }
+        };
+        let client = sandbox.client();
+        fn fresh(meta: &mut kube::api::ObjectMeta) {
+            meta.uid = None;
+            meta.resource_version = None;
+            meta.creation_timestamp = None;
+            meta.managed_fields = None;
+        }
+        for mut ns in snapshot.namespaces {
+            fresh(&mut ns.metadata);
+            ns.status = None;
+            let api: Api<Namespace> = Api::all(client.clone());
+            match api.create(&PostParams::default(), &ns).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("restoring namespace {}: {e}", ns.name_any()),
+            }
+        }
+        for mut pod in snapshot.pods {
+            fresh(&mut pod.metadata);
+            let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap());
+            api.create(&PostParams::default(), &pod)
+                .await
+                .unwrap_or_else(|e| panic!("restoring pod {}: {e}", pod.name_any()));
+        }
+        for mut cr in snapshot.requests {
+            fresh(&mut cr.metadata);
+            let status = cr.status.take();
+            let api: Api<CertificateRequest> =
+                Api::namespaced(client.clone(), &cr.namespace().unwrap());
+            api.create(&PostParams::default(), &cr)
+                .await
+                .unwrap_or_else(|e| panic!("restoring request {}: {e}", cr.name_any()));
+            if let Some(status) = status {
+                api.patch_status(
+                    &cr.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({ "status": status })),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("restoring status of {}: {e}", cr.name_any()));
+            }
+        }
+        // A real API server's resourceVersion never goes back (etcd keeps
+        // counting). The new sandbox starts from zero, and a watch resuming
+        // from the old version would wait for versions it already handed
+        // out; advance it past the snapshot as etcd would be.
+        let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(client.clone(), "default");
+        let _ = Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap(),
+            )
+            .await;
+        let mut version = 0u64;
+        let mut n = 0u64;
+        while version <= snapshot.resource_version {
+            n += 1;
+            let cm = configmaps
+                .patch(
+                    "resource-version-filler",
+                    &PatchParams::apply("cert-csi-tests").force(),
+                    &Patch::Apply(json!({
+                        "apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "resource-version-filler"},
+                        "data": {"n": n.to_string()},
+                    })),
+                )
+                .await
+                .expect("advancing the resourceVersion");
+            version = cm
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .expect("numeric resourceVersion");
+        }
+        self.sandbox = Some(sandbox);
     }
 
     /// Waits for the socket, then for Probe to report ready (the plugin
@@ -1084,5 +1272,156 @@ pub fn assert_status(
             );
             status
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading a volume the way a pod does, during rotation
+// ---------------------------------------------------------------------------
+
+/// What a [`PodReader`] saw.
+#[derive(Debug, Default)]
+pub struct ReaderReport {
+    /// Complete reads of key and certificate.
+    pub reads: u64,
+    /// Torn reads: a missing file, a key that does not match its
+    /// certificate, an unparsable file, or an expired certificate.
+    pub problems: Vec<String>,
+    /// Leaf serials in the order first seen.
+    pub serials: Vec<String>,
+    /// Leaf public keys (DER) in the order first seen.
+    pub public_keys: Vec<Vec<u8>>,
+}
+
+/// A thread that reads key and certificate in a tight loop, as an
+/// application in the pod would: it opens `..data` once per iteration and
+/// reads both files relative to that directory, then checks they belong
+/// together and that the certificate has not expired.
+pub struct PodReader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    report: Arc<Mutex<ReaderReport>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodReader {
+    pub fn start(volume: &VolumeRequest, cert_file: &str, key_file: &str) -> PodReader {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(ReaderReport::default()));
+        let data = volume.target().join("..data");
+        let (cert_file, key_file) = (cert_file.to_string(), key_file.to_string());
+        let handle = std::thread::spawn({
+            let stop = stop.clone();
+            let report = report.clone();
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let result = read_pair(&data, &cert_file, &key_file);
+                    let mut report = report.lock().unwrap();
+                    match result {
+                        Ok((serial, spki, expired)) => {
+                            report.reads += 1;
+                            if expired {
+                                report
+                                    .problems
+                                    .push(format!("expired certificate {serial} served"));
+                            }
+                            if report.serials.last() != Some(&serial) {
+                                report.serials.push(serial);
+                            }
+                            if !report.public_keys.contains(&spki) {
+                                report.public_keys.push(spki);
+                            }
+                        }
+                        Err(problem) => {
+                            if report.problems.len() < 100 {
+                                report.problems.push(problem);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        PodReader {
+            stop,
+            report,
+            handle: Some(handle),
+        }
+    }
+
+    /// A copy of the report so far.
+    pub fn serials(&self) -> Vec<String> {
+        self.report.lock().unwrap().serials.clone()
+    }
+
+    pub fn finish(mut self) -> ReaderReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("reader thread");
+        }
+        std::mem::take(&mut *self.report.lock().unwrap())
+    }
+}
+
+impl Drop for PodReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn read_pair(
+    data: &Path,
+    cert_file: &str,
+    key_file: &str,
+) -> Result<(String, Vec<u8>, bool), String> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+    let dir = open(data, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+        .map_err(|e| format!("open {}: {e}", data.display()))?;
+    let read = |name: &str| -> Result<Vec<u8>, String> {
+        let fd = openat(&dir, name, OFlag::O_RDONLY, Mode::empty())
+            .map_err(|e| format!("open {name} in ..data: {e}"))?;
+        let mut bytes = Vec::new();
+        File::from(fd)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("read {name}: {e}"))?;
+        Ok(bytes)
+    };
+    let cert = read(cert_file)?;
+    let key = read(key_file)?;
+    let chain = cert_csi::pki::parse_chain(&cert).map_err(|e| format!("{cert_file}: {e}"))?;
+    let leaf = chain.first().ok_or_else(|| format!("{cert_file}: empty"))?;
+    let key = PrivateKey::from_pem(&key).map_err(|e| format!("{key_file}: {e}"))?;
+    if !cert_csi::pki::key_matches_certificate(&key, leaf) {
+        return Err(format!(
+            "{key_file} does not match {cert_file} (serial {})",
+            leaf.serial_hex
+        ));
+    }
+    let expired = !leaf.is_valid_at(std::time::SystemTime::now());
+    Ok((leaf.serial_hex.clone(), leaf.spki_der.clone(), expired))
+}
+
+/// The leaf certificate a volume serves now.
+pub fn served_leaf(volume: &VolumeRequest, cert_file: &str) -> cert_csi::pki::CertInfo {
+    let chain = cert_csi::pki::parse_chain(&volume.read(cert_file)).expect("a PEM chain");
+    chain.into_iter().next().expect("a leaf")
+}
+
+/// The node state of a volume, typed.
+pub fn volume_state(
+    data_root: &Path,
+    volume: &VolumeRequest,
+) -> Option<cert_csi::store::VolumeState> {
+    let path = data_root
+        .join("volumes")
+        .join(&volume.volume_id)
+        .join("state.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).expect("state.json decodes")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => panic!("reading {}: {e}", path.display()),
     }
 }

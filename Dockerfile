@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+#
+# The cert-csi image: one binary for every mode (node, controller, ...).
+#
+#   docker build -t cert-csi:0.1.0 .
+#
+# Build stage: the toolchain the project is developed with. No protoc or
+# other system tools are needed (build.rs compiles the CSI proto in Rust).
+FROM rust:1.95-bookworm AS builder
+WORKDIR /src
+# Only what the build reads: every target Cargo.toml declares must exist
+# (benches/ included), tests/ and deploy/ are not needed.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+COPY src ./src
+COPY benches ./benches
+# The cache mounts keep the registry and compiled dependencies between
+# builds; the binary is copied out because the target dir is not in the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin cert-csi \
+    && install -D -m 0755 target/release/cert-csi /out/cert-csi
+
+# Runtime stage: glibc and libgcc only, no shell, no package manager. Mounts
+# are made with syscalls, so no mount(8) is needed.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /out/cert-csi /usr/local/bin/cert-csi
+# Non-root by default, which is right for the controller. The node plugin
+# must mount tmpfs and bind mounts, so its DaemonSet sets runAsUser: 0 and
+# privileged: true (charts/cert-csi/templates/node-daemonset.yaml).
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/cert-csi"]

@@ -1,0 +1,212 @@
+//! Restart without loss: 200 volumes survive SIGKILL of the plugin with no
+//! request made twice, keep renewing afterwards, and renewals that were
+//! pending at the kill complete with the very request that was pending.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cert_csi::store::{RequestPhase, VolumeState};
+use cert_csi::volume::keys;
+use common::{Env, Options, Policy, VolumeRequest, volume_state};
+use futures::StreamExt;
+use kube::ResourceExt;
+
+const PODS: usize = 10;
+const VOLUMES_PER_POD: usize = 20;
+const NAMESPACE: &str = "restart-200";
+
+fn states(env: &Env, volumes: &[VolumeRequest]) -> Vec<VolumeState> {
+    volumes
+        .iter()
+        .map(|v| volume_state(&env.data_root, v).expect("node state of a published volume"))
+        .collect()
+}
+
+/// Polls node state until `done` holds for every volume.
+async fn wait_all(
+    env: &Env,
+    volumes: &[VolumeRequest],
+    limit: Duration,
+    what: &str,
+    done: impl Fn(usize, &VolumeState) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let states = states(env, volumes);
+        let missing = states
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !done(*i, s))
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {missing} of {} volumes not there within {limit:?}; log tail:\n{}",
+            volumes.len(),
+            env.log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn request_name(state: &VolumeState) -> String {
+    state
+        .request
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_default()
+}
+
+fn phase(state: &VolumeState) -> Option<RequestPhase> {
+    state.request.as_ref().map(|r| r.phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
+    if !common::require_root("two_hundred_volumes_survive_sigkill_without_new_requests") {
+        return;
+    }
+    // Limits wide enough that 200 pending renewals can be in flight at once.
+    let mut env = Env::start_with_args(
+        Options {
+            publish_timeout: "30s",
+            policy: Policy::Approve,
+        },
+        &[
+            "--max-request-rate",
+            "500",
+            "--max-inflight-requests",
+            "400",
+            "--renewal-retry-base",
+            "1s",
+            "--renewal-retry-max",
+            "2s",
+        ],
+    )
+    .await;
+    let mut volumes = Vec::new();
+    for p in 0..PODS {
+        let pod = env.create_pod(NAMESPACE, &format!("app-{p}"), "app").await;
+        for v in 0..VOLUMES_PER_POD {
+            volumes.push(env.volume(
+                &pod,
+                &format!("tls-{v}"),
+                &[
+                    (keys::ISSUER_NAME, "ca"),
+                    (keys::KEY_ALGORITHM, "ECDSA"),
+                    // Renewed about ten seconds after issuance.
+                    (keys::DURATION, "40s"),
+                    (keys::RENEW_BEFORE, "30s"),
+                ],
+            ));
+        }
+    }
+    let started = Instant::now();
+    futures::stream::iter(volumes.iter())
+        .for_each_concurrent(16, |v| {
+            let env = &env;
+            async move { env.publish_ok(v).await }
+        })
+        .await;
+    println!(
+        "published {} volumes in {:?}",
+        volumes.len(),
+        started.elapsed()
+    );
+    assert_eq!(env.count_requests(NAMESPACE).await, volumes.len());
+    let issued: Vec<String> = states(&env, &volumes).iter().map(request_name).collect();
+
+    // SIGKILL and restart: every volume is re-adopted, nothing requested.
+    env.kill_plugin();
+    let recovery = env.start_plugin().await;
+    println!("restart after SIGKILL: ready in {recovery:?}");
+    let mut names: Vec<String> = env
+        .requests(NAMESPACE)
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    names.sort();
+    let mut expected = issued.clone();
+    expected.sort();
+    // No renewal is due yet (≥ 7 s after issuance), so the requests are
+    // exactly those of the first issuance.
+    assert_eq!(names, expected, "requests changed on recovery");
+    assert!(
+        env.log().contains("node state recovered"),
+        "no recovery report in the log"
+    );
+
+    // All volumes keep renewing after the restart.
+    wait_all(
+        &env,
+        &volumes,
+        Duration::from_secs(40),
+        "renewed after restart",
+        |i, s| request_name(s) != issued[i] && phase(s) == Some(RequestPhase::Issued),
+    )
+    .await;
+    let renewed: Vec<String> = states(&env, &volumes).iter().map(request_name).collect();
+
+    // Killed while renewals are pending: hold every request undecided.
+    env.signer.set_policy(Policy::Ignore);
+    wait_all(
+        &env,
+        &volumes,
+        Duration::from_secs(40),
+        "renewal pending",
+        |i, s| request_name(s) != renewed[i] && phase(s) == Some(RequestPhase::Pending),
+    )
+    .await;
+    let pending: Vec<String> = states(&env, &volumes).iter().map(request_name).collect();
+    env.kill_plugin();
+    env.start_plugin().await;
+    env.signer.set_policy(Policy::Approve);
+    wait_all(
+        &env,
+        &volumes,
+        Duration::from_secs(30),
+        "pending renewal completed",
+        |i, s| phase(s) == Some(RequestPhase::Issued) || request_name(s) != pending[i],
+    )
+    .await;
+
+    let after = states(&env, &volumes);
+    let mut per_volume: HashMap<String, Vec<String>> = HashMap::new();
+    for r in env.requests(NAMESPACE).await {
+        let hash = r
+            .labels()
+            .get(cert_csi::issuance::VOLUME_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        per_volume.entry(hash).or_default().push(r.name_any());
+    }
+    for ((v, state), pending_name) in volumes.iter().zip(&after).zip(&pending) {
+        assert_eq!(
+            &request_name(state),
+            pending_name,
+            "{}: completed by another request than the pending one",
+            v.volume_name
+        );
+        let hash = cert_csi::issuance::id_hash(&v.volume_id);
+        let names = per_volume.get(&hash).cloned().unwrap_or_default();
+        assert_eq!(
+            names,
+            vec![pending_name.clone()],
+            "{}: exactly one request should be left",
+            v.volume_name
+        );
+        let leaf = common::served_leaf(v, "tls.crt");
+        assert!(leaf.is_valid_at(std::time::SystemTime::now()));
+    }
+    env.finish().await;
+}
