@@ -93,7 +93,8 @@ pub struct ControllerArgs {
     /// `clusterissuers.cert-manager.io/<name>`, `<resource>.<group>/*`).
     #[arg(long, env = "APPROVE_ISSUERS", default_value = crate::controller::approver::DEFAULT_APPROVE_ISSUERS)]
     pub approve_issuers: String,
-    /// Where `/healthz` and `/readyz` are served.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served. Port 0 picks
+    /// a free port, which the log names.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
     pub metrics_address: SocketAddr,
     /// Wait after a Certificate's first failed issuance; doubles per
@@ -108,6 +109,107 @@ pub struct ControllerArgs {
     /// (0, the default, renews exactly when upstream would).
     #[arg(long = "certificate-renewal-jitter", env = "CERTIFICATE_RENEWAL_JITTER", default_value = "0", value_parser = parse_jitter)]
     pub certificate_renewal_jitter: crate::renewal::schedule::JitterPolicy,
+    /// SPIFFE approver: the trust domain of the identities it approves.
+    /// Setting it switches the SPIFFE approver on (it also needs
+    /// --spiffe-issuer).
+    #[arg(long, env = "SPIFFE_TRUST_DOMAIN")]
+    pub spiffe_trust_domain: Option<String>,
+    /// SPIFFE approver: the issuers SPIFFE requests go to, in signer-name
+    /// syntax (e.g. `clusterissuers.cert-manager.io/spiffe-ca`); every
+    /// request to them must pass the SPIFFE policy.
+    #[arg(long, env = "SPIFFE_ISSUER")]
+    pub spiffe_issuer: Option<String>,
+    /// SPIFFE approver: the exact spec.duration a request must carry.
+    #[arg(long, env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub spiffe_duration: std::time::Duration,
+    /// SPIFFE approver: the ID path; only `{namespace}` and
+    /// `{serviceaccount}` may appear.
+    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe::DEFAULT_ID_TEMPLATE)]
+    pub spiffe_id_template: String,
+    /// SPIFFE approver: key types allowed, a comma list of P-256, P-384, Ed25519.
+    #[arg(long, env = "SPIFFE_KEY_TYPES", default_value = "P-256,P-384,Ed25519")]
+    pub spiffe_key_types: String,
+    /// SPIFFE approver: node plugin ServiceAccounts (`<namespace>:<name>`,
+    /// comma list) that may request for a pod on their node (node-account mode).
+    #[arg(long, env = "SPIFFE_NODE_ACCOUNTS", default_value = "")]
+    pub spiffe_node_accounts: String,
+    /// Serve the requester-identity admission webhook (needed where
+    /// cert-manager's webhook is absent, so spec.username can be trusted).
+    #[arg(long, env = "WEBHOOK")]
+    pub webhook: bool,
+    /// Where the webhook listens (HTTPS).
+    #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:9443")]
+    pub webhook_address: SocketAddr,
+    /// Create or update the MutatingWebhookConfiguration `cert-csi-webhook`
+    /// with this process's CA bundle at start.
+    #[arg(long, env = "WEBHOOK_CONFIGURE")]
+    pub webhook_configure: bool,
+    /// The Service in front of the webhook (its serving certificate names it).
+    #[arg(long, env = "WEBHOOK_SERVICE_NAME")]
+    pub webhook_service_name: Option<String>,
+    /// The namespace of that Service.
+    #[arg(long, env = "WEBHOOK_SERVICE_NAMESPACE")]
+    pub webhook_service_namespace: Option<String>,
+    /// The Service's port.
+    #[arg(long, env = "WEBHOOK_SERVICE_PORT", default_value_t = 443)]
+    pub webhook_service_port: u16,
+    /// Instead of a Service: the https URL the API server calls.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+}
+
+impl ControllerArgs {
+    /// The SPIFFE approver's policy, or `None` when it is off.
+    pub fn spiffe_policy(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::controller::spiffe::SpiffePolicy>>> {
+        use crate::controller::spiffe::{SpiffeFlags, SpiffePolicy};
+        let Some(trust_domain) = &self.spiffe_trust_domain else {
+            return Ok(None);
+        };
+        let Some(issuers) = &self.spiffe_issuer else {
+            anyhow::bail!(
+                "--spiffe-trust-domain is set but --spiffe-issuer is not; name the issuer SPIFFE requests go to, e.g. clusterissuers.cert-manager.io/spiffe-ca"
+            );
+        };
+        let policy = SpiffePolicy::from_flags(&SpiffeFlags {
+            trust_domain,
+            id_template: &self.spiffe_id_template,
+            issuers,
+            duration: self.spiffe_duration,
+            key_types: &self.spiffe_key_types,
+            node_accounts: &self.spiffe_node_accounts,
+        })?;
+        Ok(Some(std::sync::Arc::new(policy)))
+    }
+
+    /// The webhook's settings, or `None` when it is off.
+    pub fn webhook_options(
+        &self,
+    ) -> anyhow::Result<Option<crate::controller::webhook::WebhookOptions>> {
+        use crate::controller::webhook::{Target, WebhookError, WebhookOptions};
+        if !self.webhook {
+            return Ok(None);
+        }
+        let target = match (
+            &self.webhook_url,
+            &self.webhook_service_name,
+            &self.webhook_service_namespace,
+        ) {
+            (Some(url), None, None) => Target::url(url)?,
+            (None, Some(name), Some(namespace)) => Target::Service {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                port: self.webhook_service_port,
+            },
+            _ => return Err(WebhookError::NoTarget.into()),
+        };
+        Ok(Some(WebhookOptions {
+            listen: self.webhook_address,
+            target,
+            configure: self.webhook_configure,
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +256,70 @@ pub struct NodeArgs {
     /// Longest wait between failed renewals (Go duration).
     #[arg(long, env = "RENEWAL_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub renewal_retry_max: std::time::Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `off` (or an
+    /// empty value) serves none. Port 0 picks a free port, which the log
+    /// names.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9402", value_parser = parse_listen_address)]
+    pub metrics_address: ListenAddress,
+    /// How long a publish waits for its certificate before an
+    /// `IssuanceSlow` Event tells the pod (it keeps waiting; Go duration).
+    #[arg(long, env = "SLOW_ISSUANCE_THRESHOLD", default_value = "10s", value_parser = parse_duration)]
+    pub slow_issuance_threshold: std::time::Duration,
+    /// SPIFFE driver (`--driver-name spiffe.csi.cert-manager.io`): the trust
+    /// domain of every identity.
+    #[arg(long, env = "SPIFFE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub spiffe_trust_domain: String,
+    /// SPIFFE driver: the ID path; only `{namespace}` and `{serviceaccount}`
+    /// may appear.
+    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe::DEFAULT_ID_TEMPLATE)]
+    pub spiffe_id_template: String,
+    /// SPIFFE driver: the key type, P-256, P-384 or Ed25519.
+    #[arg(long, env = "SPIFFE_KEY_ALGORITHM", default_value = "P-256")]
+    pub spiffe_key_algorithm: String,
+    /// SPIFFE driver: the certificates' lifetime (renewed at two thirds).
+    #[arg(long, env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub spiffe_duration: std::time::Duration,
+    /// SPIFFE driver: the issuer that signs the identities (required).
+    #[arg(long, env = "SPIFFE_ISSUER_NAME")]
+    pub spiffe_issuer_name: Option<String>,
+    /// SPIFFE driver: the issuer's kind.
+    #[arg(long, env = "SPIFFE_ISSUER_KIND", default_value = "ClusterIssuer")]
+    pub spiffe_issuer_kind: String,
+    /// SPIFFE driver: the issuer's API group.
+    #[arg(long, env = "SPIFFE_ISSUER_GROUP", default_value = "cert-manager.io")]
+    pub spiffe_issuer_group: String,
+    /// SPIFFE driver: who creates the CertificateRequest: `pod-token` (the
+    /// pod's ServiceAccount token from the kubelet) or `node-account` (this
+    /// plugin, naming the pod and node for the approver to check).
+    #[arg(long, env = "SPIFFE_REQUEST_MODE", default_value = "pod-token", value_parser = crate::csi::node::spiffe::RequestMode::parse)]
+    pub spiffe_request_mode: crate::csi::node::spiffe::RequestMode,
+    /// SPIFFE driver, pod-token mode: the token audience to use from the
+    /// CSIDriver's tokenRequests ("" is the API server's default).
+    #[arg(long, env = "SPIFFE_TOKEN_AUDIENCE", default_value = "")]
+    pub spiffe_token_audience: String,
+    /// A trust bundle file written as every volume's CA file, re-read when
+    /// its directory changes (inotify; a mounted ConfigMap works).
+    #[arg(long, env = "TRUST_BUNDLE_FILE")]
+    pub trust_bundle_file: Option<PathBuf>,
+    /// A trust bundle in a ConfigMap, `<namespace>/<name>:<key>`, watched.
+    #[arg(long, env = "TRUST_BUNDLE_CONFIGMAP")]
+    pub trust_bundle_configmap: Option<String>,
+    /// A trust bundle in a Secret, `<namespace>/<name>:<key>`, watched.
+    #[arg(long, env = "TRUST_BUNDLE_SECRET")]
+    pub trust_bundle_secret: Option<String>,
+}
+
+/// A listen address that can be switched off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddress(pub Option<SocketAddr>);
+
+fn parse_listen_address(value: &str) -> Result<ListenAddress, String> {
+    match value.trim() {
+        "" | "off" => Ok(ListenAddress(None)),
+        text => text.parse().map(|a| ListenAddress(Some(a))).map_err(|_| {
+            format!("{value:?} is not an address; use host:port such as 0.0.0.0:9402, or off")
+        }),
+    }
 }
 
 fn parse_rate(value: &str) -> Result<crate::renewal::limiter::RequestRate, String> {
@@ -193,7 +359,11 @@ pub struct SandboxArgs {
 }
 
 /// Runs the chosen mode until it finishes or `shutdown` fires.
-pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    command: Command,
+    isolation: Option<crate::demo::isolation::Isolation>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         Command::Crds => {
             print!("{}", crate::api::crds_yaml()?);
@@ -206,6 +376,7 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
                 dir: args.dir,
                 keep: args.keep,
                 duration: args.duration,
+                isolation: isolation.unwrap_or_else(crate::demo::isolation::enter),
             };
             crate::demo::run(options, shutdown).await
         }
@@ -241,6 +412,28 @@ async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::
 }
 
 async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let spiffe = if args.driver_name == crate::spiffe::DRIVER_NAME {
+        use crate::csi::node::spiffe::{SpiffeConfig, SpiffeFlags};
+        Some(SpiffeConfig::from_flags(&SpiffeFlags {
+            trust_domain: &args.spiffe_trust_domain,
+            template: &args.spiffe_id_template,
+            key: &args.spiffe_key_algorithm,
+            duration: args.spiffe_duration,
+            issuer_name: args.spiffe_issuer_name.as_deref(),
+            issuer_kind: &args.spiffe_issuer_kind,
+            issuer_group: &args.spiffe_issuer_group,
+            mode: args.spiffe_request_mode,
+            audience: &args.spiffe_token_audience,
+        })?)
+    } else {
+        None
+    };
+    let trust = crate::csi::node::trust::TrustSource::from_flags(
+        args.trust_bundle_file.as_deref(),
+        args.trust_bundle_configmap.as_deref(),
+        args.trust_bundle_secret.as_deref(),
+    )?;
+    let extras = crate::csi::run::NodeExtras { spiffe, trust };
     let options = crate::csi::run::NodeOptions {
         endpoint: args.endpoint,
         driver_name: args.driver_name,
@@ -259,9 +452,11 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 max_inflight: args.max_inflight_requests as usize,
                 rate: args.max_request_rate,
             },
+            metrics_address: args.metrics_address.0,
+            slow_issuance: args.slow_issuance_threshold,
         },
     };
-    crate::csi::run::run(options, shutdown).await
+    crate::csi::run::run_with(options, extras, shutdown).await
 }
 
 /// Parses the controller flags, serves health, and runs the loops until
@@ -271,7 +466,7 @@ pub async fn run_controller(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use crate::controller::{ApproveScope, ControllerOptions, EnabledControllers, Health};
-    let mut options = ControllerOptions::new(args.cluster_resource_namespace);
+    let mut options = ControllerOptions::new(args.cluster_resource_namespace.clone());
     options.enabled = EnabledControllers::parse(&args.controllers)?;
     options.approve = ApproveScope::parse(&args.approve_issuers)?;
     if args.certificate_backoff_max < args.certificate_backoff_base {
@@ -286,7 +481,22 @@ pub async fn run_controller(
         backoff_max: args.certificate_backoff_max,
         jitter: args.certificate_renewal_jitter,
     };
+    options.spiffe = args.spiffe_policy()?;
+    let webhook_options = args.webhook_options()?;
     let client = crate::csi::run::kube_client(args.kubeconfig.as_ref()).await?;
+    // A webhook that cannot start stops the whole controller: running
+    // without it would leave spec.username untrustworthy.
+    let webhook = webhook_options.map(|w| {
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let result = crate::controller::webhook::run(client, w, shutdown.clone()).await;
+            if let Err(error) = &result {
+                tracing::error!(%error, "the admission webhook stopped; shutting down");
+                shutdown.cancel();
+            }
+            result
+        })
+    });
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .map_err(|e| {
@@ -295,14 +505,22 @@ pub async fn run_controller(
                 args.metrics_address
             )
         })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(metrics_address = %bound, "serving /metrics, /healthz and /readyz");
+    let mut registry = crate::telemetry::Registry::default();
+    options.metrics = crate::telemetry::ControllerMetrics::register(&mut registry);
     let health = Health::default();
-    let server = tokio::spawn(crate::controller::serve_health(
+    let server = tokio::spawn(crate::telemetry::serve(
         listener,
+        std::sync::Arc::new(registry),
         health.clone(),
         shutdown.clone(),
     ));
     crate::controller::run(client, options, health, shutdown.clone()).await;
     shutdown.cancel();
     server.await??;
+    if let Some(webhook) = webhook {
+        webhook.await??;
+    }
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod pki;
 pub mod renewal;
 pub mod sandbox;
 pub mod shutdown;
+pub mod spiffe;
 pub mod store;
 pub mod telemetry;
 pub mod volume;

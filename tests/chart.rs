@@ -242,6 +242,11 @@ fn check_all_typed(docs: &[Value]) -> Vec<String> {
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 typed::<CustomResourceDefinition>(doc);
             }
+            ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                typed::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>(
+                    doc,
+                );
+            }
             // No k8s-openapi type: check the shape prometheus-operator needs.
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                 assert!(doc["spec"]["selector"]["matchLabels"].is_object(), "{doc}");
@@ -407,9 +412,11 @@ fn default_and_custom_renders_are_all_typed() {
 
     let custom = custom_docs().expect("rendered when the default did");
     let kinds = tally(&check_all_typed(custom));
-    // crds.enabled and metrics.enabled are off in the custom values.
+    // crds.enabled and metrics.enabled are off in the custom values; the
+    // webhook (on there) brings its own Service and configuration.
     assert_eq!(kinds.get("CustomResourceDefinition"), None);
-    assert_eq!(kinds.get("Service"), None);
+    assert_eq!(kinds.get("Service"), Some(&1));
+    assert_eq!(kinds.get("MutatingWebhookConfiguration"), Some(&1));
     assert_eq!(kinds.get("DaemonSet"), Some(&1));
 }
 
@@ -930,6 +937,66 @@ fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
 }
 
 #[test]
+fn spiffe_approver_and_webhook_with_custom_values() {
+    let Some(docs) = custom_docs() else { return };
+    let deployment: Deployment = get(docs, "Deployment", &format!("{RELEASE}-controller"));
+    let spec = deployment.spec.unwrap().template.spec.unwrap();
+    let c = container(&spec, "cert-csi");
+    assert_eq!(flag(c, "--spiffe-trust-domain"), "example.org");
+    assert_eq!(
+        flag(c, "--spiffe-issuer"),
+        "clusterissuers.cert-manager.io/spiffe-ca"
+    );
+    assert_eq!(flag(c, "--spiffe-duration"), "30m");
+    assert_eq!(flag(c, "--spiffe-key-types"), "P-256");
+    assert_eq!(flag(c, "--spiffe-node-accounts"), "platform:certs-node");
+    assert_eq!(flag(c, "--webhook-address"), "0.0.0.0:9444");
+    let service_name = flag(c, "--webhook-service-name");
+    assert!(declared_ports(&spec).contains(&9444));
+
+    let service: Service = get(docs, "Service", service_name);
+    let port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!(
+        port.target_port,
+        Some(IntOrString::String("webhook".into()))
+    );
+    let hooks: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        get(docs, "MutatingWebhookConfiguration", "cert-csi-webhook");
+    let hook = &hooks.webhooks.unwrap()[0];
+    let target = hook.client_config.service.as_ref().unwrap();
+    assert_eq!(
+        (target.name.as_str(), target.port),
+        (service_name, Some(port.port))
+    );
+    assert_eq!(hook.failure_policy.as_deref(), Some("Fail"));
+    assert!(
+        hook.client_config.ca_bundle.is_none(),
+        "the controller injects the CA"
+    );
+
+    let controller: ClusterRole = get(docs, "ClusterRole", &format!("{RELEASE}-controller"));
+    let granted = grants(controller.rules.as_deref().unwrap());
+    for extra in [
+        rule(&[""], &["pods"], &["get"], &[]),
+        rule(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations"],
+            &["get", "update"],
+            &["cert-csi-webhook"],
+        ),
+        rule(
+            &["cert-manager.io"],
+            &["signers"],
+            &["approve"],
+            &["clusterissuers.cert-manager.io/spiffe-ca"],
+        ),
+    ] {
+        let want = grants(&[extra]);
+        assert!(want.is_subset(&granted), "{want:?} not in {granted:?}");
+    }
+}
+
+#[test]
 fn rbac_is_least_privilege_per_component() {
     let Some(docs) = default_docs() else { return };
     let node: ClusterRole = get(docs, "ClusterRole", &format!("{RELEASE}-node"));
@@ -941,7 +1008,6 @@ fn rbac_is_least_privilege_per_component() {
             &[],
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
-        rule(&[""], &["pods"], &["get"], &[]),
     ];
     assert_eq!(
         grants(node.rules.as_deref().unwrap()),
@@ -953,13 +1019,13 @@ fn rbac_is_least_privilege_per_component() {
         rule(
             &["cert-manager.io"],
             &["certificaterequests"],
-            &["get", "list", "watch", "update"],
+            &["get", "list", "watch", "create", "delete"],
             &[],
         ),
         rule(
             &["cert-manager.io"],
             &["certificaterequests/status"],
-            &["update", "patch"],
+            &["update"],
             &[],
         ),
         rule(
@@ -984,15 +1050,13 @@ fn rbac_is_least_privilege_per_component() {
                 "issuers/status",
                 "clusterissuers/status",
             ],
-            &["update", "patch"],
+            &["update"],
             &[],
         ),
         rule(
             &[""],
             &["secrets"],
-            &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
-            ],
+            &["get", "list", "watch", "create", "update", "delete"],
             &[],
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
@@ -1068,7 +1132,8 @@ fn rbac_is_least_privilege_per_component() {
         format!("{RELEASE}-controller")
     );
 
-    // The approve grant follows controller.approveIssuers.
+    // The approve grant follows controller.approveIssuers, plus the SPIFFE
+    // approver's issuer (on in the custom values).
     let custom = custom_docs().unwrap();
     let controller: ClusterRole = get(custom, "ClusterRole", &format!("{RELEASE}-controller"));
     let signers = controller
@@ -1079,7 +1144,12 @@ fn rbac_is_least_privilege_per_component() {
         .unwrap();
     assert_eq!(
         signers.resource_names.as_deref(),
-        Some(&["issuers.cert-manager.io/*".to_owned()][..])
+        Some(
+            &[
+                "issuers.cert-manager.io/*".to_owned(),
+                "clusterissuers.cert-manager.io/spiffe-ca".to_owned()
+            ][..]
+        )
     );
 }
 
@@ -1535,6 +1605,143 @@ fn dockerfile_builds_the_binary_the_chart_runs() {
         assert!(
             included.iter().any(|c| *c == top || c == path),
             ".dockerignore excludes {path}"
+        );
+    }
+}
+
+/// The SPIFFE driver's DaemonSet and CSIDriver, and the trust bundle, in
+/// both request modes (issue 9).
+#[test]
+fn spiffe_driver_and_trust_bundle() {
+    for (mode, source_flag, source) in [
+        ("pod-token", "configMap", "cert-manager/trust:ca.crt"),
+        ("node-account", "secret", "platform/roots:bundle.pem"),
+    ] {
+        let mode_json = format!("spiffe.driver.requestMode={mode:?}");
+        let source_json = format!("trustBundle.{source_flag}={source:?}");
+        let Some(docs) = render(&[
+            "--set-json",
+            "spiffe.driver.enabled=true",
+            "--set-json",
+            r#"spiffe.driver.issuer.name="spiffe-ca""#,
+            "--set-json",
+            &mode_json,
+            "--set-json",
+            &source_json,
+        ]) else {
+            return;
+        };
+        check_all_typed(&docs);
+        assert_eq!(count(&docs, "DaemonSet"), 2, "{mode}");
+        assert_eq!(count(&docs, "CSIDriver"), 2, "{mode}");
+
+        let driver: CSIDriver = get(&docs, "CSIDriver", "spiffe.csi.cert-manager.io");
+        let spec = driver.spec;
+        let requests = spec.token_requests.expect("tokenRequests");
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].audience, "");
+        assert_eq!(spec.requires_republish, Some(true));
+        assert_eq!(spec.pod_info_on_mount, Some(true));
+
+        let ds: DaemonSet = get(&docs, "DaemonSet", &format!("{RELEASE}-spiffe-node"));
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        let c = container(&pod, "cert-csi");
+        assert_eq!(flag(c, "--driver-name"), "spiffe.csi.cert-manager.io");
+        assert_eq!(flag(c, "--spiffe-request-mode"), mode);
+        assert_eq!(flag(c, "--spiffe-issuer-name"), "spiffe-ca");
+        let trust_flag = match source_flag {
+            "configMap" => "--trust-bundle-configmap",
+            _ => "--trust-bundle-secret",
+        };
+        assert_eq!(flag(c, trust_flag), source);
+        // Every argument is one the binary accepts.
+        let (accepted, _) = accepted("node");
+        for arg in &c.args.as_ref().unwrap()[1..] {
+            let name = arg.split('=').next().unwrap();
+            assert!(
+                accepted.contains(name),
+                "the SPIFFE DaemonSet passes {name}"
+            );
+        }
+        // Its own socket and node state, apart from the other driver's.
+        let (data, _, propagation) = host_path(&pod, c, flag(c, "--data-root"));
+        assert_eq!(data, "/var/lib/cert-csi-spiffe");
+        assert_eq!(propagation.as_deref(), Some("Bidirectional"));
+        let registrar = container(&pod, "node-driver-registrar");
+        assert_eq!(
+            flag(registrar, "--kubelet-registration-path"),
+            "/var/lib/kubelet/plugins/spiffe.csi.cert-manager.io/csi.sock"
+        );
+        // The other driver follows the same bundle.
+        let node: DaemonSet = get(&docs, "DaemonSet", &format!("{RELEASE}-node"));
+        let node_pod = node.spec.unwrap().template.spec.unwrap();
+        assert_eq!(flag(container(&node_pod, "cert-csi"), trust_flag), source);
+
+        // RBAC: the plugin creates requests only in node-account mode; in
+        // pod-token mode every ServiceAccount may create them instead.
+        let role: ClusterRole = get(&docs, "ClusterRole", &format!("{RELEASE}-spiffe-node"));
+        let granted = grants(role.rules.as_deref().unwrap());
+        let create = grants(&[rule(
+            &["cert-manager.io"],
+            &["certificaterequests"],
+            &["create"],
+            &[],
+        )]);
+        let requester = find(
+            &docs,
+            "ClusterRoleBinding",
+            &format!("{RELEASE}-spiffe-requester"),
+        );
+        if mode == "node-account" {
+            assert!(create.is_subset(&granted), "{granted:?}");
+            assert!(requester.is_none());
+        } else {
+            assert!(create.is_disjoint(&granted), "{granted:?}");
+            let binding: ClusterRoleBinding = typed(requester.expect("requester binding"));
+            let subject = &binding.subjects.unwrap()[0];
+            assert_eq!(
+                (subject.kind.as_str(), subject.name.as_str()),
+                ("Group", "system:serviceaccounts")
+            );
+        }
+
+        // The trust bundle's one object, readable by both plugins.
+        let (object, _key) = source.split_once(':').unwrap();
+        let (namespace, name) = object.split_once('/').unwrap();
+        let trust_role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "Role" && d["metadata"]["name"] == format!("{RELEASE}-trust-bundle")
+            })
+            .expect("trust bundle Role");
+        assert_eq!(trust_role["metadata"]["namespace"], namespace);
+        let trust_role: Role = typed(trust_role);
+        let resource = if source_flag == "configMap" {
+            "configmaps"
+        } else {
+            "secrets"
+        };
+        assert_eq!(
+            grants(trust_role.rules.as_deref().unwrap()),
+            grants(&[rule(&[""], &[resource], &["get", "list", "watch"], &[name])])
+        );
+        let binding = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == "RoleBinding"
+                    && d["metadata"]["name"] == format!("{RELEASE}-trust-bundle")
+            })
+            .expect("trust bundle RoleBinding");
+        let binding: RoleBinding = typed(binding);
+        let subjects: BTreeSet<String> = binding
+            .subjects
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            subjects,
+            BTreeSet::from([format!("{RELEASE}-node"), format!("{RELEASE}-spiffe-node")])
         );
     }
 }

@@ -75,3 +75,46 @@ fn demo_issues_handshakes_rotates_and_cleans_up() {
         "info logs leaked onto the screen:\n{stderr}"
     );
 }
+
+/// As a normal user the demo isolates itself in a user and mount namespace;
+/// where the kernel forbids that, it says so plainly instead of half-working.
+#[test]
+fn demo_runs_as_a_normal_user_or_says_why_not() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test switches users, which needs root"
+        );
+        return;
+    }
+    // A world-readable copy of the binary and a world-writable directory,
+    // so user `nobody` can run it wherever the checkout lives.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let binary = scratch.path().join("cert-csi");
+    std::fs::copy(env!("CARGO_BIN_EXE_cert-csi"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = scratch.path().join("demo");
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("does not let a normal user create a user namespace") {
+        assert!(!output.status.success());
+        return;
+    }
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .contains("running as uid 65534 (gid 65534) inside a private user and mount namespace"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rotated in place"), "{stdout}");
+    assert!(mounts_below(scratch.path()).is_empty());
+}

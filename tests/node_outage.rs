@@ -27,6 +27,7 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
         Options {
             publish_timeout: "5s",
             policy: Policy::Approve,
+            controller: true,
         },
         &[
             "--renewal-retry-base",

@@ -261,7 +261,7 @@ async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
         "left under the data root: {:?}",
         env.volume_dirs()
     );
-    assert_eq!(env.signer.checked(), 0);
+    assert_eq!(env.cluster.checked().await, 0);
 
     // The base itself is valid, so each failure above came from its one change.
     let control = env.volume(&pod, "control", &base);
@@ -281,6 +281,7 @@ async fn denied_failed_and_slow_requests() {
             reason: "policy.example.com".into(),
             message: "team-x may not use issuer ca".into(),
         },
+        controller: true,
     })
     .await;
     let pod = env.create_pod("outcomes", "out-0", "default").await;
@@ -305,16 +306,20 @@ async fn denied_failed_and_slow_requests() {
         "the target directory was left behind"
     );
     assert_eq!(
-        env.signer.checked(),
+        env.cluster.checked().await,
         1,
         "the denied request never reached the signer"
     );
 
     // Failed: FailedPrecondition with the issuer's message; nothing left.
-    env.signer.set_policy(Policy::Fail {
+    // cert-csi's signer fails only requests that no CSR from the plugin
+    // produces, so the volume names an external issuer, played by the
+    // harness.
+    env.cluster.set_policy(Policy::Fail {
         message: "the CA secret is missing".into(),
     });
-    let failed = env.volume(&pod, "failed", &attrs);
+    let mut failed = env.volume(&pod, "failed", &attrs);
+    failed.set(keys::ISSUER_GROUP, common::EXTERNAL_GROUP);
     let status = assert_status(
         env.publish(&failed).await,
         Code::FailedPrecondition,
@@ -325,7 +330,7 @@ async fn denied_failed_and_slow_requests() {
     env.assert_no_trace(&failed).await;
 
     // Approval after 2 s, within the 5 s publish timeout: success.
-    env.signer
+    env.cluster
         .set_policy(Policy::ApproveAfter(Duration::from_secs(2)));
     let slow = env.volume(&pod, "slow", &attrs);
     let started = Instant::now();
@@ -355,6 +360,7 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
     let env = Env::start_with(Options {
         publish_timeout: "3s",
         policy: Policy::Ignore,
+        controller: true,
     })
     .await;
     let pod = env.create_pod("timeout", "slow-0", "default").await;
@@ -420,7 +426,7 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
     env.assert_no_trace(&abandoned).await;
 
     // An approver appears; the kubelet's retry resumes the same request.
-    env.signer.set_policy(Policy::Approve);
+    env.cluster.set_policy(Policy::Approve);
     env.publish_ok(&volume).await;
     assert_eq!(
         env.only_request(&volume).await.name_any(),
@@ -428,7 +434,7 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
         "the retry made a new request"
     );
     assert_eq!(env.count_requests("timeout").await, 1);
-    assert_eq!(env.signer.signed(), 1);
+    assert_eq!(env.cluster.signed().await, 1);
     let out = common::openssl_ok(&[
         "verify",
         "-CAfile",

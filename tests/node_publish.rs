@@ -64,7 +64,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
 
     // The three files, chained to the CA the signer used.
     assert_verifies(&volume, "ca.crt", "tls.crt");
-    assert_eq!(volume.read_string("ca.crt"), env.signer.ca_pem());
+    assert_eq!(volume.read_string("ca.crt"), env.cluster.ca_pem());
     assert_key_matches(&volume, "tls.crt", "tls.key");
     let san = openssl_ok(&[
         "x509",
@@ -173,6 +173,62 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
     env.finish().await;
 }
 
+/// The classic bootstrap, end to end: the harness made its CA the
+/// cert-manager way (SelfSigned ClusterIssuer → CA Certificate → CA
+/// ClusterIssuer), and cert-csi's own signer signs a node volume that
+/// names the CA ClusterIssuer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_ca() {
+    if !common::require_root(
+        "a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_ca",
+    ) {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("team-c", "api-0", "api").await;
+    let volume = env.volume(
+        &pod,
+        "tls",
+        &[
+            (keys::ISSUER_NAME, "ca"),
+            (keys::ISSUER_KIND, "ClusterIssuer"),
+            (keys::DNS_NAMES, "${POD_NAME}.${POD_NAMESPACE}.svc"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    env.publish_ok(&volume).await;
+
+    let request = env.only_request(&volume).await;
+    assert_eq!(request.spec.issuer_ref.name, "ca");
+    assert_eq!(
+        request.spec.issuer_ref.kind.as_deref(),
+        Some("ClusterIssuer")
+    );
+    assert!(request.is_issued(), "{:?}", request.status);
+    assert_eq!(env.cluster.signed().await, 1);
+
+    // The CA certificate as the CA Certificate's Secret holds it, not as
+    // the volume tells it.
+    let ca_file = env.base.join("bootstrapped-ca.crt");
+    std::fs::write(&ca_file, env.cluster.ca_pem()).unwrap();
+    let out = openssl_ok(&[
+        "verify",
+        "-CAfile",
+        path_str(&ca_file),
+        path_str(&volume.file("tls.crt")),
+    ]);
+    assert!(out.contains(": OK"), "{out}");
+    assert_verifies(&volume, "ca.crt", "tls.crt");
+    assert_key_matches(&volume, "tls.crt", "tls.key");
+    let text = common::cert_text(&volume.file("tls.crt"));
+    assert!(
+        text.contains("Issuer: O = cert-csi tests, CN = cert-csi test root CA"),
+        "not signed by the bootstrapped CA: {text}"
+    );
+    assert!(text.contains("DNS:api-0.team-c.svc"), "{text}");
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_of_one_volume_share_one_request() {
     if !common::require_root("concurrent_publishes_of_one_volume_share_one_request") {
@@ -232,7 +288,7 @@ async fn concurrent_publishes_of_one_volume_share_one_request() {
         "{:?}",
         requests.iter().map(|r| r.name_any()).collect::<Vec<_>>()
     );
-    assert_eq!(env.signer.signed(), 1);
+    assert_eq!(env.cluster.signed().await, 1);
     let env = std::sync::Arc::into_inner(env).expect("all tasks finished");
     env.finish().await;
 }
@@ -265,7 +321,7 @@ async fn a_repeated_publish_answers_at_once_without_a_new_request() {
 
     // If the plugin issued again it would now wait for the 5 s publish
     // timeout and fail, since nobody approves any more.
-    env.signer.set_policy(Policy::Ignore);
+    env.cluster.set_policy(Policy::Ignore);
     volume.set(
         kubelet::SERVICE_ACCOUNT_TOKENS,
         &tokens("sa-token-second-0123456789"),
@@ -380,6 +436,7 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
     let mut env = Env::start_with(common::Options {
         publish_timeout: "3s",
         policy: Policy::Approve,
+        controller: true,
     })
     .await;
     let pod = env.create_pod("restart", "db-0", "db").await;
@@ -389,7 +446,7 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
     let done_request = env.only_request(&done).await.name_any();
     let done_cert = done.read("tls.crt");
 
-    env.signer.set_policy(Policy::Ignore);
+    env.cluster.set_policy(Policy::Ignore);
     let pending = env.volume(&pod, "pending", &attrs);
     assert_status(
         env.publish(&pending).await,
@@ -411,7 +468,7 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
     assert_eq!(mounts_at(&done.target()).len(), 1);
 
     // The pending request is resumed with the key kept in its tmpfs.
-    env.signer.set_policy(Policy::Approve);
+    env.cluster.set_policy(Policy::Approve);
     env.publish_ok(&pending).await;
     assert_eq!(
         env.only_request(&pending).await.name_any(),

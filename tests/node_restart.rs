@@ -80,6 +80,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
         Options {
             publish_timeout: "30s",
             policy: Policy::Approve,
+            controller: true,
         },
         &[
             "--max-request-rate",
@@ -158,7 +159,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
     let renewed: Vec<String> = states(&env, &volumes).iter().map(request_name).collect();
 
     // Killed while renewals are pending: hold every request undecided.
-    env.signer.set_policy(Policy::Ignore);
+    env.cluster.set_policy(Policy::Ignore);
     wait_all(
         &env,
         &volumes,
@@ -170,7 +171,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
     let pending: Vec<String> = states(&env, &volumes).iter().map(request_name).collect();
     env.kill_plugin();
     env.start_plugin().await;
-    env.signer.set_policy(Policy::Approve);
+    env.cluster.set_policy(Policy::Approve);
     wait_all(
         &env,
         &volumes,

@@ -76,8 +76,12 @@ fn every_flag_is_documented() {
             .output()
             .expect("cert-csi --help runs");
         let help = String::from_utf8_lossy(&help.stdout);
+        // Option lines start with the flag (`--name` or `-x, --name`); words
+        // starting with `--` inside descriptions are not flags.
         for flag in help
             .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with('-'))
             .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
             .map(|f| f.trim_end_matches(','))
         {

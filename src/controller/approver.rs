@@ -18,6 +18,8 @@ use super::{ControllerConfigError, ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition, IssuerRef};
 use crate::shutdown::CancellationToken;
+use crate::telemetry::EventType;
+use crate::telemetry::metrics::ApprovalOutcome;
 
 /// What a policy says about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +151,7 @@ struct Context {
     client: kube::Client,
     scope: ApproveScope,
     policy: Arc<dyn Policy>,
+    telemetry: super::Telemetry,
 }
 
 async fn reconcile(
@@ -164,6 +167,7 @@ async fn reconcile(
             return Ok(Action::await_change());
         };
         let kind = condition.type_.clone();
+        let message = condition.message.clone().unwrap_or_default();
         current
             .status
             .get_or_insert_with(Default::default)
@@ -171,6 +175,24 @@ async fn reconcile(
         match status::replace_status(&api, &current).await? {
             Write::Done(_) => {
                 tracing::info!(%namespace, %name, condition = %kind, "request decided");
+                let (outcome, type_, reason, action) = if kind == types::DENIED {
+                    (
+                        ApprovalOutcome::Denied,
+                        EventType::Warning,
+                        "Denied",
+                        "Deny",
+                    )
+                } else {
+                    (
+                        ApprovalOutcome::Approved,
+                        EventType::Normal,
+                        "Approved",
+                        "Approve",
+                    )
+                };
+                ctx.telemetry.metrics.approver_decided(outcome);
+                ctx.telemetry
+                    .event(&current, type_, reason, action, message);
                 return Ok(Action::await_change());
             }
             Write::Conflict => {
@@ -208,17 +230,10 @@ pub async fn run(
     let api: Api<CertificateRequest> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default());
     let store = controller.store();
-    let ready = {
-        let health = health.clone();
-        async move {
-            if store.wait_until_ready().await.is_ok() {
-                health.loop_ready();
-            }
-        }
-    };
-    tokio::spawn(ready);
+    super::mark_ready_when_synced(store, health);
     let ctx = Arc::new(Context {
         client,
+        telemetry: options.telemetry(),
         scope: options.approve,
         policy: options.policy,
     });

@@ -43,6 +43,8 @@ use crate::api::{
 use crate::pki::{CsrOptions, KeyEncoding, PrivateKey};
 use crate::renewal::schedule::JitterPolicy;
 use crate::shutdown::CancellationToken;
+use crate::telemetry::EventType;
+use crate::telemetry::metrics::{CertificateRef, ReadyCondition};
 
 /// Label upstream puts on the temporary Secret holding the next private key.
 pub const NEXT_PRIVATE_KEY_LABEL: &str = "cert-manager.io/next-private-key";
@@ -99,6 +101,36 @@ struct Context {
     by_secret: Index,
     /// (namespace, certificate) → CertificateRequest names, from the watch.
     by_certificate: Index,
+    telemetry: super::Telemetry,
+    /// Uids of Certificates seen deleted, so a reconcile that was already
+    /// running when the deletion arrived cannot bring their series back.
+    /// Uids are never reused, and entries are pruned after a while.
+    deleted: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// How long a deleted Certificate's uid is remembered; far longer than any
+/// reconcile takes.
+const DELETED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl Context {
+    fn forget_deleted(&self, namespace: &str, name: &str, uid: Option<&str>) {
+        self.telemetry.metrics.certificate_removed(namespace, name);
+        if let Some(uid) = uid {
+            let mut deleted = self.deleted.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            deleted.retain(|_, at| now.duration_since(*at) < DELETED_MEMORY);
+            deleted.insert(uid.to_string(), now);
+        }
+    }
+
+    fn was_deleted(&self, uid: Option<&str>) -> bool {
+        uid.is_some_and(|uid| {
+            self.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(uid)
+        })
+    }
 }
 
 fn index_add(index: &Index, ns: &str, key: &str, value: &str) {
@@ -744,6 +776,13 @@ async fn issue(
     match write_status(api, cert, status).await? {
         Some(_) => {
             tracing::info!(%ns, certificate = %name, revision, serial = %leaf.serial_hex, "certificate: issued");
+            ctx.telemetry.event(
+                cert,
+                EventType::Normal,
+                "Issued",
+                "Issue",
+                format!("{} (revision {revision})", policy::READY_MESSAGE),
+            );
             if let Some(n) = next_key.filter(|n| *n != desired.secret_name) {
                 match secrets.delete(&n, &DeleteParams::default()).await {
                     Ok(_) => {}
@@ -969,6 +1008,16 @@ async fn fail(
         %detail,
         "certificate: issuance failed"
     );
+    // A Certificate that already holds a certificate is failing to renew:
+    // the Secret still serves the old one, which is what users must know.
+    let renewing = cert.status.as_ref().is_some_and(|s| s.not_after.is_some());
+    ctx.telemetry.event(
+        cert,
+        EventType::Warning,
+        if renewing { "RenewalFailed" } else { "Failed" },
+        "Issue",
+        format!("The certificate request has failed to complete and will be retried ({reason}): {detail}"),
+    );
     Ok(match write_status(api, cert, status).await? {
         Some(_) => Step::Done(Action::requeue(delay.max(Duration::from_millis(100)))),
         None => Step::Conflict,
@@ -1026,7 +1075,42 @@ async fn prune_history(
     Ok(())
 }
 
+/// Updates the Certificate's expiry and readiness series from what the
+/// watch delivered. Every status write comes back through the watch and
+/// reconciles again, so the series follow each change without extra reads.
+fn observe(cert: &Certificate, ctx: &Context) {
+    let ns = cert.namespace().unwrap_or_default();
+    let name = cert.name_any();
+    if cert.meta().deletion_timestamp.is_some() || ctx.was_deleted(cert.meta().uid.as_deref()) {
+        ctx.telemetry.metrics.certificate_removed(&ns, &name);
+        return;
+    }
+    let issuer = &cert.spec.issuer_ref;
+    let ready = cert
+        .condition(types::READY)
+        .map_or(ReadyCondition::Unknown, |c| {
+            ReadyCondition::from_status(c.status.as_str())
+        });
+    let not_after = cert
+        .status
+        .as_ref()
+        .and_then(|s| s.not_after.as_ref())
+        .map(|t| t.0);
+    ctx.telemetry.metrics.certificate_observed(
+        &CertificateRef {
+            namespace: &ns,
+            name: &name,
+            issuer_name: &issuer.name,
+            issuer_kind: issuer.kind_or_default(),
+            issuer_group: issuer.group_or_default(),
+        },
+        not_after,
+        ready,
+    );
+}
+
 async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, CertificateError> {
+    observe(&cert, &ctx);
     let ns = cert.namespace().unwrap_or_default();
     let name = cert.name_any();
     let api: Api<Certificate> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1097,6 +1181,7 @@ pub async fn run(
     )
     .touched_objects();
 
+    let client_for_deletions = client.clone();
     let ctx = Arc::new(Context {
         client,
         options: options.certificates.clone(),
@@ -1104,7 +1189,39 @@ pub async fn run(
         requests,
         by_secret: Mutex::default(),
         by_certificate: Mutex::default(),
+        telemetry: options.telemetry(),
+        deleted: Mutex::default(),
     });
+    // The controller reconciles objects that exist; a deletion only shows
+    // as a watch event. Metadata is all this needs. (A deletion missed
+    // while the watch was down leaves its series until the restart.)
+    {
+        let deletion_ctx = ctx.clone();
+        let deletions = watcher(
+            Api::<PartialObjectMeta<Certificate>>::all(client_for_deletions),
+            wc(),
+        )
+        .default_backoff();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut deletions = std::pin::pin!(deletions);
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    event = deletions.next() => event,
+                };
+                match event {
+                    Some(Ok(watcher::Event::Delete(meta))) => deletion_ctx.forget_deleted(
+                        meta.metadata.namespace.as_deref().unwrap_or_default(),
+                        meta.metadata.name.as_deref().unwrap_or_default(),
+                        meta.metadata.uid.as_deref(),
+                    ),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        });
+    }
     let (c1, c2, c3) = (ctx.clone(), ctx.clone(), ctx.clone());
     let controller = controller
         .watches_stream(managed_events, move |secret: Secret| {
@@ -1124,11 +1241,7 @@ pub async fn run(
             index_add(&c3.by_certificate, &ns, &owner, &request.name_any());
             Some(ObjectRef::<Certificate>::new(&owner).within(&ns))
         });
-    tokio::spawn(async move {
-        if certificates.wait_until_ready().await.is_ok() {
-            health.loop_ready();
-        }
-    });
+    super::mark_ready_when_synced(certificates, health);
     controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)

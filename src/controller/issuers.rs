@@ -316,11 +316,7 @@ async fn run_kind<K: IssuerObject>(
             .map(|issuer| ObjectRef::from_obj(&*issuer))
             .collect::<Vec<_>>()
     });
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            health.loop_ready();
-        }
-    });
+    super::mark_ready_when_synced(store, health);
     let ctx = Arc::new(Context {
         client,
         cluster_resource_namespace: cluster_ns,

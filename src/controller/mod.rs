@@ -13,7 +13,9 @@ pub mod approver;
 pub mod certificates;
 pub mod issuers;
 pub mod signer;
+pub mod spiffe;
 mod status;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 
 use crate::shutdown::CancellationToken;
+use crate::telemetry::events::{CONTROLLER_REPORTER, EventLimits};
+use crate::telemetry::{ControllerMetrics, EventRecorder, EventType, Registry};
 
 pub use approver::{ApproveAll, ApproveScope, Decision, Policy};
 
@@ -154,6 +158,14 @@ pub struct ControllerOptions {
     pub policy: Arc<dyn Policy>,
     /// Backoff and renewal jitter of the certificates loop.
     pub certificates: certificates::CertificatesOptions,
+    /// Where the loops count; [`ControllerOptions::new`] registers them in
+    /// a registry nobody serves (replace it to serve them).
+    pub metrics: ControllerMetrics,
+    /// Events on CertificateRequests and Certificates; `None` makes
+    /// [`run`] start one for its client.
+    pub events: Option<EventRecorder>,
+    /// The SPIFFE policy approver, run beside the approver when set.
+    pub spiffe: Option<Arc<spiffe::SpiffePolicy>>,
 }
 
 impl ControllerOptions {
@@ -164,8 +176,56 @@ impl ControllerOptions {
             approve: ApproveScope::all_cert_manager(),
             policy: Arc::new(ApproveAll),
             certificates: certificates::CertificatesOptions::default(),
+            metrics: ControllerMetrics::register(&mut Registry::default()),
+            events: None,
+            spiffe: None,
         }
     }
+
+    /// What a loop keeps to count and to record Events.
+    pub(crate) fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            metrics: self.metrics.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// Metrics and Events, as each loop holds them.
+#[derive(Clone)]
+pub(crate) struct Telemetry {
+    pub metrics: ControllerMetrics,
+    events: Option<EventRecorder>,
+}
+
+impl Telemetry {
+    /// Records an Event about `object` in the background; a loop never
+    /// waits on the Events API.
+    pub fn event<K>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        if let Some(events) = &self.events {
+            events.emit(object.object_ref(&()), type_, reason, action, note);
+        }
+    }
+}
+
+/// The `reportingInstance` of the controller's Events: the pod's name,
+/// which is its hostname in a cluster.
+fn instance_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| CONTROLLER_REPORTER.to_owned())
 }
 
 /// Readiness shared with `/readyz`: ready once every enabled loop has listed
@@ -181,9 +241,13 @@ impl Health {
     }
 
     fn loop_ready(&self) {
-        let _ = self
+        let before = self
             .waiting
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        tracing::debug!(
+            waiting = before.map_or(0, |n| n - 1),
+            "a controller loop listed its objects"
+        );
     }
 
     pub fn is_ready(&self) -> bool {
@@ -195,10 +259,21 @@ impl Health {
 /// errors (they retry with backoff and log), so this only returns on shutdown.
 pub async fn run(
     client: kube::Client,
-    options: ControllerOptions,
+    mut options: ControllerOptions,
     health: Health,
     shutdown: CancellationToken,
 ) {
+    let events = options
+        .events
+        .get_or_insert_with(|| {
+            EventRecorder::new(
+                client.clone(),
+                CONTROLLER_REPORTER,
+                instance_name(),
+                EventLimits::default(),
+            )
+        })
+        .clone();
     let enabled: Vec<ControllerName> = options.enabled.iter().collect();
     tracing::info!(
         controllers = ?enabled.iter().map(|c| c.name()).collect::<Vec<_>>(),
@@ -209,9 +284,24 @@ pub async fn run(
     let loops = enabled
         .iter()
         .map(|c| if *c == ControllerName::Issuers { 2 } else { 1 })
-        .sum();
+        .sum::<usize>();
+    // The SPIFFE approver is one more loop, and the generic approver must
+    // leave SPIFFE requests to it (see spiffe::ExceptSpiffe).
+    let loops = loops + usize::from(options.spiffe.is_some());
+    options.policy = Arc::new(spiffe::ExceptSpiffe {
+        inner: options.policy.clone(),
+        spiffe: options.spiffe.clone(),
+    });
     health.expect(loops);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(policy) = options.spiffe.clone() {
+        tasks.spawn(spiffe::run(
+            client.clone(),
+            policy,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
     for controller in enabled {
         let client = client.clone();
         let options = options.clone();
@@ -237,36 +327,50 @@ pub async fn run(
             tracing::error!(error = %e, "a controller loop panicked");
         }
     }
+    // Repeats held back by the rate cap still reach their Events' counts.
+    match tokio::time::timeout(std::time::Duration::from_secs(2), events.flush()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not write the last Event counts"),
+        Err(_) => tracing::warn!("gave up writing the last Event counts after 2s"),
+    }
     tracing::info!("controller stopped");
 }
 
-/// Serves `/healthz` (the process is up) and `/readyz` (every loop has synced
-/// its watches) until `shutdown` fires.
-pub async fn serve_health(
-    listener: tokio::net::TcpListener,
-    health: Health,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let health = health.clone();
-                async move {
-                    if health.is_ready() {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "watches not synced yet")
+/// Marks one loop ready once `store` has listed its objects.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the waiter that
+/// polled last (its readiness is a oneshot channel, which keeps one waker),
+/// and the controller itself waits on the same store, so a second waiter
+/// can sleep forever. Re-polling at a short interval until the first list
+/// is done avoids that; it only runs at startup.
+pub(crate) fn mark_ready_when_synced<K>(store: kube::runtime::reflector::Store<K>, health: Health)
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                result = store.wait_until_ready() => {
+                    if result.is_ok() {
+                        health.loop_ready();
                     }
+                    return;
                 }
-            }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    });
+}
+
+impl crate::telemetry::ReadinessCheck for Health {
+    fn check(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("controller watches not synced yet".into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ use crate::pki::rules::check_request_parsed;
 use crate::pki::sign::{SignError, Signed};
 use crate::pki::{PrivateKey, SignParams, Usage, check_issued};
 use crate::shutdown::CancellationToken;
+use crate::telemetry::EventType;
+use crate::telemetry::metrics::{SignerIssuerKind, SignerResult};
 
 /// Steps 1–5 of the signer loop, which need only the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +139,7 @@ struct Context {
     cluster_resource_namespace: String,
     issuers: Store<Issuer>,
     cluster_issuers: Store<ClusterIssuer>,
+    telemetry: super::Telemetry,
 }
 
 /// The issuer named by `reference`, from the watched caches.
@@ -477,12 +480,19 @@ async fn reconcile(
             Outcome::Failed { .. } => Some(reasons::FAILED.to_owned()),
             Outcome::Issued(_) => Some(reasons::ISSUED.to_owned()),
         };
+        let note = match &outcome {
+            Outcome::Ready { condition, .. } => condition.message.clone().unwrap_or_default(),
+            Outcome::Failed { message, .. } => message.clone(),
+            Outcome::Issued(signed) => issued_message(signed),
+            Outcome::Nothing => String::new(),
+        };
         let Some((updated, action)) = apply(current.clone(), outcome) else {
             return Ok(retry_unchanged.map_or(Action::await_change(), Action::requeue));
         };
         match status::replace_status(&api, &updated).await? {
             Write::Done(_) => {
                 tracing::info!(%namespace, %name, ready = summary.as_deref().unwrap_or(""), "request updated");
+                record(&ctx.telemetry, &updated, summary.as_deref(), note);
                 return Ok(action);
             }
             Write::Conflict => {
@@ -502,6 +512,39 @@ async fn reconcile(
         what: format!("CertificateRequest {namespace}/{name}"),
         attempts: CONFLICT_ATTEMPTS,
     })
+}
+
+/// Counts what the signer wrote and records the decisions (issued,
+/// failed) as Events on the request. Waiting for an issuer is counted but
+/// not announced: the request's condition already says so, and issuers
+/// that come up late would otherwise leave an Event on every request.
+fn record(
+    telemetry: &super::Telemetry,
+    request: &CertificateRequest,
+    reason: Option<&str>,
+    note: String,
+) {
+    let kind = if request.spec.issuer_ref.kind_or_default() == CLUSTER_ISSUER_KIND {
+        SignerIssuerKind::ClusterIssuer
+    } else {
+        SignerIssuerKind::Issuer
+    };
+    match reason {
+        Some(reasons::ISSUED) => {
+            telemetry.metrics.signer_handled(kind, SignerResult::Issued);
+            telemetry.event(request, EventType::Normal, "Issued", "Sign", note);
+        }
+        Some(reasons::FAILED) => {
+            telemetry.metrics.signer_handled(kind, SignerResult::Failed);
+            telemetry.event(request, EventType::Warning, "Failed", "Sign", note);
+        }
+        Some(reasons::ISSUER_NOT_READY | reasons::ISSUER_NOT_FOUND) => {
+            telemetry
+                .metrics
+                .signer_handled(kind, SignerResult::IssuerNotReady);
+        }
+        _ => {}
+    }
 }
 
 fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {
@@ -591,13 +634,10 @@ pub async fn run(
                 .map(|r| ObjectRef::from_obj(&*r))
                 .collect::<Vec<_>>()
         });
-    tokio::spawn(async move {
-        if requests.wait_until_ready().await.is_ok() {
-            health.loop_ready();
-        }
-    });
+    super::mark_ready_when_synced(requests, health);
     let ctx = Arc::new(Context {
         client,
+        telemetry: options.telemetry(),
         cluster_resource_namespace: options.cluster_resource_namespace,
         issuers,
         cluster_issuers,

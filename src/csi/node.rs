@@ -6,6 +6,8 @@
 //! → mount → record state.
 
 pub mod renew;
+pub mod spiffe;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ use crate::renewal::schedule;
 use crate::renewal::scheduler::Scheduler;
 use crate::shutdown::CancellationToken;
 use crate::store::{RequestPhase, RequestRef, Store, StoreError, StoreErrorKind, VolumeState};
+use crate::telemetry::metrics::{IssuanceKind, IssueErrorReason, ReadyCondition, RequestKey};
+use crate::telemetry::{EventRecorder, EventType, NodeMetrics, events::pod_reference};
 use crate::volume::{self, AttributeError, PublishInput, SecretString, VolumeSpec};
 
 pub use renew::{Recovery, RetryPolicy};
@@ -46,6 +50,12 @@ pub struct NodeConfig {
     pub retry: RetryPolicy,
     /// The node-wide issuance limit (in flight, and new requests per second).
     pub limits: LimiterConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (see
+    /// `csi::run`); `None` serves none of them.
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// After this long without a decision, a publish records an
+    /// `IssuanceSlow` Event on the pod (it keeps waiting).
+    pub slow_issuance: Duration,
 }
 
 impl NodeConfig {
@@ -58,6 +68,10 @@ impl NodeConfig {
             jitter: schedule::JitterPolicy::default(),
             retry: RetryPolicy::default(),
             limits: LimiterConfig::default(),
+            // Off unless asked for: in-process users (the demo, tests) must
+            // not fight over a fixed port.
+            metrics_address: None,
+            slow_issuance: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +92,15 @@ pub struct NodeService {
     /// Renewals running now, by volume; cancelling one stops it (unpublish).
     renewals: Mutex<HashMap<String, CancellationToken>>,
     shutdown: CancellationToken,
+    metrics: NodeMetrics,
+    /// Events on pods; `None` until [`NodeService::with_telemetry`].
+    events: Option<EventRecorder>,
+    /// The SPIFFE driver's settings; `None` serves csi.cert-manager.io.
+    spiffe: Option<Arc<spiffe::SpiffeConfig>>,
+    /// The CA file content of every volume, when a trust bundle is set.
+    trust: Option<trust::TrustBundle>,
+    /// The API server settings that pod-token clients are built from.
+    request_config: Option<kube::Config>,
 }
 
 /// Everything that can stop a publish, each mapped to the gRPC code the
@@ -142,6 +165,85 @@ impl PublishError {
             PublishError::Store(e) => store_code(e),
             PublishError::Throttled { .. } => Code::DeadlineExceeded,
             PublishError::ShuttingDown => Code::Unavailable,
+        }
+    }
+}
+
+/// Reasons of the Events the node plugin records on pods.
+pub const EVENT_DENIED: &str = "IssuanceDenied";
+pub const EVENT_FAILED: &str = "IssuanceFailed";
+pub const EVENT_SLOW: &str = "IssuanceSlow";
+pub const EVENT_RENEWAL_FAILED: &str = "RenewalFailed";
+
+/// The pod's name for a volume: the directory above `mount` in the
+/// kubelet's target path (`…/volumes/kubernetes.io~csi/<name>/mount`).
+fn volume_name(spec: &VolumeSpec) -> String {
+    spec.target_path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.volume_id.clone())
+}
+
+impl PublishError {
+    /// The `reason` label this failure counts under; `None` for a shutdown,
+    /// which is no failure of the issuance.
+    fn metric_reason(&self) -> Option<IssueErrorReason> {
+        Some(match self {
+            PublishError::Issuance(e) => IssueErrorReason::from(e),
+            PublishError::Issued(_) => IssueErrorReason::Invalid,
+            PublishError::Attribute(_)
+            | PublishError::Capability(_)
+            | PublishError::Incompatible { .. } => IssueErrorReason::Invalid,
+            PublishError::Csr(
+                pki::CsrError::LiteralSubject { .. } | pki::CsrError::Field { .. },
+            ) => IssueErrorReason::Invalid,
+            PublishError::Throttled { .. } => IssueErrorReason::Timeout,
+            PublishError::Key(_)
+            | PublishError::Csr(_)
+            | PublishError::Store(_)
+            | PublishError::Internal(_) => IssueErrorReason::Internal,
+            PublishError::ShuttingDown => return None,
+        })
+    }
+
+    /// Reason and note of the pod Event for a denied or failed issuance.
+    /// The note names the volume, the issuer's verdict and what to do, but
+    /// never the request: each attempt makes a request with a new name, and
+    /// repeats must fold into one Event series.
+    fn issuance_event(&self, volume: &str) -> Option<(&'static str, String)> {
+        match self {
+            PublishError::Issuance(IssuanceError::Denied {
+                issuer,
+                reason,
+                message,
+                ..
+            }) => Some((
+                EVENT_DENIED,
+                format!(
+                    "the certificate request for volume {volume} was denied ({reason}): {message}. Check the approver's policy for issuer {issuer}"
+                ),
+            )),
+            PublishError::Issuance(IssuanceError::Failed {
+                reason, message, ..
+            }) => Some((
+                EVENT_FAILED,
+                format!("the certificate request for volume {volume} failed ({reason}): {message}"),
+            )),
+            PublishError::Issuance(IssuanceError::Vanished { .. }) => Some((
+                EVENT_FAILED,
+                format!(
+                    "the certificate request for volume {volume} was deleted before it was issued; the next attempt makes a new one"
+                ),
+            )),
+            PublishError::Issuance(IssuanceError::BadCertificate { problem, .. })
+            | PublishError::Issued(problem) => Some((
+                EVENT_FAILED,
+                format!(
+                    "the issuer returned a certificate for volume {volume} that cannot be used: {problem}"
+                ),
+            )),
+            _ => None,
         }
     }
 }
@@ -305,7 +407,95 @@ impl NodeService {
             tokens: Mutex::default(),
             renewals: Mutex::default(),
             shutdown,
+            // Counted but not served until `with_telemetry` hands in the
+            // served registry's metrics.
+            metrics: NodeMetrics::register(&mut crate::telemetry::Registry::default()),
+            events: None,
+            spiffe: None,
+            trust: None,
+            request_config: None,
         }
+    }
+
+    /// Uses `metrics` (registered in the served registry) and records
+    /// Events on pods through `events`.
+    pub fn with_telemetry(mut self, metrics: NodeMetrics, events: EventRecorder) -> Self {
+        self.metrics = metrics;
+        self.events = Some(events);
+        self
+    }
+
+    /// Records an Event on the pod in the background; publish and renewal
+    /// never wait on the Events API.
+    fn pod_event(
+        &self,
+        pod: &volume::PodInfo,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) {
+        if let Some(events) = &self.events {
+            let uid = Some(pod.uid.as_str()).filter(|u| !u.is_empty());
+            events.emit(
+                pod_reference(&pod.namespace, &pod.name, uid),
+                type_,
+                reason,
+                action,
+                note,
+            );
+        }
+    }
+
+    /// Counts a failed first issuance and tells the pod why, when the
+    /// cause is the issuance itself (denied, failed, slow).
+    fn publish_failed(&self, spec: &VolumeSpec, error: &PublishError) {
+        if let Some(reason) = error.metric_reason() {
+            self.metrics.request_failed(reason);
+        }
+        let event = match error {
+            // A timeout is the slow case that outlived the publish deadline:
+            // same reason and note as the timer's Event, so one series.
+            PublishError::Issuance(IssuanceError::Timeout { .. }) => {
+                Some((EVENT_SLOW, self.slow_note(spec)))
+            }
+            other => other.issuance_event(&volume_name(spec)),
+        };
+        if let Some((reason, note)) = event {
+            self.pod_event(&spec.pod, EventType::Warning, reason, "Issue", note);
+        }
+    }
+
+    /// The note of an `IssuanceSlow` Event. It carries no time that grows
+    /// between attempts, so retries of one publish stay one series.
+    fn slow_note(&self, spec: &VolumeSpec) -> String {
+        format!(
+            "no decision on the certificate request for volume {} after {:?}; waiting for the approver and issuer {} {}/{}. The request is kept and the kubelet's retries resume it",
+            volume_name(spec),
+            self.config.slow_issuance,
+            spec.issuer.kind,
+            spec.pod.namespace,
+            spec.issuer.name,
+        )
+    }
+
+    /// Deletes the volume's CertificateRequests one by one, so each leaves
+    /// the request metrics as it leaves the API.
+    async fn delete_volume_requests(
+        &self,
+        namespace: &str,
+        volume_id: &str,
+    ) -> Result<(), IssuanceError> {
+        let requests =
+            issuance::list_for_volume(&self.client, namespace, &self.config.node_id, volume_id)
+                .await?;
+        for request in requests {
+            let name = kube::ResourceExt::name_any(&request);
+            issuance::delete_one(&self.client, namespace, &name).await?;
+            self.metrics
+                .request_deleted(&RequestKey::new(namespace, name));
+        }
+        Ok(())
     }
 
     /// The renewal timer (for tests and metrics).
@@ -348,7 +538,7 @@ impl NodeService {
             volume_mount_group: mount_group.as_deref(),
             context: &req.volume_context,
         };
-        let spec = volume::parse(&input)?;
+        let spec = self.parse_spec(&input)?;
         for warning in &spec.warnings {
             // Accepted for compatibility but worth fixing (e.g. subject
             // attributes that literal-subject overrides).
@@ -360,6 +550,7 @@ impl NodeService {
         // the attribute, before any key exists.
         pki::csr::subject_name(&spec.subject).map_err(encoding_error)?;
         pki::csr::san_general_names(&spec.sans).map_err(encoding_error)?;
+        self.check_request_credentials(&spec)?;
 
         let _guard = self.locks.lock(&spec.volume_id).await;
         let state = self.current_state(&spec.volume_id).await?;
@@ -381,6 +572,9 @@ impl NodeService {
         let outcome = self
             .issue_and_mount(&spec, &req, &fingerprint, state, mount_group.as_deref())
             .await;
+        if let Err(error) = &outcome {
+            self.publish_failed(&spec, error);
+        }
         if let Err(error) = &outcome
             && !error.keeps_progress()
         {
@@ -467,9 +661,8 @@ impl NodeService {
             Some(resumed) => resumed,
             None => {
                 let key = self.new_key(spec).await?;
-                let csr =
-                    pki::build_csr(&key, &spec.subject, &spec.sans, &pki::CsrOptions::default())
-                        .map_err(encoding_error)?;
+                let csr = pki::build_csr(&key, &spec.subject, &spec.sans, &self.csr_options(spec))
+                    .map_err(encoding_error)?;
                 let dir = self.prepare(&spec.volume_id).await?;
                 let pem = key.to_pem(KeyEncoding::Pkcs8)?;
                 {
@@ -497,9 +690,23 @@ impl NodeService {
         };
 
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let outcome = issuance::wait(&mut sub, remaining).await;
+        let outcome = {
+            let wait = issuance::wait(&mut sub, remaining);
+            tokio::pin!(wait);
+            let slow = tokio::time::sleep_until(started + self.config.slow_issuance);
+            tokio::pin!(slow);
+            tokio::select! {
+                outcome = &mut wait => outcome,
+                () = &mut slow => {
+                    // Tell the pod while it still waits; the publish goes on.
+                    self.pod_event(&spec.pod, EventType::Warning, EVENT_SLOW, "Issue", self.slow_note(spec));
+                    wait.await
+                }
+            }
+        };
         self.tracker.forget(&namespace, &name);
         drop(permit);
+        self.request_decided(&namespace, &name, &outcome);
         let issued = outcome?;
 
         let leaf = pki::check_issued(
@@ -508,6 +715,7 @@ impl NodeService {
             std::time::SystemTime::now(),
         )
         .map_err(|e| PublishError::Issued(e.to_string()))?;
+        let issued = self.with_bundle_ca(issued)?;
         let files = build_files(spec, &key, &issued)?;
         let gid = spec.fs_group;
         let password = spec
@@ -554,6 +762,17 @@ impl NodeService {
             .await?;
         }
         self.scheduler.schedule(&spec.volume_id, renew_at);
+        self.metrics
+            .observe_issuance(IssuanceKind::First, started.elapsed());
+        self.metrics.volume_published(
+            &crate::telemetry::metrics::VolumeRef {
+                volume_id: &spec.volume_id,
+                pod_namespace: &spec.pod.namespace,
+                pod_name: &spec.pod.name,
+            },
+            to_timestamp(leaf.not_after),
+            to_timestamp(renew_at),
+        );
 
         // Request hygiene: keep the newest `keep_requests`, delete the rest.
         // A failure here is not the pod's problem; the pod's ownerReference
@@ -674,8 +893,23 @@ impl NodeService {
         });
         let store = self.store.clone();
         blocking(move || store.save_state(&state)).await?;
-        issuance::create(&self.client, &request).await?;
+        issuance::create(&self.request_client(spec)?, &request).await?;
+        self.metrics
+            .request_created(&RequestKey::new(&spec.pod.namespace, name));
         Ok(())
+    }
+
+    /// Moves the request's ready-status series to the decision.
+    fn request_decided<T>(&self, namespace: &str, name: &str, outcome: &Result<T, IssuanceError>) {
+        let condition = match outcome {
+            Ok(_) => ReadyCondition::True,
+            Err(IssuanceError::Denied { .. } | IssuanceError::Failed { .. }) => {
+                ReadyCondition::False
+            }
+            Err(_) => return,
+        };
+        self.metrics
+            .request_condition(&RequestKey::new(namespace, name), condition);
     }
 
     async fn prune_requests(
@@ -702,6 +936,8 @@ impl NodeService {
             let name = kube::ResourceExt::name_any(request);
             if !keep_names.contains(&name) {
                 issuance::delete_one(&self.client, namespace, &name).await?;
+                self.metrics
+                    .request_deleted(&RequestKey::new(namespace, name));
             }
         }
         Ok(())
@@ -709,14 +945,9 @@ impl NodeService {
 
     /// Removes every trace of a volume whose publish failed for good.
     async fn discard(&self, spec: &VolumeSpec) {
-        if let Err(error) = issuance::delete_for_volume(
-            &self.client,
-            &spec.pod.namespace,
-            &self.config.node_id,
-            &spec.volume_id,
-            &[],
-        )
-        .await
+        if let Err(error) = self
+            .delete_volume_requests(&spec.pod.namespace, &spec.volume_id)
+            .await
         {
             tracing::warn!(volume_id = %spec.volume_id, %error, "could not delete the volume's CertificateRequests; the pod's ownerReference will collect them");
         }
@@ -767,14 +998,9 @@ impl NodeService {
                 .cloned()
                 .or_else(|| state.request.as_ref().map(|r| r.namespace.clone()));
             if let Some(namespace) = namespace
-                && let Err(error) = issuance::delete_for_volume(
-                    &self.client,
-                    &namespace,
-                    &self.config.node_id,
-                    &req.volume_id,
-                    &[],
-                )
-                .await
+                && let Err(error) = self
+                    .delete_volume_requests(&namespace, &req.volume_id)
+                    .await
             {
                 // Unpublish must not hang a pod's deletion on the API: the
                 // pod's ownerReference collects the requests anyway.
@@ -787,6 +1013,7 @@ impl NodeService {
         tokio::task::spawn_blocking(move || store.remove(&id, &target))
             .await
             .map_err(|e| UnpublishError::Task(e.to_string()))??;
+        self.metrics.volume_unpublished(&req.volume_id);
         tracing::info!(volume_id = %req.volume_id, "volume unpublished");
         Ok(())
     }
@@ -829,6 +1056,13 @@ fn build_files(
         )
         .map_err(|e| PublishError::Internal(format!("building the PKCS#12 keystore: {e}")))?;
         files.push((p12.filename.clone(), Secret::new(bytes), mode));
+    }
+    if let Some(name) = &spec.credential_bundle_file {
+        files.push((
+            name.clone(),
+            trust::credential_bundle(key, &issued.chain_pem)?,
+            mode,
+        ));
     }
     Ok(files)
 }

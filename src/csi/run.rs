@@ -1,5 +1,6 @@
-//! Wiring of `cert-csi node`: API client, node store, request watcher, and
-//! the gRPC server on the kubelet's socket.
+//! Wiring of `cert-csi node`: API client, node store, request watcher, the
+//! gRPC server on the kubelet's socket, and the telemetry listener
+//! (`/metrics`, `/healthz`, `/readyz`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use crate::renewal::limiter::Limiter;
 use crate::renewal::scheduler::Scheduler;
 use crate::shutdown::CancellationToken;
 use crate::store::Store;
+use crate::telemetry::events::{EventLimits, EventRecorder, NODE_REPORTER};
+use crate::telemetry::{NodeMetrics, Registry};
 
 pub struct NodeOptions {
     pub endpoint: String,
@@ -26,9 +29,24 @@ pub struct NodeOptions {
     pub node: NodeConfig,
 }
 
+/// What `cert-csi node` serves beyond the csi.cert-manager.io defaults.
+#[derive(Debug, Default)]
+pub struct NodeExtras {
+    /// Serve the SPIFFE driver with these settings.
+    pub spiffe: Option<super::node::spiffe::SpiffeConfig>,
+    /// Write this trust bundle as every volume's CA file.
+    pub trust: Option<super::node::trust::TrustSource>,
+}
+
 /// A client from `--kubeconfig`, or the in-cluster configuration.
 pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    let config = kube_config(kubeconfig).await?;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The configuration behind [`kube_client`].
+pub async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
@@ -39,13 +57,22 @@ pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::C
         None => kube::Config::incluster().context(
             "no --kubeconfig given and not running in a cluster (KUBERNETES_SERVICE_HOST unset)",
         )?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
+    })
 }
 
 pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(options, NodeExtras::default(), shutdown).await
+}
+
+pub async fn run_with(
+    options: NodeOptions,
+    extras: NodeExtras,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let socket = super::server::socket_path(&options.endpoint)?;
-    let client = kube_client(options.kubeconfig.as_ref()).await?;
+    let config = kube_config(options.kubeconfig.as_ref()).await?;
+    let client =
+        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
     let store = Store::open(&options.data_root)
         .with_context(|| format!("opening --data-root {}", options.data_root.display()))?;
     let tracker = RequestTracker::spawn(
@@ -54,18 +81,48 @@ pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
     );
     let node_id = options.node.node_id.clone();
+    let metrics_address = options.node.metrics_address;
     let limiter = Limiter::spawn(options.node.limits, shutdown.clone());
     let (scheduler, due) = Scheduler::spawn(shutdown.clone());
-    let node = Arc::new(NodeService::new(
-        options.node,
+    let mut registry = Registry::default();
+    let metrics = NodeMetrics::register(&mut registry);
+    let events = EventRecorder::new(
         client.clone(),
-        store,
-        tracker,
-        limiter,
-        scheduler,
-        shutdown.clone(),
+        NODE_REPORTER,
+        node_id.clone(),
+        EventLimits::default(),
+    );
+    let node = Arc::new(with_extras(
+        NodeService::new(
+            options.node,
+            client.clone(),
+            store,
+            tracker,
+            limiter.clone(),
+            scheduler,
+            shutdown.clone(),
+        )
+        .with_telemetry(metrics.clone(), events.clone())
+        .with_request_config(config),
+        extras,
+        &client,
+        &shutdown,
     ));
     let readiness = Readiness::default();
+    let telemetry = match metrics_address {
+        Some(address) => Some(
+            serve_telemetry(
+                address,
+                registry,
+                metrics,
+                limiter,
+                readiness.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let listener = super::server::bind(&socket)?;
     tracing::info!(socket = %socket.display(), driver = %options.driver_name, node_id = %node_id, "serving CSI");
 
@@ -83,10 +140,86 @@ pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::R
             readiness,
         )))
         .add_service(NodeServer::from_arc(node));
-    super::server::serve(router, listener, shutdown).await?;
+    super::server::serve(router, listener, shutdown.clone()).await?;
     let _ = std::fs::remove_file(&socket);
+    // Repeats held back by the rate cap still reach their Events' counts.
+    match tokio::time::timeout(Duration::from_secs(2), events.flush()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not write the last Event counts"),
+        Err(_) => tracing::warn!("gave up writing the last Event counts after 2s"),
+    }
+    if let Some(server) = telemetry {
+        shutdown.cancel();
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics listener failed"),
+            Err(error) => tracing::warn!(%error, "the metrics task failed"),
+        }
+    }
     tracing::info!("node plugin stopped");
     Ok(())
+}
+
+/// Binds `address` and serves `/metrics`, `/healthz` and `/readyz` until
+/// `shutdown`. `/readyz` reads the same [`Readiness`] as the Probe RPC. The
+/// limiter's queue depth is read at each scrape, so the gauge is exact
+/// when it is looked at and nothing samples it in between.
+async fn serve_telemetry(
+    address: std::net::SocketAddr,
+    registry: Registry,
+    metrics: NodeMetrics,
+    limiter: Limiter,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!("--metrics-address {address}: cannot listen (use another address, or off)")
+        })?;
+    let bound = listener
+        .local_addr()
+        .context("--metrics-address: reading the bound address")?;
+    tracing::info!(metrics_address = %bound, "serving /metrics, /healthz and /readyz");
+    let router = crate::telemetry::health::router(Arc::new(registry), readiness).layer(
+        axum::middleware::map_request(move |request: axum::extract::Request| {
+            metrics.set_queue_depth(limiter.load().0);
+            async move { request }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }))
+}
+
+/// The SPIFFE driver and the trust bundle, when asked for.
+fn with_extras(
+    mut service: NodeService,
+    extras: NodeExtras,
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+) -> NodeService {
+    if let Some(spiffe) = extras.spiffe {
+        tracing::info!(
+            trust_domain = %spiffe.trust_domain,
+            template = spiffe.template.as_str(),
+            mode = spiffe.mode.name(),
+            issuer = %spiffe.issuer.name,
+            "serving SPIFFE identities"
+        );
+        service = service.with_spiffe(spiffe);
+    }
+    if let Some(source) = extras.trust {
+        tracing::info!(%source, "following the trust bundle");
+        service = service.with_trust_bundle(super::node::trust::TrustBundle::spawn(
+            source,
+            client.clone(),
+            shutdown.clone(),
+        ));
+    }
+    service
 }
 
 /// Recovers node state, starts renewals, then waits for the API. Probe
@@ -116,6 +249,7 @@ async fn recover_then_ready(
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     node.drive_renewals(due);
+    node.drive_trust_updates();
     become_ready(client, readiness, shutdown).await;
 }
 

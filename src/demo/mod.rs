@@ -6,6 +6,7 @@
 //! files, waits for an in-place rotation while traffic keeps flowing, and
 //! cleans up.
 
+pub mod isolation;
 pub mod kubelet;
 pub mod mtls;
 mod report;
@@ -75,15 +76,18 @@ pub struct DemoOptions {
     pub keep: bool,
     /// Lifetime of the pods' certificates; short, so a rotation happens.
     pub duration: Duration,
+    /// How the process got the right to mount (see [`isolation::enter`]).
+    pub isolation: isolation::Isolation,
 }
 
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut report = Report::new();
-    if !nix::unistd::geteuid().is_root() {
+    if let isolation::Isolation::Unavailable(reason) = &options.isolation {
         bail!(
-            "the demo mounts tmpfs and bind mounts like a real node, which needs root; run it with sudo"
+            "the demo mounts tmpfs and bind mounts like a real node and needs the right to mount: {reason}"
         );
     }
+    report.step(&options.isolation.to_string());
     let dir = prepare_dir(&options.dir)?;
     let stop = shutdown.child_token();
 

@@ -6,8 +6,12 @@
 pub const PREFIX: &str = "csi.cert-manager.io/";
 /// The group (prefix without the slash) of the kubelet's own keys.
 pub const KUBELET_GROUP: &str = "csi.storage.k8s.io";
-/// The group reserved for cert-csi's own future attributes.
+/// The group reserved for cert-csi's own attributes (beyond cert-manager's).
 pub const RESERVED_GROUP: &str = "cert-csi.io";
+/// cert-csi's own attribute, for both drivers: also write the key and the
+/// chain into this one file (a PKCS#8 key, then the chain), as Kubernetes
+/// pod certificates do. The only key defined under [`RESERVED_GROUP`].
+pub const CREDENTIAL_BUNDLE_FILE: &str = "cert-csi.io/credential-bundle-file";
 
 /// Keys the kubelet adds to `volume_context` (podInfoOnMount, tokenRequests).
 pub mod kubelet {

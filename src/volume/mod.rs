@@ -37,7 +37,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::pki::{Curve, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec, Usage};
-pub use attributes::{ATTRIBUTES, AttributeDoc, keys, kubelet};
+pub use attributes::{ATTRIBUTES, AttributeDoc, CREDENTIAL_BUNDLE_FILE, keys, kubelet};
 use attributes::{KUBELET_GROUP, PREFIX, RESERVED_GROUP};
 use expand::{Variables, expand};
 
@@ -167,6 +167,9 @@ pub struct VolumeSpec {
     /// The group that may read the files: `fs-group`, else the pod's fsGroup.
     pub fs_group: Option<u32>,
     pub reuse_private_key: bool,
+    /// `cert-csi.io/credential-bundle-file`: one more file holding the
+    /// PKCS#8 key followed by the chain, written in the same atomic swap.
+    pub credential_bundle_file: Option<String>,
     /// Copied onto the CertificateRequest.
     pub annotations: BTreeMap<String, String>,
     /// The kubelet's `serviceAccount.tokens` JSON; never stored or logged.
@@ -197,7 +200,25 @@ fn get<'a>(context: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
 pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
     let ctx = input.context;
     let mut warnings = Vec::new();
+    let pod = parse_kubelet_fields(input)?;
+    let vars = Variables {
+        pod_name: &pod.name,
+        pod_namespace: &pod.namespace,
+        pod_uid: &pod.uid,
+        service_account_name: &pod.service_account,
+    };
 
+    let annotations = check_keys(ctx, &mut warnings)?;
+    let issuer = parse_issuer(ctx)?;
+    let subject = parse_subject(ctx, &vars, &mut warnings)?;
+    let sans = parse_sans(ctx, &vars)?;
+    parse_rest(input, pod, annotations, issuer, subject, sans, warnings)
+}
+
+/// The checks every driver shares, in this order: volume id, target path,
+/// ephemeral, readOnly, and the pod fields of podInfoOnMount.
+pub fn parse_kubelet_fields(input: &PublishInput<'_>) -> Result<PodInfo, AttributeError> {
+    let ctx = input.context;
     rules::check_volume_id(input.volume_id).map_err(|m| error("volume_id", m))?;
     rules::check_target_path(input.target_path).map_err(|m| error("target_path", m))?;
     match ctx.get(kubelet::EPHEMERAL).map(String::as_str) {
@@ -221,24 +242,24 @@ pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
             "pod.spec.volumes[].csi.readOnly must be set to 'true'; the certificate files are served read-only",
         ));
     }
-    let pod = PodInfo {
+    Ok(PodInfo {
         name: required_pod_field(ctx, kubelet::POD_NAME)?,
         namespace: required_pod_field(ctx, kubelet::POD_NAMESPACE)?,
         uid: required_pod_field(ctx, kubelet::POD_UID)?,
         service_account: required_pod_field(ctx, kubelet::SERVICE_ACCOUNT_NAME)?,
-    };
-    let vars = Variables {
-        pod_name: &pod.name,
-        pod_namespace: &pod.namespace,
-        pod_uid: &pod.uid,
-        service_account_name: &pod.service_account,
-    };
+    })
+}
 
-    let annotations = check_keys(ctx, &mut warnings)?;
-    let issuer = parse_issuer(ctx)?;
-    let subject = parse_subject(ctx, &vars, &mut warnings)?;
-    let sans = parse_sans(ctx, &vars)?;
-
+fn parse_rest(
+    input: &PublishInput<'_>,
+    pod: PodInfo,
+    annotations: BTreeMap<String, String>,
+    issuer: IssuerRef,
+    subject: SubjectSpec,
+    sans: SanSpec,
+    mut warnings: Vec<AttributeWarning>,
+) -> Result<VolumeSpec, AttributeError> {
+    let ctx = input.context;
     let duration = match get(ctx, keys::DURATION) {
         Some(v) => positive_duration(keys::DURATION, v)?,
         None => DEFAULT_DURATION,
@@ -277,16 +298,11 @@ pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
     if let Some(p) = &pkcs12 {
         files.push((keys::PKCS12_FILENAME, p.filename.as_str()));
     }
-    for (i, (key, name)) in files.iter().enumerate() {
-        if let Some((earlier, _)) = files[..i].iter().find(|(_, n)| n == name) {
-            return Err(error(
-                key,
-                format!(
-                    "the file name {name:?} is also used by {earlier}; every output file needs its own name, so change one of them"
-                ),
-            ));
-        }
+    let credential_bundle_file = credential_bundle_file(ctx)?;
+    if let Some(name) = &credential_bundle_file {
+        files.push((CREDENTIAL_BUNDLE_FILE, name.as_str()));
     }
+    check_distinct_files(&files)?;
 
     let fs_group = parse_fs_group(ctx, input.volume_mount_group)?;
     let reuse_private_key = boolean(ctx, keys::REUSE_PRIVATE_KEY)?.unwrap_or(false);
@@ -313,10 +329,70 @@ pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
         pkcs12,
         fs_group,
         reuse_private_key,
+        credential_bundle_file,
         annotations,
         tokens,
         warnings,
     })
+}
+
+/// Every output file needs its own name: `files` are `(attribute, name)`,
+/// and the later of two equal names is the one reported.
+pub fn check_distinct_files(files: &[(&str, &str)]) -> Result<(), AttributeError> {
+    for (i, (key, name)) in files.iter().enumerate() {
+        if let Some((earlier, _)) = files[..i].iter().find(|(_, n)| n == name) {
+            return Err(error(
+                key,
+                format!(
+                    "the file name {name:?} is also used by {earlier}; every output file needs its own name, so change one of them"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `cert-csi.io/credential-bundle-file`: absent (or empty) means no bundle;
+/// a name follows the rules of the other file attributes.
+pub fn credential_bundle_file(
+    ctx: &HashMap<String, String>,
+) -> Result<Option<String>, AttributeError> {
+    match ctx
+        .get(CREDENTIAL_BUNDLE_FILE)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+    {
+        None => Ok(None),
+        Some(name) => {
+            rules::check_file_name(name).map_err(|m| error(CREDENTIAL_BUNDLE_FILE, m))?;
+            Ok(Some(name.to_string()))
+        }
+    }
+}
+
+/// Checks a key under cert-csi's own prefix `cert-csi.io/`: only
+/// [`CREDENTIAL_BUNDLE_FILE`] exists; every other key is refused, never
+/// passed through as an annotation.
+pub fn check_reserved_key(key: &str) -> Result<(), AttributeError> {
+    if key == CREDENTIAL_BUNDLE_FILE {
+        return Ok(());
+    }
+    Err(error(
+        key,
+        format!(
+            "the prefix {RESERVED_GROUP}/ is reserved for cert-csi's own attributes, and the only one is {CREDENTIAL_BUNDLE_FILE}; use the {PREFIX} attributes, or a prefix of your own for annotations"
+        ),
+    ))
+}
+
+/// A group id attribute (`fs-group` of either driver) combined with the
+/// pod's fsGroup from the kubelet: the attribute wins.
+pub fn fs_group_for(
+    ctx: &HashMap<String, String>,
+    key: &str,
+    volume_mount_group: Option<&str>,
+) -> Result<Option<u32>, AttributeError> {
+    parse_fs_group_key(ctx, key, volume_mount_group)
 }
 
 fn required_pod_field(ctx: &HashMap<String, String>, key: &str) -> Result<String, AttributeError> {
@@ -367,12 +443,9 @@ fn check_keys(
             continue;
         }
         if group == RESERVED_GROUP {
-            return Err(error(
-                key,
-                format!(
-                    "the prefix {RESERVED_GROUP}/ is reserved for cert-csi's own attributes and this version defines none; use the {PREFIX} attributes, or a prefix of your own for annotations"
-                ),
-            ));
+            // Our own attribute is read elsewhere and is never an annotation.
+            check_reserved_key(key)?;
+            continue;
         }
         let target = PREFIX.trim_end_matches('/');
         // A near-miss prefix on an attribute name is a typo, not an annotation:
@@ -860,7 +933,15 @@ fn parse_fs_group(
     ctx: &HashMap<String, String>,
     volume_mount_group: Option<&str>,
 ) -> Result<Option<u32>, AttributeError> {
-    let from_attribute = match get(ctx, keys::FS_GROUP) {
+    parse_fs_group_key(ctx, keys::FS_GROUP, volume_mount_group)
+}
+
+fn parse_fs_group_key(
+    ctx: &HashMap<String, String>,
+    key: &str,
+    volume_mount_group: Option<&str>,
+) -> Result<Option<u32>, AttributeError> {
+    let from_attribute = match get(ctx, key) {
         None => None,
         Some(v) => {
             let gid = v
@@ -873,7 +954,7 @@ fn parse_fs_group(
                 Some(g) => Some(g as u32),
                 None => {
                     return Err(error(
-                        keys::FS_GROUP,
+                        key,
                         format!(
                             "{v:?} is not a group id; write an integer from 1 to 4294967295 (the pod's fsGroup is used when this is unset)"
                         ),

@@ -1305,3 +1305,34 @@ fn credentials_never_reach_node_state_or_fingerprints() {
         "other attributes are"
     );
 }
+
+#[test]
+fn the_credential_bundle_is_cert_csis_only_own_attribute() {
+    let spec = ok(&[(CREDENTIAL_BUNDLE_FILE, "credentials.pem")]);
+    assert_eq!(
+        spec.credential_bundle_file.as_deref(),
+        Some("credentials.pem")
+    );
+    // Never an annotation: the prefix stays out of the request.
+    assert!(
+        spec.annotations
+            .keys()
+            .all(|k| !k.starts_with("cert-csi.io/")),
+        "{:?}",
+        spec.annotations
+    );
+    assert_eq!(ok(&[]).credential_bundle_file, None);
+    assert_eq!(
+        ok(&[(CREDENTIAL_BUNDLE_FILE, "")]).credential_bundle_file,
+        None
+    );
+
+    let e = rejected(&[(CREDENTIAL_BUNDLE_FILE, "ca.crt")]);
+    assert_eq!(e.attribute, CREDENTIAL_BUNDLE_FILE);
+    assert!(e.message.contains("also used by"), "{e}");
+    let e = rejected(&[(CREDENTIAL_BUNDLE_FILE, "../x.pem")]);
+    assert_eq!(e.attribute, CREDENTIAL_BUNDLE_FILE);
+    let e = rejected(&[("cert-csi.io/credential-bundle", "x.pem")]);
+    assert_eq!(e.attribute, "cert-csi.io/credential-bundle");
+    assert!(e.message.contains(CREDENTIAL_BUNDLE_FILE), "{e}");
+}

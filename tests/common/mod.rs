@@ -1,10 +1,13 @@
 //! Shared harness for end-to-end tests of the node plugin.
 //!
-//! Every piece is real except the signer: an in-process sandbox API server,
-//! the real `cert-csi node` binary as a subprocess on a real unix socket,
-//! real tmpfs and bind mounts, and a simulated kubelet that sends exactly
-//! what the kubelet sends (reference/csi-driver-compat.md §1). The signer
-//! is a test double for the cluster controller, which a later issue adds.
+//! Every piece is real: an in-process sandbox API server, cert-csi's
+//! controller in process (issuers, signer, certificates) with a CA
+//! bootstrapped the cert-manager way, the real `cert-csi node` binary as a
+//! subprocess on a real unix socket, real tmpfs and bind mounts, and a
+//! simulated kubelet that sends exactly what the kubelet sends
+//! (reference/csi-driver-compat.md §1). Only approval is the test's: a
+//! small approver decides by the test's [`Policy`], as a policy approver
+//! would.
 //!
 //! Each test file includes this module, and not every file uses every
 //! helper.
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use cert_csi::api::conditions::{messages, reasons, types};
 use cert_csi::api::{
-    CertificateRequest, CertificateRequestCondition, CertificateRequestStatus, ConditionStatus,
-    PemBytes,
+    Certificate, CertificateRequest, CertificateRequestCondition, CertificateRequestStatus,
+    ClusterIssuer, ConditionStatus, Issuer,
 };
 use cert_csi::csi::proto::identity_client::IdentityClient;
 use cert_csi::csi::proto::node_client::NodeClient;
@@ -29,9 +32,7 @@ use cert_csi::csi::proto::{
     NodePublishVolumeRequest, NodeUnpublishVolumeRequest, ProbeRequest, VolumeCapability,
     volume_capability,
 };
-use cert_csi::pki::{
-    CsrOptions, Curve, KeyAlgorithm, PrivateKey, SanSpec, SignParams, SubjectSpec, Usage,
-};
+use cert_csi::pki::{PrivateKey, Usage};
 use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::store::MountEntry;
 use cert_csi::volume::kubelet;
@@ -65,69 +66,111 @@ pub fn require_root(test: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// The signer (a test double for the cluster controller)
+// The cluster side: the real controller, and a policy approver
 // ---------------------------------------------------------------------------
 
-/// What the test signer does with each new CertificateRequest.
+/// Where the harness's ClusterIssuers keep their Secrets
+/// (`--cluster-resource-namespace`).
+pub const CLUSTER_NS: &str = "cert-manager";
+/// The Secret holding the test CA, in [`CLUSTER_NS`] and copied into every
+/// namespace [`Env::create_pod`] creates, for the namespaced Issuer `ca`.
+pub const CA_SECRET: &str = "ca-key-pair";
+/// An issuer group cert-csi's controller does not serve, so requests for it
+/// are left to an external issuer; the harness plays that issuer under
+/// [`Policy::Fail`].
+pub const EXTERNAL_GROUP: &str = "example.com";
+
+/// What the harness's approver does with each new CertificateRequest from
+/// a volume. Signing is always the real controller's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// Approve (reason cert-manager.io), then sign with the test CA.
+    /// Approve (reason cert-manager.io); the real signer then signs.
     Approve,
-    /// Approve this many seconds after first seeing the request, then sign.
+    /// Approve this long after first seeing the request.
     ApproveAfter(Duration),
     /// Denied=True with this reason and message; Ready=False reason Denied.
     Deny { reason: String, message: String },
-    /// Approve, then Ready=False reason Failed with this message.
+    /// Approve every request. Requests for an external issuer group (e.g.
+    /// [`EXTERNAL_GROUP`]), which cert-csi's controller ignores by design,
+    /// are failed (Ready=False reason Failed, this message) by the harness
+    /// standing in for that external issuer.
     Fail { message: String },
     /// Leave requests alone, as when no approver runs.
     Ignore,
 }
 
-struct SignerShared {
+struct ClusterShared {
     client: Client,
     policy: Mutex<Policy>,
     /// Re-examines every request, e.g. after a policy change; the watch
     /// alone only reacts to changes.
     wake: tokio::sync::Notify,
-    ca_pem: String,
-    ca_key: PrivateKey,
     /// Webhook-rule violations, one line each, by request.
     violations: Mutex<Vec<String>>,
     /// uid → whether the request passed the webhook rules.
     checked: Mutex<HashMap<String, bool>>,
     /// uids whose delayed approval is already scheduled.
     delayed: Mutex<HashSet<String>>,
-    /// uids already signed; a request is signed at most once.
-    signed: Mutex<HashSet<String>>,
+    /// uids seen with Ready=True reason Issued (signed by the controller).
+    issued: Mutex<HashSet<String>>,
     errors: Mutex<Vec<String>>,
 }
 
-/// A stand-in for the cert-manager approver and CA issuer, driven by a
-/// watch on CertificateRequests in every namespace. The real controller
-/// comes with a later issue; until then this plays its part, checks every
-/// request against cert-manager's webhook rules, and records violations.
-pub struct Signer {
-    shared: Arc<SignerShared>,
-    task: tokio::task::JoinHandle<()>,
+/// The cluster around the node plugin: cert-csi's real controller in
+/// process (issuers, signer, certificates; its approver is off), a CA made
+/// the cert-manager way (SelfSigned ClusterIssuer → CA Certificate → CA
+/// ClusterIssuer `ca`), and a small approver that decides by the test's
+/// [`Policy`], as a policy approver beside cert-manager would. A watch on
+/// every CertificateRequest checks each against cert-manager's webhook
+/// rules and records violations.
+pub struct Cluster {
+    shared: Arc<ClusterShared>,
+    /// The CA certificate (PEM) from the CA Certificate's Secret; `None`
+    /// when the controller does not run in process.
+    ca_pem: Option<String>,
+    watch: tokio::task::JoinHandle<()>,
+    controller: Option<tokio::task::JoinHandle<()>>,
+    token: cert_csi::shutdown::CancellationToken,
 }
 
-impl Signer {
-    pub fn start(client: Client, policy: Policy) -> Signer {
-        let (ca_pem, ca_key) = make_ca();
-        let shared = Arc::new(SignerShared {
-            client,
+impl Cluster {
+    /// Starts the approver watch and, when `controller`, the real
+    /// controller with its CA bootstrap (returns once ClusterIssuer `ca`
+    /// is Ready).
+    pub async fn start(client: Client, policy: Policy, controller: bool) -> Cluster {
+        let shared = Arc::new(ClusterShared {
+            client: client.clone(),
             policy: Mutex::new(policy),
             wake: tokio::sync::Notify::new(),
-            ca_pem,
-            ca_key,
             violations: Mutex::default(),
             checked: Mutex::default(),
             delayed: Mutex::default(),
-            signed: Mutex::default(),
+            issued: Mutex::default(),
             errors: Mutex::default(),
         });
-        let task = tokio::spawn(run_signer(shared.clone()));
-        Signer { shared, task }
+        let watch = tokio::spawn(run_approver(shared.clone(), controller));
+        let token = cert_csi::shutdown::CancellationToken::new();
+        let mut cluster = Cluster {
+            shared,
+            ca_pem: None,
+            watch,
+            controller: None,
+            token,
+        };
+        if controller {
+            ensure_namespace(&client, CLUSTER_NS).await;
+            let mut options = cert_csi::controller::ControllerOptions::new(CLUSTER_NS);
+            options.enabled = cert_csi::controller::EnabledControllers::parse("-approver")
+                .expect("a valid --controllers list");
+            cluster.controller = Some(tokio::spawn(cert_csi::controller::run(
+                client.clone(),
+                options,
+                cert_csi::controller::Health::default(),
+                cluster.token.clone(),
+            )));
+            cluster.ca_pem = Some(bootstrap_ca(&client).await);
+        }
+        cluster
     }
 
     pub fn set_policy(&self, policy: Policy) {
@@ -137,7 +180,9 @@ impl Signer {
 
     /// The test CA's certificate (PEM), which signs every leaf.
     pub fn ca_pem(&self) -> &str {
-        &self.shared.ca_pem
+        self.ca_pem
+            .as_deref()
+            .expect("the harness runs no controller in this test, so there is no test CA")
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -145,74 +190,220 @@ impl Signer {
     }
 
     /// How many distinct requests were checked against the webhook rules.
-    pub fn checked(&self) -> usize {
+    /// Lists the requests first, so none the watch has not delivered yet
+    /// is missed.
+    pub async fn checked(&self) -> usize {
+        for cr in self.list().await {
+            passes_webhook(&self.shared, &cr);
+        }
         self.shared.checked.lock().unwrap().len()
     }
 
-    /// How many distinct requests were signed.
-    pub fn signed(&self) -> usize {
-        self.shared.signed.lock().unwrap().len()
+    /// How many distinct requests the controller issued: those the watch
+    /// saw issued (including ones deleted since) and those issued now.
+    pub async fn signed(&self) -> usize {
+        for cr in self.list().await {
+            note_issued(&self.shared, &cr);
+        }
+        self.shared.issued.lock().unwrap().len()
     }
 
-    /// Stops watching; call before the API server goes away.
-    pub fn stop(&self) {
-        self.task.abort();
+    async fn list(&self) -> Vec<CertificateRequest> {
+        Api::<CertificateRequest>::all(self.shared.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("listing CertificateRequests")
+            .items
+            .into_iter()
+            .filter(|cr| cr.namespace().as_deref() != Some(CLUSTER_NS))
+            .collect()
     }
 
-    /// API errors the signer hit (other than a request deleted under it).
+    /// Gives `namespace` an Issuer `ca` that signs with the test CA (a CA
+    /// Issuer reads its Secret from its own namespace), and waits until the
+    /// controller reports it Ready. Nothing without the controller.
+    pub async fn prepare_namespace(&self, namespace: &str) {
+        if self.controller.is_none() || namespace == CLUSTER_NS {
+            return;
+        }
+        let client = &self.shared.client;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(client.clone(), CLUSTER_NS);
+        let mut secret = secrets.get(CA_SECRET).await.expect("the CA Secret");
+        secret.metadata = kube::api::ObjectMeta {
+            name: Some(CA_SECRET.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        };
+        create_or_keep(
+            &Api::namespaced(client.clone(), namespace),
+            &secret,
+            "CA Secret",
+        )
+        .await;
+        let issuer: Issuer = serde_json::from_value(json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+            "metadata": {"name": "ca", "namespace": namespace},
+            "spec": {"ca": {"secretName": CA_SECRET}},
+        }))
+        .unwrap();
+        let issuers: Api<Issuer> = Api::namespaced(client.clone(), namespace);
+        create_or_keep(&issuers, &issuer, "Issuer ca").await;
+        wait_ready(&issuers, "ca", Issuer::is_ready).await;
+    }
+
+    /// Stops the approver and the controller; call before the API server
+    /// goes away.
+    pub async fn stop(&mut self) {
+        self.watch.abort();
+        self.token.cancel();
+        if let Some(controller) = self.controller.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+        }
+    }
+
+    /// API errors the approver hit (other than a request deleted under it).
     pub fn errors(&self) -> Vec<String> {
         self.shared.errors.lock().unwrap().clone()
     }
 }
 
-impl Drop for Signer {
+impl Drop for Cluster {
     fn drop(&mut self) {
-        self.task.abort();
+        self.watch.abort();
+        self.token.cancel();
+        if let Some(controller) = self.controller.take() {
+            controller.abort();
+        }
     }
 }
 
-/// A self-signed ECDSA root made with cert-csi's own pki module.
-fn make_ca() -> (String, PrivateKey) {
-    let key = PrivateKey::generate(KeyAlgorithm::Ecdsa(Curve::P256)).expect("CA key");
-    let subject = SubjectSpec {
-        common_name: Some("cert-csi test root CA".into()),
-        organizations: vec!["cert-csi tests".into()],
-        ..Default::default()
-    };
-    let csr = cert_csi::pki::build_csr(&key, &subject, &SanSpec::default(), &CsrOptions::default())
-        .expect("CA CSR");
-    let signed = cert_csi::pki::sign_self_signed(
-        csr.pem.as_bytes(),
-        &key,
-        &SignParams {
-            is_ca: true,
-            duration: Some(Duration::from_secs(365 * 24 * 3600)),
-            ..Default::default()
-        },
-    )
-    .expect("self-signed CA");
-    (signed.certificate_pem, key)
+async fn ensure_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .unwrap();
+    create_or_keep(&Api::all(client.clone()), &ns, "namespace").await;
 }
 
-async fn run_signer(shared: Arc<SignerShared>) {
+/// Creates `object`; one that exists already is fine.
+async fn create_or_keep<K>(api: &Api<K>, object: &K, what: &str)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!(
+            "creating {what} {}: {e}",
+            object.meta().name.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// Waits (on a watch) until `name` satisfies `ready`.
+async fn wait_ready<K>(api: &Api<K>, name: &str, ready: fn(&K) -> bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(api.clone(), config)
+        .applied_objects()
+        .boxed();
+    let wait = async {
+        while let Some(event) = stream.next().await {
+            if let Ok(object) = event
+                && ready(&object)
+            {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .is_err()
+    {
+        let now = api.get_opt(name).await;
+        panic!("{name} was not Ready within 30s: {now:?}");
+    }
+}
+
+/// The cert-manager bootstrap of a CA: a SelfSigned ClusterIssuer signs a
+/// CA Certificate, whose Secret backs ClusterIssuer `ca` (and `spiffe-ca`,
+/// the issuer the SPIFFE tests name). Returns the CA certificate's PEM.
+async fn bootstrap_ca(client: &Client) -> String {
+    let cluster_issuers: Api<ClusterIssuer> = Api::all(client.clone());
+    let self_signed: ClusterIssuer = serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
+        "metadata": {"name": "selfsigned"},
+        "spec": {"selfSigned": {}},
+    }))
+    .unwrap();
+    create_or_keep(&cluster_issuers, &self_signed, "ClusterIssuer").await;
+    let certificate: Certificate = serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+        "metadata": {"name": "test-ca", "namespace": CLUSTER_NS},
+        "spec": {
+            "isCA": true,
+            "commonName": "cert-csi test root CA",
+            "subject": {"organizations": ["cert-csi tests"]},
+            "duration": "8760h",
+            "secretName": CA_SECRET,
+            "privateKey": {"algorithm": "ECDSA", "size": 256},
+            "issuerRef": {"name": "selfsigned", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        },
+    }))
+    .unwrap();
+    let certificates: Api<Certificate> = Api::namespaced(client.clone(), CLUSTER_NS);
+    create_or_keep(&certificates, &certificate, "Certificate").await;
+    for name in ["ca", "spiffe-ca"] {
+        let issuer: ClusterIssuer = serde_json::from_value(json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
+            "metadata": {"name": name},
+            "spec": {"ca": {"secretName": CA_SECRET}},
+        }))
+        .unwrap();
+        create_or_keep(&cluster_issuers, &issuer, "ClusterIssuer").await;
+    }
+    for name in ["ca", "spiffe-ca"] {
+        wait_ready(&cluster_issuers, name, ClusterIssuer::is_ready).await;
+    }
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), CLUSTER_NS)
+        .get(CA_SECRET)
+        .await
+        .expect("the CA Certificate's Secret");
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("tls.crt"))
+        .map(|b| String::from_utf8(b.0.clone()).expect("tls.crt is PEM text"))
+        .expect("the CA Secret has tls.crt");
+    // The CA issuer serves the root in status.ca; for a self-signed CA the
+    // Secret's certificate is that root.
+    let chain = cert_csi::pki::parse_chain(pem.as_bytes()).expect("tls.crt parses");
+    assert_eq!(chain.len(), 1, "the test CA is one self-signed certificate");
+    pem
+}
+
+async fn run_approver(shared: Arc<ClusterShared>, bootstrap: bool) {
     let api: Api<CertificateRequest> = Api::all(shared.client.clone());
     // The node plugin's watch backoff (1 s to 5 s), so after an API
-    // outage the signer is back as soon as the plugin is.
+    // outage the approver is back as soon as the plugin is.
     let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
         .backoff(cert_csi::issuance::tracker::WatchBackoff::default())
         .boxed();
     loop {
         tokio::select! {
             event = stream.next() => match event {
-                Some(Ok(Event::Apply(cr) | Event::InitApply(cr))) => handle(&shared, cr).await,
+                Some(Ok(Event::Apply(cr) | Event::InitApply(cr))) => handle(&shared, cr, bootstrap).await,
                 Some(Ok(_)) => {}
-                Some(Err(e)) => eprintln!("test signer: watch error: {e}"),
+                Some(Err(e)) => eprintln!("test approver: watch error: {e}"),
                 None => return,
             },
             _ = shared.wake.notified() => match api.list(&ListParams::default()).await {
                 Ok(list) => {
                     for cr in list.items {
-                        handle(&shared, cr).await;
+                        handle(&shared, cr, bootstrap).await;
                     }
                 }
                 Err(e) => shared.errors.lock().unwrap().push(format!("list: {e}")),
@@ -231,7 +422,7 @@ fn usages_of(cr: &CertificateRequest) -> Result<Vec<Usage>, String> {
 }
 
 /// cert-manager's webhook rules, run once per request.
-fn passes_webhook(shared: &SignerShared, cr: &CertificateRequest) -> bool {
+fn passes_webhook(shared: &ClusterShared, cr: &CertificateRequest) -> bool {
     let uid = cr.uid().unwrap_or_default();
     if let Some(ok) = shared.checked.lock().unwrap().get(&uid) {
         return *ok;
@@ -256,8 +447,34 @@ fn passes_webhook(shared: &SignerShared, cr: &CertificateRequest) -> bool {
     ok
 }
 
-async fn handle(shared: &Arc<SignerShared>, cr: CertificateRequest) {
-    if cr.is_finished() || cr.metadata.deletion_timestamp.is_some() {
+fn note_issued(shared: &ClusterShared, cr: &CertificateRequest) {
+    if cr.is_issued() {
+        shared
+            .issued
+            .lock()
+            .unwrap()
+            .insert(cr.uid().unwrap_or_default());
+    }
+}
+
+fn is_external(cr: &CertificateRequest) -> bool {
+    cr.spec
+        .issuer_ref
+        .group
+        .as_deref()
+        .is_some_and(|g| !g.is_empty() && g != "cert-manager.io")
+}
+
+async fn handle(shared: &Arc<ClusterShared>, cr: CertificateRequest, bootstrap: bool) {
+    // The harness's own CA bootstrap is approved whatever the test's
+    // policy: it stands for a cluster set up before the test.
+    if bootstrap && cr.namespace().as_deref() == Some(CLUSTER_NS) {
+        if !cr.is_finished() && !cr.is_approved() && !cr.is_denied() {
+            let result = set_conditions(shared, &cr, vec![approved()], false).await;
+            if let Err(e) = result {
+                shared.errors.lock().unwrap().push(e);
+            }
+        }
         return;
     }
     // A request the webhook would refuse is never acted on: a real API
@@ -265,10 +482,16 @@ async fn handle(shared: &Arc<SignerShared>, cr: CertificateRequest) {
     if !passes_webhook(shared, &cr) {
         return;
     }
+    note_issued(shared, &cr);
+    if cr.is_finished() || cr.metadata.deletion_timestamp.is_some() {
+        return;
+    }
     let policy = shared.policy.lock().unwrap().clone();
+    let decided = cr.is_approved() || cr.is_denied();
     let result = match policy {
         Policy::Ignore => Ok(()),
-        Policy::Deny { reason, message } if !cr.is_denied() => {
+        _ if decided && !is_external(&cr) => Ok(()),
+        Policy::Deny { reason, message } => {
             set_conditions(
                 shared,
                 &cr,
@@ -286,13 +509,13 @@ async fn handle(shared: &Arc<SignerShared>, cr: CertificateRequest) {
                         "The CertificateRequest was denied by an approval controller",
                     ),
                 ],
-                None,
                 false,
             )
             .await
         }
-        Policy::Deny { .. } => Ok(()),
-        Policy::Fail { message } => {
+        // The external issuer's part: approval and failure land together,
+        // as the two controllers would leave them.
+        Policy::Fail { message } if is_external(&cr) => {
             set_conditions(
                 shared,
                 &cr,
@@ -305,22 +528,21 @@ async fn handle(shared: &Arc<SignerShared>, cr: CertificateRequest) {
                         message,
                     ),
                 ],
-                None,
                 true,
             )
             .await
         }
-        Policy::Approve | Policy::ApproveAfter(_) if cr.is_approved() => sign(shared, &cr).await,
-        Policy::Approve => set_conditions(shared, &cr, vec![approved()], None, false).await,
+        _ if decided => Ok(()),
+        Policy::Approve | Policy::Fail { .. } => {
+            set_conditions(shared, &cr, vec![approved()], false).await
+        }
         Policy::ApproveAfter(delay) => {
             let uid = cr.uid().unwrap_or_default();
             if shared.delayed.lock().unwrap().insert(uid) {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    if let Err(e) =
-                        set_conditions(&shared, &cr, vec![approved()], None, false).await
-                    {
+                    if let Err(e) = set_conditions(&shared, &cr, vec![approved()], false).await {
                         shared.errors.lock().unwrap().push(e);
                     }
                 });
@@ -342,50 +564,11 @@ fn approved() -> CertificateRequestCondition {
     )
 }
 
-async fn sign(shared: &SignerShared, cr: &CertificateRequest) -> Result<(), String> {
-    let uid = cr.uid().unwrap_or_default();
-    if !shared.signed.lock().unwrap().insert(uid) {
-        return Ok(());
-    }
-    let id = format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any());
-    let usages = usages_of(cr)?;
-    let duration = match &cr.spec.duration {
-        Some(d) => Some(
-            cert_csi::volume::duration::parse_go(d)
-                .map_err(|e| format!("{id}: spec.duration {d:?}: {e}"))?,
-        ),
-        None => None,
-    };
-    let params = SignParams {
-        duration,
-        usages,
-        is_ca: cr.spec.is_ca.unwrap_or(false),
-        ..Default::default()
-    };
-    let signed = cert_csi::pki::sign_with_ca(
-        cr.spec.request.as_bytes(),
-        shared.ca_pem.as_bytes(),
-        &shared.ca_key,
-        &params,
-    )
-    .map_err(|e| format!("{id}: signing: {e}"))?;
-    let certs = Some((signed.certificate_pem, signed.ca_pem));
-    let issued = CertificateRequestCondition::new(
-        types::READY,
-        ConditionStatus::True,
-        reasons::ISSUED,
-        messages::ISSUED,
-    );
-    set_conditions(shared, cr, vec![issued], certs, false).await
-}
-
-/// Writes conditions (and optionally the chain) through the status
-/// subresource, as cert-manager's controllers do.
+/// Writes conditions through the status subresource, as an approver does.
 async fn set_conditions(
-    shared: &SignerShared,
+    shared: &ClusterShared,
     cr: &CertificateRequest,
     conditions: Vec<CertificateRequestCondition>,
-    certificates: Option<(String, String)>,
     failed: bool,
 ) -> Result<(), String> {
     let namespace = cr.namespace().unwrap_or_default();
@@ -398,17 +581,13 @@ async fn set_conditions(
         Ok(None) => return Ok(()),
         Err(e) => return Err(format!("{namespace}/{name}: get: {e}")),
     };
-    if current.is_finished() {
+    if current.is_finished() || current.is_approved() || current.is_denied() {
         return Ok(());
     }
     let now = Time(jiff::Timestamp::now());
     let mut status: CertificateRequestStatus = current.status.clone().unwrap_or_default();
     for c in conditions {
         status.set_condition(c, now.clone());
-    }
-    if let Some((chain, ca)) = certificates {
-        status.certificate = Some(PemBytes(chain.into_bytes()));
-        status.ca = Some(PemBytes(ca.into_bytes()));
     }
     if failed {
         status.failure_time = Some(now);
@@ -432,6 +611,9 @@ pub struct Options {
     /// `--publish-timeout` of the node plugin (Go duration).
     pub publish_timeout: &'static str,
     pub policy: Policy,
+    /// Run cert-csi's controller in process with the test CA. Off for
+    /// tests that run their own controller (e.g. as a ServiceAccount).
+    pub controller: bool,
 }
 
 impl Default for Options {
@@ -439,6 +621,7 @@ impl Default for Options {
         Options {
             publish_timeout: "5s",
             policy: Policy::Approve,
+            controller: true,
         }
     }
 }
@@ -451,6 +634,11 @@ pub struct ApiSnapshot {
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
     pub requests: Vec<CertificateRequest>,
+    /// The CA Secrets and issuers the controller signs with. Certificates
+    /// are not kept: the CA's Secret is, and the CA must not change.
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+    pub issuers: Vec<Issuer>,
+    pub cluster_issuers: Vec<ClusterIssuer>,
 }
 
 /// A pod as the API server stored it.
@@ -562,12 +750,15 @@ pub struct Env {
     pub log_path: PathBuf,
     pub node_id: String,
     pub client: Client,
-    pub signer: Signer,
+    pub cluster: Cluster,
     node: NodeClient<Channel>,
     plugin: Option<Child>,
     publish_timeout: &'static str,
     /// More `cert-csi node` flags, after the harness's own.
     extra_args: Vec<String>,
+    /// The plugin's `--kubeconfig` when not the sandbox's admin one (see
+    /// [`Env::restart_plugin_as`]).
+    plugin_kubeconfig: Option<PathBuf>,
     sandbox: Option<Sandbox>,
     _dir: tempfile::TempDir,
 }
@@ -597,14 +788,14 @@ impl Env {
         .await
         .expect("sandbox starts");
         let client = sandbox.client();
-        let signer = Signer::start(client.clone(), options.policy);
+        let cluster = Cluster::start(client.clone(), options.policy, options.controller).await;
 
         let socket = base.join("plugin").join("csi.sock");
         std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
         let data_root = base.join("data");
         let kubelet_root = base.join("kubelet");
         std::fs::create_dir_all(kubelet_root.join("pods")).unwrap();
-        let log_path = base.join("node.log");
+        let log_path = test_log_path("node");
         let node_id = "node-e2e-1".to_string();
         File::create(&log_path).expect("log file");
         let mut env = Env {
@@ -616,7 +807,7 @@ impl Env {
             log_path,
             node_id,
             client,
-            signer,
+            cluster,
             // Replaced once the socket answers; a lazy channel never
             // connects by itself.
             node: NodeClient::new(
@@ -625,6 +816,7 @@ impl Env {
             plugin: None,
             publish_timeout: options.publish_timeout,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            plugin_kubeconfig: None,
             sandbox: Some(sandbox),
             _dir: dir,
         };
@@ -647,8 +839,10 @@ impl Env {
             .arg("--data-root")
             .arg(&self.data_root)
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
+            .arg(self.plugin_kubeconfig.as_ref().unwrap_or(&self.kubeconfig))
             .args(["--publish-timeout", self.publish_timeout])
+            // A free port per plugin: tests run in parallel.
+            .args(["--metrics-address", "127.0.0.1:0"])
             .args(&self.extra_args)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
@@ -665,6 +859,32 @@ impl Env {
         self.stop_plugin();
         self.plugin = Some(self.spawn_plugin());
         self.wait_ready().await;
+    }
+
+    /// Restarts the plugin with `kubeconfig` (e.g. a ServiceAccount
+    /// token's) instead of the sandbox's admin one.
+    pub async fn restart_plugin_as(&mut self, kubeconfig: PathBuf) {
+        self.plugin_kubeconfig = Some(kubeconfig);
+        self.restart_plugin().await;
+    }
+
+    /// `http://<address>` of the running plugin's `/metrics`, `/healthz`
+    /// and `/readyz`, from the address its log announced last.
+    pub fn metrics_url(&self) -> String {
+        let log = self.log();
+        let address = log
+            .lines()
+            .rev()
+            .find_map(|line| {
+                let rest = line.split("metrics_address").nth(1)?;
+                let value = rest.trim_start_matches(['=', '"', ':']);
+                let end = value
+                    .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                    .unwrap_or(value.len());
+                Some(value[..end].to_owned())
+            })
+            .unwrap_or_else(|| panic!("the plugin's log names no metrics_address:\n{log}"));
+        format!("http://{address}")
     }
 
     /// Kills the plugin with SIGKILL (by pid), as an OOM kill or a node
@@ -717,6 +937,21 @@ impl Env {
             .and_then(|v| v.parse().ok())
             .expect("the list's resourceVersion is a number in the sandbox");
         let requests = requests.items;
+        let secrets = Api::<k8s_openapi::api::core::v1::Secret>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot secrets")
+            .items;
+        let issuers = Api::<Issuer>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot issuers")
+            .items;
+        let cluster_issuers = Api::<ClusterIssuer>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("snapshot cluster issuers")
+            .items;
         let sandbox = self.sandbox.take().expect("the API server is running");
         let addr = sandbox.addr();
         sandbox.shutdown().await;
@@ -726,6 +961,9 @@ impl Env {
             namespaces,
             pods,
             requests,
+            secrets,
+            issuers,
+            cluster_issuers,
         }
     }
 
@@ -769,6 +1007,24 @@ impl Env {
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => panic!("restoring namespace {}: {e}", ns.name_any()),
             }
+        }
+        // Issuers come back without status: the controller marks them
+        // Ready again once it sees their Secrets.
+        for mut secret in snapshot.secrets {
+            fresh(&mut secret.metadata);
+            let api = Api::namespaced(client.clone(), &secret.namespace().unwrap());
+            create_or_keep(&api, &secret, "Secret").await;
+        }
+        for mut issuer in snapshot.issuers {
+            fresh(&mut issuer.metadata);
+            issuer.status = None;
+            let api = Api::namespaced(client.clone(), &issuer.namespace().unwrap());
+            create_or_keep(&api, &issuer, "Issuer").await;
+        }
+        for mut issuer in snapshot.cluster_issuers {
+            fresh(&mut issuer.metadata);
+            issuer.status = None;
+            create_or_keep(&Api::all(client.clone()), &issuer, "ClusterIssuer").await;
         }
         for mut pod in snapshot.pods {
             fresh(&mut pod.metadata);
@@ -913,6 +1169,7 @@ impl Env {
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => panic!("creating namespace {namespace}: {e}"),
         }
+        self.cluster.prepare_namespace(namespace).await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -935,6 +1192,73 @@ impl Env {
             uid: created.uid().expect("the API server sets metadata.uid"),
             service_account: service_account.to_string(),
         }
+    }
+
+    /// Creates ServiceAccount `namespace/name` (the namespace must exist,
+    /// e.g. from [`Env::create_pod`]); an existing one is fine.
+    pub async fn create_service_account(&self, namespace: &str, name: &str) {
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), namespace);
+        let sa = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+        }))
+        .unwrap();
+        match api.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("creating ServiceAccount {namespace}/{name}: {e}"),
+        }
+    }
+
+    /// The kubelet's `csi.storage.k8s.io/serviceAccount.tokens` value for
+    /// `pod`: a token for each audience ("" is the API server's default),
+    /// bound to the pod, made through the TokenRequest API as the kubelet
+    /// makes it. The ServiceAccount must exist.
+    pub async fn kubelet_tokens(&self, pod: &PodRef, audiences: &[&str]) -> String {
+        use k8s_openapi::api::authentication::v1::{
+            BoundObjectReference, TokenRequest, TokenRequestSpec,
+        };
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &pod.namespace);
+        let mut map = serde_json::Map::new();
+        for audience in audiences {
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: if audience.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![audience.to_string()]
+                    },
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(pod.name.clone()),
+                        uid: Some(pod.uid.clone()),
+                    }),
+                    expiration_seconds: Some(3600),
+                },
+                ..Default::default()
+            };
+            let answer = api
+                .create_token_request(&pod.service_account, &PostParams::default(), &request)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "TokenRequest for {}/{}: {e}",
+                        pod.namespace, pod.service_account
+                    )
+                });
+            let status = answer.status.expect("a TokenRequest answer has a status");
+            map.insert(
+                audience.to_string(),
+                json!({
+                    "token": status.token,
+                    "expirationTimestamp": status.expiration_timestamp.0.to_string(),
+                }),
+            );
+        }
+        serde_json::Value::Object(map).to_string()
     }
 
     /// A publish request for volume `volume_name` of `pod` with the user's
@@ -995,12 +1319,12 @@ impl Env {
     pub async fn publish_ok(&self, volume: &VolumeRequest) {
         if let Err(status) = self.publish(volume).await {
             panic!(
-                "publish of {} failed: {:?}: {}\nsigner violations: {:?}\nsigner errors: {:?}\nlog:\n{}",
+                "publish of {} failed: {:?}: {}\nwebhook violations: {:?}\napprover errors: {:?}\nlog:\n{}",
                 volume.volume_name,
                 status.code(),
                 status.message(),
-                self.signer.violations(),
-                self.signer.errors(),
+                self.cluster.violations(),
+                self.cluster.errors(),
                 self.log()
             );
         }
@@ -1125,7 +1449,7 @@ impl Env {
     /// webhook rules, no key material on persistent disk under the data
     /// root, no private key in the plugin's log. Then shuts down.
     pub async fn finish(mut self) {
-        let violations = self.signer.violations();
+        let violations = self.cluster.violations();
         assert!(
             violations.is_empty(),
             "CertificateRequests that cert-manager's webhook would refuse:\n{}",
@@ -1140,8 +1464,9 @@ impl Env {
             leaked.is_empty(),
             "PRIVATE KEY in the plugin's log: {leaked:?}"
         );
+        assert_no_secrets_in_log(&self.log_path);
         self.stop_plugin();
-        self.signer.stop();
+        self.cluster.stop().await;
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.shutdown().await;
         }
@@ -1200,6 +1525,51 @@ impl Drop for Env {
 // ---------------------------------------------------------------------------
 // Free helpers
 // ---------------------------------------------------------------------------
+
+/// Where every test's plugin and controller logs go, so one scan covers
+/// the whole suite's logs: `target/tmp/test-logs/`.
+pub fn test_log_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir).expect("create target/tmp/test-logs");
+    dir
+}
+
+/// A fresh log file in [`test_log_dir`], named after the test binary, the
+/// process and `label`, so parallel tests never share one.
+pub fn test_log_path(label: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "test".into());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = test_log_dir().join(format!("{binary}-{}-{n}-{label}.log", std::process::id()));
+    File::create(&path).expect("log file");
+    path
+}
+
+/// Lines of `text` that hold key material or a token: a PEM private key
+/// header, or a JWT (service account tokens are JWTs, and every JWT starts
+/// with the base64 of `{"`, which is `eyJ`).
+pub fn secret_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains("PRIVATE KEY") || l.contains("eyJ"))
+        .map(|l| l.chars().take(200).collect())
+        .collect()
+}
+
+/// Panics, naming the lines, when the log at `path` holds a private key or
+/// a token.
+pub fn assert_no_secrets_in_log(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let found = secret_lines(&text);
+    assert!(
+        found.is_empty(),
+        "{} holds key material or a token:\n{}",
+        path.display(),
+        found.join("\n")
+    );
+}
 
 /// Mounts at or below `path`, from this process's mount table (the plugin
 /// shares the test's mount namespace).

@@ -19,13 +19,20 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::{NodeService, PKCS12_PASSWORD_FILE, PublishError, blocking, build_files, to_timestamp};
+use super::{
+    EVENT_RENEWAL_FAILED, NodeService, PKCS12_PASSWORD_FILE, PublishError, blocking, build_files,
+    to_timestamp,
+};
 use crate::issuance::{self, IssuanceError};
 use crate::pki::{self, KeyEncoding, PrivateKey};
 use crate::renewal::limiter::Priority;
 use crate::renewal::schedule;
 use crate::shutdown::CancellationToken;
 use crate::store::{DATA_LINK, RequestPhase, RequestRef, StoreError, VolumeDir, VolumeState};
+use crate::telemetry::EventType;
+use crate::telemetry::metrics::{
+    IssuanceKind, IssueErrorReason, ReadyCondition, RequestKey, VolumeRef,
+};
 use crate::volume::{self, PublishInput, VolumeSpec, keys, kubelet};
 
 /// Stable log message of a failed renewal attempt; the hook for metrics and
@@ -147,6 +154,7 @@ impl NodeService {
                         at
                     };
                     self.scheduler.schedule(&state.volume_id, at);
+                    self.adopt_metrics(&state);
                 }
             }
         }
@@ -163,6 +171,36 @@ impl NodeService {
             "node state recovered"
         );
         Ok(report)
+    }
+
+    /// Brings a recovered volume's series back: a restart must not make a
+    /// volume vanish from dashboards until its next renewal.
+    fn adopt_metrics(&self, state: &VolumeState) {
+        let pod_namespace = state.context.get(kubelet::POD_NAMESPACE);
+        let pod_name = state.context.get(kubelet::POD_NAME);
+        if let (Some(ns), Some(pod), Some(not_after), Some(next)) =
+            (pod_namespace, pod_name, state.not_after, state.next_renewal)
+        {
+            self.metrics.volume_published(
+                &VolumeRef {
+                    volume_id: &state.volume_id,
+                    pod_namespace: ns,
+                    pod_name: pod,
+                },
+                not_after,
+                next,
+            );
+        }
+        if let Some(request) = &state.request {
+            let condition = match request.phase {
+                RequestPhase::Pending => ReadyCondition::Unknown,
+                _ => ReadyCondition::True,
+            };
+            self.metrics.request_condition(
+                &RequestKey::new(&request.namespace, &request.name),
+                condition,
+            );
+        }
     }
 
     /// Removes a volume whose mounts disappeared (node reboot, manual
@@ -274,6 +312,7 @@ impl NodeService {
             )
             .await
             .map_err(|_| PublishError::ShuttingDown)?;
+        let started = std::time::Instant::now();
 
         let (spec, dir, key, namespace, name, mut sub) = {
             let _guard = self.locks.lock(volume_id).await;
@@ -308,12 +347,8 @@ impl NodeService {
                     } else {
                         self.new_key(&spec).await?
                     };
-                    let csr = pki::build_csr(
-                        &key,
-                        &spec.subject,
-                        &spec.sans,
-                        &pki::CsrOptions::default(),
-                    )?;
+                    let csr =
+                        pki::build_csr(&key, &spec.subject, &spec.sans, &self.csr_options(&spec))?;
                     let pem = key.to_pem(KeyEncoding::Pkcs8)?;
                     {
                         let dir = dir.clone();
@@ -339,6 +374,7 @@ impl NodeService {
 
         let outcome = issuance::wait_for_decision(&mut sub).await;
         self.tracker.forget(&namespace, &name);
+        self.request_decided(&namespace, &name, &outcome);
         let issued = outcome?;
         let leaf = pki::check_issued(
             issued.chain_pem.as_bytes(),
@@ -346,13 +382,16 @@ impl NodeService {
             SystemTime::now(),
         )
         .map_err(|e| PublishError::Issued(e.to_string()))?;
-        let files = build_files(&spec, &key, &issued)?;
         let next = self.renewal_time(&spec, &leaf);
         {
             let _guard = self.locks.lock(volume_id).await;
             if cancel.is_cancelled() {
                 return Ok(Renewal::Gone);
             }
+            // Built under the lock, so a trust bundle update that ran
+            // meanwhile is not overwritten with the bundle before it.
+            let issued = self.with_bundle_ca(issued)?;
+            let files = build_files(&spec, &key, &issued)?;
             let Some(mut state) = self.current_state(volume_id).await? else {
                 return Ok(Renewal::Gone);
             };
@@ -379,6 +418,17 @@ impl NodeService {
             .await?;
         }
         drop(permit);
+        self.metrics
+            .observe_issuance(IssuanceKind::Renewal, started.elapsed());
+        self.metrics.volume_published(
+            &VolumeRef {
+                volume_id,
+                pod_namespace: &spec.pod.namespace,
+                pod_name: &spec.pod.name,
+            },
+            to_timestamp(leaf.not_after),
+            to_timestamp(next),
+        );
         tracing::info!(
             volume_id,
             request = %format!("{namespace}/{name}"),
@@ -442,6 +492,10 @@ impl NodeService {
             })
             .await;
         }
+        if let Some(reason) = error.metric_reason() {
+            self.metrics.renewal_failed(reason);
+        }
+        self.renewal_event(&state, &error);
         state.renewal_attempts = state.renewal_attempts.saturating_add(1);
         let attempt = state.renewal_attempts;
         let delay = schedule::backoff(
@@ -468,6 +522,53 @@ impl NodeService {
         );
     }
 
+    /// A `RenewalFailed` Event on the volume's pod. The note holds no
+    /// request name or attempt number, so a failing loop stays one series.
+    fn renewal_event(&self, state: &VolumeState, error: &PublishError) {
+        let field = |key: &str| state.context.get(key).cloned().unwrap_or_default();
+        let pod = volume::PodInfo {
+            name: field(kubelet::POD_NAME),
+            namespace: field(kubelet::POD_NAMESPACE),
+            uid: field(kubelet::POD_UID),
+            service_account: field(kubelet::SERVICE_ACCOUNT_NAME),
+        };
+        if pod.name.is_empty() || pod.namespace.is_empty() {
+            return;
+        }
+        let volume = state
+            .target_path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| state.volume_id.clone());
+        let cause = match error.issuance_event(&volume) {
+            Some((_, note)) => note,
+            None => match error.metric_reason() {
+                Some(IssueErrorReason::Api) => {
+                    "the Kubernetes API refused a call (the node plugin's log has the details)"
+                        .to_owned()
+                }
+                Some(IssueErrorReason::Timeout) => {
+                    "the node's issuance limit held the renewal back".to_owned()
+                }
+                _ => "a local error on the node (the node plugin's log has the details)".to_owned(),
+            },
+        };
+        let until = state
+            .not_after
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "its notAfter".to_owned());
+        self.pod_event(
+            &pod,
+            EventType::Warning,
+            EVENT_RENEWAL_FAILED,
+            "Renew",
+            format!(
+                "renewing the certificate in volume {volume} failed: {cause}. The pod keeps the current certificate (valid until {until}); the renewal is retried with backoff"
+            ),
+        );
+    }
+
     async fn existing_dir(&self, volume_id: &str) -> Result<VolumeDir, PublishError> {
         let store = self.store.clone();
         let id = volume_id.to_string();
@@ -485,7 +586,7 @@ impl NodeService {
     /// The volume's spec rebuilt from node state, plus the secrets that
     /// state never holds: the keystore password from the volume's tmpfs and
     /// the tokens from memory.
-    async fn spec_from_state(
+    pub(super) async fn spec_from_state(
         &self,
         state: &VolumeState,
         dir: &VolumeDir,
@@ -521,7 +622,7 @@ impl NodeService {
             volume_mount_group: state.volume_mount_group.as_deref(),
             context: &context,
         };
-        Ok(volume::parse(&input)?)
+        self.parse_spec(&input)
     }
 }
 

@@ -1,0 +1,415 @@
+//! The parts a benchmark runs against: a scratch directory that unmounts
+//! what is left in it, the node plugin as a subprocess, and the in-process
+//! sandbox with the controller.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cert_csi::demo::kubelet::{Kubelet, PodRef, Volume};
+use cert_csi::sandbox::Sandbox;
+use cert_csi::shutdown::CancellationToken;
+use futures::{StreamExt, TryStreamExt};
+use nix::mount::{MntFlags, umount2};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::controller;
+
+/// A private working directory. On drop it detaches every mount below it
+/// (deepest first) and deletes it, so a failed run leaves nothing mounted.
+pub struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    pub fn create(parent: &Path) -> anyhow::Result<Scratch> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = parent.join(format!("cert-csi-bench.{}.{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let path = path.canonicalize()?;
+        Ok(Scratch { path, keep: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Leaves the directory (logs, node state) in place after the run.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// Mount points below this directory, deepest first.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        let mut mounts: Vec<PathBuf> = cert_csi::store::read_mountinfo()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&self.path))
+            .collect();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        mounts
+    }
+
+    /// Detaches everything mounted below; returns how many mounts that was.
+    pub fn unmount_all(&self) -> usize {
+        let mounts = self.mounts();
+        for m in &mounts {
+            let _ = umount2(m, MntFlags::MNT_DETACH);
+        }
+        mounts.len()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let left = self.unmount_all();
+        if left > 0 {
+            eprintln!(
+                "cert-csi-bench: detached {left} mounts left under {}",
+                self.path.display()
+            );
+        }
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `cert-csi node` as a subprocess, so its memory and CPU time are its own.
+/// Killed by pid on drop; `PR_SET_PDEATHSIG` also kills it if the bench
+/// itself dies without unwinding.
+pub struct NodeProcess {
+    exe: PathBuf,
+    pub socket: PathBuf,
+    pub data_root: PathBuf,
+    pub node_id: String,
+    kubeconfig: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts the plugin for node `name` under `dir` with extra flags, and
+    /// waits until Probe reports ready.
+    pub async fn start(
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        args: &[String],
+    ) -> anyhow::Result<NodeProcess> {
+        let base = dir.join(name);
+        std::fs::create_dir_all(&base)?;
+        let mut node = NodeProcess {
+            exe: exe.to_path_buf(),
+            socket: base.join("csi.sock"),
+            data_root: base.join("data"),
+            node_id: format!("bench-{name}"),
+            kubeconfig: kubeconfig.to_path_buf(),
+            args: args.to_vec(),
+            log: base.join("node.log"),
+            child: None,
+        };
+        node.child = Some(node.spawn()?);
+        node.wait_ready(Duration::from_secs(60)).await?;
+        Ok(node)
+    }
+
+    fn spawn(&self) -> anyhow::Result<Child> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let mut command = Command::new(&self.exe);
+        command
+            .args(["--log-level", "warn", "node"])
+            .arg("--endpoint")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["--node-id", &self.node_id])
+            .arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(&self.args)
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        command
+            .spawn()
+            .with_context(|| format!("starting {} node", self.exe.display()))
+    }
+
+    /// Polls Probe until it answers ready. Polling is what the kubelet's
+    /// livenessprobe does too; 2 ms between tries bounds the error of a
+    /// measured start time.
+    pub async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                anyhow::bail!(
+                    "cert-csi node exited with {status} before it was ready; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            if self.socket.exists()
+                && let Ok(mut identity) = cert_csi::csi::client::identity(&self.socket).await
+                && let Ok(reply) = identity.probe(cert_csi::csi::proto::ProbeRequest {}).await
+                && reply.into_inner().ready == Some(true)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "cert-csi node not ready within {limit:?}; log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL by pid, as an OOM kill would, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the plugin again with `args` (same socket and data root) and
+    /// returns the time until Probe answered ready.
+    pub async fn restart_with(&mut self, args: Option<&[String]>) -> anyhow::Result<Duration> {
+        self.kill();
+        if let Some(args) = args {
+            self.args = args.to_vec();
+        }
+        let started = Instant::now();
+        self.child = Some(self.spawn()?);
+        self.wait_ready(Duration::from_secs(120)).await?;
+        Ok(started.elapsed())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The sandbox API server with the controller in-process and a CA
+/// ClusterIssuer Ready.
+pub struct Cluster {
+    pub sandbox: Option<Sandbox>,
+    pub client: kube::Client,
+    pub kubeconfig: PathBuf,
+    stop: CancellationToken,
+    controller: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    pub async fn start(dir: &Path, namespaces: &[&str]) -> anyhow::Result<Cluster> {
+        let kubeconfig = dir.join("kubeconfig");
+        let sandbox = controller::sandbox(Some(kubeconfig.clone()), namespaces).await?;
+        let client = sandbox.client();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(cert_csi::controller::run(
+            client.clone(),
+            cert_csi::controller::ControllerOptions::new(controller::CLUSTER_RESOURCE_NAMESPACE),
+            cert_csi::controller::Health::default(),
+            stop.clone(),
+        ));
+        controller::ca_issuer(&client).await?;
+        controller::wait_issuer_ready(&client, Duration::from_secs(30)).await?;
+        Ok(Cluster {
+            sandbox: Some(sandbox),
+            client,
+            kubeconfig,
+            stop,
+            controller: Some(task),
+        })
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.controller.take() {
+            let _ = task.await;
+        }
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.shutdown().await;
+        }
+    }
+
+    /// CertificateRequests that exist in `namespace`.
+    pub async fn request_names(&self, namespace: &str) -> anyhow::Result<Vec<String>> {
+        let api: kube::Api<cert_csi::api::CertificateRequest> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let mut names: Vec<String> = api
+            .list_metadata(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The attributes every benchmark volume carries, plus `extra`.
+pub fn attributes<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut a = vec![
+        ("csi.cert-manager.io/issuer-name", controller::CA_ISSUER),
+        ("csi.cert-manager.io/issuer-kind", "ClusterIssuer"),
+        (
+            "csi.cert-manager.io/dns-names",
+            "${POD_NAME}.${POD_NAMESPACE}.svc.cluster.local",
+        ),
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Simulated kubelets on one node: each holds its own connection, so
+/// `pool.len()` publishes can be in flight at once.
+pub struct Kubelets {
+    pub pool: Vec<Kubelet>,
+}
+
+impl Kubelets {
+    pub async fn connect(
+        cluster: &Cluster,
+        node: &NodeProcess,
+        root: &Path,
+        connections: usize,
+    ) -> anyhow::Result<Kubelets> {
+        let mut pool = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            pool.push(
+                Kubelet::connect(cluster.client.clone(), &node.socket, root, &node.node_id).await?,
+            );
+        }
+        Ok(Kubelets { pool })
+    }
+
+    /// Creates `count` pods named `{prefix}-{i}` (64 at a time) and one
+    /// volume `tls` for each.
+    pub async fn pods_with_volume(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        attributes: &[(&str, &str)],
+    ) -> anyhow::Result<Vec<Volume>> {
+        let kubelet = &self.pool[0];
+        let pods: Vec<PodRef> = futures::stream::iter(range)
+            .map(|i| async move {
+                kubelet
+                    .create_pod(namespace, &format!("{prefix}-{i}"), "default")
+                    .await
+            })
+            .buffered(64)
+            .try_collect()
+            .await?;
+        Ok(pods
+            .iter()
+            .map(|p| kubelet.volume(p, "tls", attributes))
+            .collect())
+    }
+
+    /// Publishes every volume, as many at once as there are connections.
+    /// Returns each call's outcome and latency, in `volumes` order.
+    pub async fn publish_all(
+        &mut self,
+        volumes: &[Volume],
+    ) -> Vec<(Result<(), tonic::Status>, Duration)> {
+        self.run_all(volumes, true).await
+    }
+
+    pub async fn unpublish_all(
+        &mut self,
+        volumes: &[Volume],
+    ) -> Vec<(Result<(), tonic::Status>, Duration)> {
+        self.run_all(volumes, false).await
+    }
+
+    async fn run_all(
+        &mut self,
+        volumes: &[Volume],
+        publish: bool,
+    ) -> Vec<(Result<(), tonic::Status>, Duration)> {
+        let next = AtomicUsize::new(0);
+        let workers = self.pool.iter_mut().map(|kubelet| {
+            let next = &next;
+            async move {
+                let mut done = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(v) = volumes.get(i) else {
+                        return done;
+                    };
+                    let started = Instant::now();
+                    let result = if publish {
+                        kubelet.publish(v).await
+                    } else {
+                        kubelet.unpublish(v).await
+                    };
+                    done.push((i, result, started.elapsed()));
+                }
+            }
+        });
+        let mut all: Vec<_> = futures::future::join_all(workers)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by_key(|(i, _, _)| *i);
+        all.into_iter().map(|(_, r, d)| (r, d)).collect()
+    }
+}
+
+/// How many of `outcomes` failed, and the first failure's message.
+pub fn failures(outcomes: &[(Result<(), tonic::Status>, Duration)]) -> (usize, Option<String>) {
+    let mut first = None;
+    let mut count = 0;
+    for (r, _) in outcomes {
+        if let Err(status) = r {
+            count += 1;
+            first.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    (count, first)
+}

@@ -1,0 +1,762 @@
+//! The SPIFFE driver (`spiffe.csi.cert-manager.io`): the volume spec and
+//! how its CertificateRequest is made.
+//!
+//! Unlike `csi.cert-manager.io`, a pod chooses nothing about its identity:
+//! the ID comes from the pod's namespace and ServiceAccount (as the kubelet
+//! reports them) and the node plugin's flags, and everything else is fixed.
+//! The result is an ordinary [`VolumeSpec`], so publish, renewal, recovery
+//! and the trust bundle work exactly as for the other driver; only three
+//! things differ, and they are decided here:
+//! - [`parse`]: the volume spec (one attribute, `fs-group`);
+//! - the CSR carries a critical URI SAN and the usages (see `csr_options`
+//!   in the node service);
+//! - which identity creates the request: the pod's own ServiceAccount token
+//!   ([`RequestMode::PodToken`], via [`pod_token`] and [`client_for_token`])
+//!   or the node plugin's ([`RequestMode::NodeAccount`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+
+use super::{NodeService, PublishError};
+use crate::pki::{CsrOptions, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec};
+use crate::spiffe::{self, IdTemplate, SpiffeError, TrustDomain};
+use crate::volume::{
+    self, AttributeError, AttributeWarning, IssuerRef, PublishInput, SecretString, VolumeSpec,
+    kubelet,
+};
+
+/// The prefix of the SPIFFE driver's attributes.
+pub const PREFIX: &str = "spiffe.csi.cert-manager.io/";
+/// The one attribute: the group that may read the files.
+pub const FS_GROUP: &str = "spiffe.csi.cert-manager.io/fs-group";
+
+/// Which identity creates the CertificateRequest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestMode {
+    /// The pod's own ServiceAccount token (from the kubelet's
+    /// `tokenRequests`): the API server records the pod's ServiceAccount as
+    /// the requester. Every workload ServiceAccount needs RBAC to create
+    /// CertificateRequests.
+    PodToken,
+    /// The node plugin's own identity; the request names the pod and the
+    /// node, and the approver checks that binding against the API.
+    NodeAccount,
+}
+
+impl RequestMode {
+    pub const NAMES: [&'static str; 2] = ["pod-token", "node-account"];
+
+    pub fn parse(value: &str) -> Result<RequestMode, String> {
+        match value {
+            "pod-token" => Ok(RequestMode::PodToken),
+            "node-account" => Ok(RequestMode::NodeAccount),
+            other => Err(format!(
+                "{other:?} is not a request mode; use pod-token (the pod's ServiceAccount token creates the request) or node-account (the node plugin's own identity creates it)"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestMode::PodToken => "pod-token",
+            RequestMode::NodeAccount => "node-account",
+        }
+    }
+}
+
+/// The SPIFFE driver's settings, all from flags: a pod cannot change them.
+#[derive(Clone, Debug)]
+pub struct SpiffeConfig {
+    pub trust_domain: TrustDomain,
+    pub template: IdTemplate,
+    pub key: KeyAlgorithm,
+    pub duration: Duration,
+    pub issuer: IssuerRef,
+    pub mode: RequestMode,
+    /// The audience whose token (from `serviceAccount.tokens`) creates the
+    /// request in pod-token mode; "" is the API server's default audience.
+    pub audience: String,
+}
+
+/// A rejected `--spiffe-*` flag.
+#[derive(Debug, Error)]
+pub enum SpiffeConfigError {
+    #[error("--spiffe-trust-domain: {0}")]
+    TrustDomain(SpiffeError),
+    #[error("--spiffe-id-template: {0}")]
+    Template(SpiffeError),
+    #[error("--spiffe-key-algorithm: {0}")]
+    Key(SpiffeError),
+    #[error(
+        "--spiffe-duration: {0:?} is shorter than 10s; SPIFFE certificates renew at two thirds of their lifetime, so a shorter one would renew almost continuously (csi-driver-spiffe uses 1h)"
+    )]
+    Duration(Duration),
+    #[error(
+        "--spiffe-issuer-name: is required with --driver-name {driver}; set it to the Issuer or ClusterIssuer that signs SPIFFE certificates"
+    )]
+    IssuerMissing { driver: &'static str },
+    #[error("--spiffe-issuer-{field}: {value:?} {reason}")]
+    Issuer {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// The flags of the SPIFFE driver, as given.
+#[derive(Clone, Debug)]
+pub struct SpiffeFlags<'a> {
+    pub trust_domain: &'a str,
+    pub template: &'a str,
+    pub key: &'a str,
+    pub duration: Duration,
+    pub issuer_name: Option<&'a str>,
+    pub issuer_kind: &'a str,
+    pub issuer_group: &'a str,
+    pub mode: RequestMode,
+    pub audience: &'a str,
+}
+
+impl SpiffeConfig {
+    /// Validates the flags once, at start, so a bad flag stops the plugin
+    /// instead of failing every pod.
+    pub fn from_flags(flags: &SpiffeFlags<'_>) -> Result<SpiffeConfig, SpiffeConfigError> {
+        let trust_domain =
+            TrustDomain::parse(flags.trust_domain).map_err(SpiffeConfigError::TrustDomain)?;
+        let template = IdTemplate::parse(flags.template).map_err(SpiffeConfigError::Template)?;
+        let key = spiffe::parse_key_type(flags.key).map_err(SpiffeConfigError::Key)?;
+        if flags.duration < Duration::from_secs(10) {
+            return Err(SpiffeConfigError::Duration(flags.duration));
+        }
+        let name = flags.issuer_name.filter(|n| !n.is_empty()).ok_or(
+            SpiffeConfigError::IssuerMissing {
+                driver: spiffe::DRIVER_NAME,
+            },
+        )?;
+        let is_name = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 253
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        for (field, value) in [("name", name), ("group", flags.issuer_group)] {
+            if !is_name(value) {
+                return Err(SpiffeConfigError::Issuer {
+                    field,
+                    value: value.to_string(),
+                    reason: "is not a DNS subdomain (lowercase letters, digits, '-' and '.')",
+                });
+            }
+        }
+        let kind = flags.issuer_kind;
+        if !kind.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(SpiffeConfigError::Issuer {
+                field: "kind",
+                value: kind.to_string(),
+                reason: "is not a Kubernetes kind (a letter followed by letters and digits, e.g. ClusterIssuer)",
+            });
+        }
+        Ok(SpiffeConfig {
+            trust_domain,
+            template,
+            key,
+            duration: flags.duration,
+            issuer: IssuerRef {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                group: flags.issuer_group.to_string(),
+            },
+            mode: flags.mode,
+            audience: flags.audience.to_string(),
+        })
+    }
+}
+
+fn error(attribute: &str, message: impl Into<String>) -> AttributeError {
+    AttributeError {
+        attribute: attribute.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Validates a publish request to the SPIFFE driver and builds its spec.
+/// `node_id` is recorded on the request, so the approver can check that the
+/// pod runs where the request came from.
+pub fn parse(
+    input: &PublishInput<'_>,
+    config: &SpiffeConfig,
+    node_id: &str,
+) -> Result<VolumeSpec, AttributeError> {
+    let ctx = input.context;
+    let pod = volume::parse_kubelet_fields(input)?;
+    let warnings = check_keys(ctx)?;
+
+    let id = spiffe::id_for(
+        &config.trust_domain,
+        &config.template,
+        &pod.namespace,
+        &pod.service_account,
+    )
+    .map_err(|e| {
+        let attribute = match &e {
+            SpiffeError::PathValue {
+                field: "namespace", ..
+            } => kubelet::POD_NAMESPACE,
+            _ => kubelet::SERVICE_ACCOUNT_NAME,
+        };
+        error(attribute, e.to_string())
+    })?;
+    let fs_group = volume::fs_group_for(ctx, FS_GROUP, input.volume_mount_group)?;
+    let credential_bundle_file = volume::credential_bundle_file(ctx)?;
+    let mut files = vec![
+        ("tls.crt", volume::DEFAULT_CERTIFICATE_FILE),
+        ("tls.key", volume::DEFAULT_PRIVATE_KEY_FILE),
+        ("ca.crt", volume::DEFAULT_CA_FILE),
+    ];
+    if let Some(name) = &credential_bundle_file {
+        files.push((volume::CREDENTIAL_BUNDLE_FILE, name.as_str()));
+    }
+    volume::check_distinct_files(&files)?;
+
+    let tokens = ctx
+        .get(kubelet::SERVICE_ACCOUNT_TOKENS)
+        .filter(|t| !t.is_empty())
+        .map(|t| SecretString::new(t.clone()));
+    let annotations = request_annotations(&id, &pod.name, &pod.uid, node_id);
+
+    Ok(VolumeSpec {
+        volume_id: input.volume_id.to_string(),
+        target_path: PathBuf::from(input.target_path),
+        issuer: config.issuer.clone(),
+        subject: SubjectSpec::default(),
+        sans: SanSpec {
+            uris: vec![id],
+            ..SanSpec::default()
+        },
+        pod,
+        duration: config.duration,
+        // Renew at two thirds of the lifetime, as csi-driver-spiffe does.
+        renew_before: Some(config.duration / 3),
+        is_ca: false,
+        usages: spiffe::USAGES.to_vec(),
+        key: KeySpec {
+            algorithm: config.key,
+            encoding: KeyEncoding::Pkcs8,
+        },
+        certificate_file: volume::DEFAULT_CERTIFICATE_FILE.to_string(),
+        private_key_file: volume::DEFAULT_PRIVATE_KEY_FILE.to_string(),
+        ca_file: volume::DEFAULT_CA_FILE.to_string(),
+        pkcs12: None,
+        fs_group,
+        reuse_private_key: false,
+        credential_bundle_file,
+        annotations,
+        tokens,
+        warnings,
+    })
+}
+
+/// What the request says about itself: the ID asked for, and the pod and
+/// node it is for. In both modes: the approver needs the pod and node in
+/// node-account mode, and in pod-token mode they let an operator see which
+/// volume a request belongs to. Nothing here is secret.
+pub fn request_annotations(
+    id: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    node_id: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (spiffe::ANNOTATION_IDENTITY.to_string(), id.to_string()),
+        (
+            spiffe::ANNOTATION_POD_NAME.to_string(),
+            pod_name.to_string(),
+        ),
+        (spiffe::ANNOTATION_POD_UID.to_string(), pod_uid.to_string()),
+        (spiffe::ANNOTATION_NODE.to_string(), node_id.to_string()),
+    ])
+}
+
+/// Sorts the context's keys. Only `fs-group` and cert-csi's own
+/// credential-bundle key are attributes; the other driver's attributes are
+/// refused (they would not change anything here, and silently ignoring them
+/// would mislead); other keys are ignored with a warning and, unlike with
+/// `csi.cert-manager.io`, never copied as annotations: the approver reads
+/// this driver's requests, and a pod must not be able to add to them.
+fn check_keys(ctx: &HashMap<String, String>) -> Result<Vec<AttributeWarning>, AttributeError> {
+    let mut keys: Vec<&String> = ctx.keys().collect();
+    keys.sort();
+    let mut warnings = Vec::new();
+    for key in keys {
+        if key == FS_GROUP {
+            continue;
+        }
+        if let Some(suffix) = key.strip_prefix(PREFIX) {
+            let hint = if volume::attributes::edit_distance(suffix, "fs-group") <= 3 {
+                format!("did you mean {FS_GROUP}? ")
+            } else {
+                String::new()
+            };
+            return Err(error(
+                key,
+                format!(
+                    "unknown attribute; {hint}the SPIFFE driver derives the identity from the pod's ServiceAccount, and its only attribute is {FS_GROUP}"
+                ),
+            ));
+        }
+        if key.starts_with(volume::attributes::PREFIX) {
+            return Err(error(
+                key,
+                format!(
+                    "is an attribute of the csi.cert-manager.io driver, but this volume uses {}, whose identity comes from the pod's ServiceAccount; remove it, or use driver csi.cert-manager.io for a certificate you describe yourself",
+                    spiffe::DRIVER_NAME
+                ),
+            ));
+        }
+        match key.split_once('/') {
+            Some((volume::attributes::KUBELET_GROUP, _)) => {}
+            Some((volume::attributes::RESERVED_GROUP, _)) => volume::check_reserved_key(key)?,
+            _ => warnings.push(AttributeWarning {
+                attribute: key.clone(),
+                message: format!(
+                    "is not an attribute of {}, so it is ignored (this driver copies no annotations)",
+                    spiffe::DRIVER_NAME
+                ),
+            }),
+        }
+    }
+    Ok(warnings)
+}
+
+/// A token from `serviceAccount.tokens` that cannot be used. No variant
+/// holds the token, and nothing here prints the JSON it came in.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error(
+        "is missing; the SPIFFE driver in pod-token mode creates the request with the pod's token, so its CSIDriver object must set tokenRequests: [{{audience: \"\"}}] (and requiresRepublish: true)"
+    )]
+    Missing,
+    #[error(
+        "is not the kubelet's JSON map of audience to {{token, expirationTimestamp}}: {reason}"
+    )]
+    Malformed { reason: String },
+    #[error(
+        "has no token for the audience {audience:?} (it has {available:?}); make the CSIDriver's tokenRequests include that audience, or change --spiffe-token-audience"
+    )]
+    NoAudience {
+        audience: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "holds a token for audience {audience:?} that expired at {expired}; the kubelet sends a fresh one on its next republish (requiresRepublish: true)"
+    )]
+    Expired { audience: String, expired: String },
+}
+
+/// The pod's token for `audience` from the kubelet's
+/// `csi.storage.k8s.io/serviceAccount.tokens` JSON
+/// (`{"<audience>": {"token": "...", "expirationTimestamp": "..."}}`).
+pub fn pod_token(
+    tokens: Option<&SecretString>,
+    audience: &str,
+    now: SystemTime,
+) -> Result<SecretString, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        token: String,
+        #[serde(rename = "expirationTimestamp")]
+        expiration: Option<String>,
+    }
+    let tokens = tokens.ok_or(TokenError::Missing)?;
+    // serde_json's messages quote no input for type errors, but a syntax
+    // error can; only its position is reported.
+    let map: BTreeMap<String, Entry> =
+        serde_json::from_str(tokens.expose()).map_err(|e| TokenError::Malformed {
+            reason: format!(
+                "{} at line {} column {}",
+                match e.classify() {
+                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof =>
+                        "invalid JSON",
+                    _ => "unexpected shape",
+                },
+                e.line(),
+                e.column()
+            ),
+        })?;
+    let entry = map.get(audience).ok_or_else(|| TokenError::NoAudience {
+        audience: audience.to_string(),
+        available: map.keys().cloned().collect(),
+    })?;
+    if entry.token.is_empty() {
+        return Err(TokenError::Malformed {
+            reason: format!("the token for audience {audience:?} is empty"),
+        });
+    }
+    if let Some(at) = &entry.expiration {
+        let expires: jiff::Timestamp = at.parse().map_err(|_| TokenError::Malformed {
+            reason: format!("expirationTimestamp {at:?} is not an RFC 3339 time"),
+        })?;
+        let now = jiff::Timestamp::try_from(now).unwrap_or(jiff::Timestamp::MAX);
+        if expires <= now {
+            return Err(TokenError::Expired {
+                audience: audience.to_string(),
+                expired: at.clone(),
+            });
+        }
+    }
+    Ok(SecretString::new(entry.token.clone()))
+}
+
+/// A client that talks to the same API server as `base` but authenticates
+/// only with `token`: every other credential of `base` (client certificate,
+/// token file, exec plugin) is dropped, so the request is the pod's alone.
+pub fn client_for_token(
+    base: &kube::Config,
+    token: &SecretString,
+) -> Result<kube::Client, kube::Error> {
+    let mut config = base.clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.expose().to_string().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config)
+}
+
+impl NodeService {
+    /// Serves the SPIFFE driver with `config` instead of csi.cert-manager.io.
+    pub fn with_spiffe(mut self, config: SpiffeConfig) -> Self {
+        self.spiffe = Some(Arc::new(config));
+        self
+    }
+
+    /// The API server settings that clients for pod tokens are built from
+    /// (the node plugin's own configuration, minus its credentials).
+    pub fn with_request_config(mut self, config: kube::Config) -> Self {
+        self.request_config = Some(config);
+        self
+    }
+
+    /// The volume's spec under the driver this plugin serves.
+    pub(super) fn parse_spec(&self, input: &PublishInput<'_>) -> Result<VolumeSpec, PublishError> {
+        Ok(match &self.spiffe {
+            Some(config) => parse(input, config, &self.config.node_id)?,
+            None => volume::parse(input)?,
+        })
+    }
+
+    /// SPIFFE CSRs carry their usages and, having no subject, a critical
+    /// SAN extension (RFC 5280 4.2.1.6), as csi-driver-spiffe's do; the
+    /// approver checks exactly these extensions.
+    pub(super) fn csr_options<'a>(&self, spec: &'a VolumeSpec) -> CsrOptions<'a> {
+        match &self.spiffe {
+            Some(_) => CsrOptions {
+                encode_usages: Some((&spec.usages, spec.is_ca)),
+                critical_san_when_subject_empty: true,
+            },
+            None => CsrOptions::default(),
+        }
+    }
+
+    /// Fails a publish before any key or request exists when the request
+    /// could not be made anyway: no usable pod token in pod-token mode, or
+    /// a trust bundle that has not been loaded.
+    pub(super) fn check_request_credentials(&self, spec: &VolumeSpec) -> Result<(), PublishError> {
+        if let Some(config) = &self.spiffe
+            && config.mode == RequestMode::PodToken
+        {
+            pod_token(spec.tokens.as_ref(), &config.audience, SystemTime::now())
+                .map_err(token_error)?;
+        }
+        self.bundle_ca()?;
+        Ok(())
+    }
+
+    /// The client that creates this volume's request: the pod's own token
+    /// in pod-token mode, else the node plugin's client. The token is used
+    /// for this one call and dropped; it is never stored or logged.
+    pub(super) fn request_client(&self, spec: &VolumeSpec) -> Result<kube::Client, PublishError> {
+        let Some(config) = &self.spiffe else {
+            return Ok(self.client.clone());
+        };
+        if config.mode == RequestMode::NodeAccount {
+            return Ok(self.client.clone());
+        }
+        let token = pod_token(spec.tokens.as_ref(), &config.audience, SystemTime::now())
+            .map_err(token_error)?;
+        let base = self.request_config.as_ref().ok_or_else(|| {
+            PublishError::Internal(
+                "pod-token mode needs the API server settings (NodeService::with_request_config)"
+                    .into(),
+            )
+        })?;
+        client_for_token(base, &token).map_err(|e| {
+            PublishError::Internal(format!("building a client for the pod's token: {e}"))
+        })
+    }
+}
+
+fn token_error(e: TokenError) -> PublishError {
+    PublishError::Attribute(AttributeError {
+        attribute: kubelet::SERVICE_ACCOUNT_TOKENS.to_string(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Curve;
+
+    fn config(mode: RequestMode) -> SpiffeConfig {
+        SpiffeConfig::from_flags(&SpiffeFlags {
+            trust_domain: "example.org",
+            template: spiffe::DEFAULT_ID_TEMPLATE,
+            key: "P-256",
+            duration: Duration::from_secs(3600),
+            issuer_name: Some("spiffe-ca"),
+            issuer_kind: "ClusterIssuer",
+            issuer_group: "cert-manager.io",
+            mode,
+            audience: "",
+        })
+        .unwrap()
+    }
+
+    fn context(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut ctx: HashMap<String, String> = [
+            (kubelet::POD_NAME, "web-1"),
+            (kubelet::POD_NAMESPACE, "shop"),
+            (kubelet::POD_UID, "8f0d4c1e-0000-4000-8000-000000000001"),
+            (kubelet::SERVICE_ACCOUNT_NAME, "billing"),
+            (kubelet::EPHEMERAL, "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            ctx.insert(k.to_string(), v.to_string());
+        }
+        ctx
+    }
+
+    fn parse_ctx(
+        ctx: &HashMap<String, String>,
+        readonly: bool,
+        group: Option<&str>,
+    ) -> Result<VolumeSpec, AttributeError> {
+        let input = PublishInput {
+            volume_id: "csi-0123",
+            target_path: "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/id/mount",
+            readonly,
+            volume_mount_group: group,
+            context: ctx,
+        };
+        parse(&input, &config(RequestMode::NodeAccount), "node-a")
+    }
+
+    #[test]
+    fn the_identity_comes_from_the_service_account_only() {
+        let spec = parse_ctx(&context(&[]), true, None).unwrap();
+        assert_eq!(spec.sans.uris, ["spiffe://example.org/ns/shop/sa/billing"]);
+        assert!(spec.sans.dns_names.is_empty() && spec.sans.ip_addresses.is_empty());
+        assert_eq!(spec.subject, SubjectSpec::default());
+        assert_eq!(spec.usages, spiffe::USAGES);
+        assert!(!spec.is_ca);
+        assert_eq!(spec.key.algorithm, KeyAlgorithm::Ecdsa(Curve::P256));
+        assert_eq!(spec.key.encoding, KeyEncoding::Pkcs8);
+        assert_eq!(spec.duration, Duration::from_secs(3600));
+        assert_eq!(spec.renew_before, Some(Duration::from_secs(1200)));
+        assert_eq!(spec.issuer.name, "spiffe-ca");
+        assert_eq!(
+            (
+                spec.certificate_file.as_str(),
+                spec.private_key_file.as_str(),
+                spec.ca_file.as_str()
+            ),
+            ("tls.crt", "tls.key", "ca.crt")
+        );
+        let a = &spec.annotations;
+        assert_eq!(
+            a[spiffe::ANNOTATION_IDENTITY],
+            "spiffe://example.org/ns/shop/sa/billing"
+        );
+        assert_eq!(a[spiffe::ANNOTATION_POD_NAME], "web-1");
+        assert_eq!(
+            a[spiffe::ANNOTATION_POD_UID],
+            "8f0d4c1e-0000-4000-8000-000000000001"
+        );
+        assert_eq!(a[spiffe::ANNOTATION_NODE], "node-a");
+        assert_eq!(a.len(), 4);
+    }
+
+    #[test]
+    fn fs_group_is_the_only_attribute() {
+        let spec = parse_ctx(&context(&[(FS_GROUP, "2000")]), true, Some("1000")).unwrap();
+        assert_eq!(spec.fs_group, Some(2000));
+        let spec = parse_ctx(&context(&[]), true, Some("1000")).unwrap();
+        assert_eq!(spec.fs_group, Some(1000));
+        let err = parse_ctx(&context(&[(FS_GROUP, "x")]), true, None).unwrap_err();
+        assert_eq!(err.attribute, FS_GROUP);
+
+        let err = parse_ctx(
+            &context(&[("spiffe.csi.cert-manager.io/fsgroup", "1")]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("did you mean"), "{err}");
+        let err = parse_ctx(
+            &context(&[("spiffe.csi.cert-manager.io/identity", "spiffe://evil/x")]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.attribute, "spiffe.csi.cert-manager.io/identity");
+        let err = parse_ctx(
+            &context(&[(volume::keys::DNS_NAMES, "admin.example")]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("csi.cert-manager.io driver"), "{err}");
+        let err = parse_ctx(&context(&[("cert-csi.io/mode", "x")]), true, None).unwrap_err();
+        assert!(err.message.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn other_keys_are_ignored_and_never_annotations() {
+        let spec = parse_ctx(&context(&[("example.com/team", "payments")]), true, None).unwrap();
+        assert!(!spec.annotations.contains_key("example.com/team"));
+        assert_eq!(spec.warnings.len(), 1);
+        assert_eq!(spec.warnings[0].attribute, "example.com/team");
+    }
+
+    #[test]
+    fn read_only_is_required() {
+        let err = parse_ctx(&context(&[]), false, None).unwrap_err();
+        assert_eq!(err.attribute, "readonly");
+    }
+
+    #[test]
+    fn credential_bundle_file_is_checked() {
+        let spec = parse_ctx(
+            &context(&[(volume::CREDENTIAL_BUNDLE_FILE, "credentials.pem")]),
+            true,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.credential_bundle_file.as_deref(),
+            Some("credentials.pem")
+        );
+        for bad in ["tls.key", "../x", "a/b"] {
+            let err = parse_ctx(
+                &context(&[(volume::CREDENTIAL_BUNDLE_FILE, bad)]),
+                true,
+                None,
+            )
+            .unwrap_err();
+            assert_eq!(err.attribute, volume::CREDENTIAL_BUNDLE_FILE, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_service_account_that_cannot_be_a_path_segment_is_refused() {
+        let err = parse_ctx(
+            &context(&[(kubelet::SERVICE_ACCOUNT_NAME, "a/../b")]),
+            true,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.attribute, kubelet::SERVICE_ACCOUNT_NAME);
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        let mut flags = SpiffeFlags {
+            trust_domain: "example.org",
+            template: "/w/{namespace}/{serviceaccount}",
+            key: "Ed25519",
+            duration: Duration::from_secs(600),
+            issuer_name: Some("ca"),
+            issuer_kind: "Issuer",
+            issuer_group: "cert-manager.io",
+            mode: RequestMode::PodToken,
+            audience: "",
+        };
+        let c = SpiffeConfig::from_flags(&flags).unwrap();
+        assert_eq!(c.key, KeyAlgorithm::Ed25519);
+        assert_eq!(c.template.render("a", "b").unwrap(), "/w/a/b");
+        flags.key = "RSA";
+        assert!(matches!(
+            SpiffeConfig::from_flags(&flags),
+            Err(SpiffeConfigError::Key(_))
+        ));
+        flags.key = "P-384";
+        flags.issuer_name = None;
+        let err = SpiffeConfig::from_flags(&flags).unwrap_err().to_string();
+        assert!(err.contains("--spiffe-issuer-name"), "{err}");
+        flags.issuer_name = Some("ca");
+        flags.template = "/ns/{namespace}/pod/{pod}";
+        assert!(matches!(
+            SpiffeConfig::from_flags(&flags),
+            Err(SpiffeConfigError::Template(_))
+        ));
+        flags.template = spiffe::DEFAULT_ID_TEMPLATE;
+        flags.trust_domain = "Example.org";
+        assert!(matches!(
+            SpiffeConfig::from_flags(&flags),
+            Err(SpiffeConfigError::TrustDomain(_))
+        ));
+        flags.trust_domain = "example.org";
+        flags.duration = Duration::from_secs(9);
+        assert!(matches!(
+            SpiffeConfig::from_flags(&flags),
+            Err(SpiffeConfigError::Duration(_))
+        ));
+        assert_eq!(RequestMode::parse("pod-token"), Ok(RequestMode::PodToken));
+        assert!(RequestMode::parse("pod").is_err());
+    }
+
+    #[test]
+    fn pod_tokens_are_read_by_audience_and_never_echoed() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let json = r#"{"": {"token": "s3cr3t-a", "expirationTimestamp": "2027-01-15T08:00:00Z"},
+                       "vault": {"token": "s3cr3t-b", "expirationTimestamp": "2027-01-15T08:00:00Z"}}"#;
+        let tokens = SecretString::new(json);
+        assert_eq!(
+            pod_token(Some(&tokens), "", now).unwrap().expose(),
+            "s3cr3t-a"
+        );
+        assert_eq!(
+            pod_token(Some(&tokens), "vault", now).unwrap().expose(),
+            "s3cr3t-b"
+        );
+        let err = pod_token(Some(&tokens), "other", now).unwrap_err();
+        assert!(matches!(&err, TokenError::NoAudience { available, .. } if available.len() == 2));
+        assert_eq!(pod_token(None, "", now), Err(TokenError::Missing));
+
+        let later = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        assert!(matches!(
+            pod_token(Some(&tokens), "", later),
+            Err(TokenError::Expired { .. })
+        ));
+        for bad in [
+            r#"{"": {"token": "s3cr3t-c""#,
+            r#"{"": "s3cr3t-d"}"#,
+            r#"["s3cr3t-e"]"#,
+            r#"{"": {"token": ""}}"#,
+        ] {
+            let err = pod_token(Some(&SecretString::new(bad)), "", now).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(matches!(err, TokenError::Malformed { .. }), "{text}");
+            assert!(!text.contains("s3cr3t"), "the token leaked: {text}");
+        }
+    }
+}
