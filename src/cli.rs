@@ -65,6 +65,10 @@ pub struct DemoArgs {
     /// Lifetime of the pods' certificates; short, so a rotation shows.
     #[arg(long, default_value = "24s", value_parser = parse_duration)]
     pub duration: std::time::Duration,
+    /// Do not mount: write plain files and link them at the pods' paths
+    /// (what the demo falls back to where a normal user may not mount).
+    #[arg(long)]
+    pub no_mounts: bool,
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +443,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
         driver_name: args.driver_name,
         data_root: args.data_root,
         kubeconfig: args.kubeconfig,
+        store: crate::store::StoreOptions::default(),
         node: crate::csi::node::NodeConfig {
             node_id: args.node_id,
             publish_timeout: args.publish_timeout,

@@ -7,6 +7,9 @@ fn main() -> anyhow::Result<()> {
     // A user namespace can only be entered while the process has one thread,
     // so the demo's isolation happens before the async runtime starts.
     let isolation = match &args.command {
+        Command::Demo(demo) if demo.no_mounts => Some(
+            cert_csi::demo::isolation::Isolation::Unavailable("--no-mounts was given".into()),
+        ),
         Command::Demo(_) => Some(cert_csi::demo::isolation::enter()),
         _ => None,
     };

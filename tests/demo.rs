@@ -118,3 +118,47 @@ fn demo_runs_as_a_normal_user_or_says_why_not() {
     assert!(stdout.contains("rotated in place"), "{stdout}");
     assert!(mounts_below(scratch.path()).is_empty());
 }
+
+/// Where a normal user may not mount at all, the demo falls back to plain
+/// files (`--no-mounts` forces that path here) and says so plainly.
+#[test]
+fn demo_without_mount_rights_falls_back_to_plain_files_and_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test switches users, which needs root"
+        );
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let binary = scratch.path().join("cert-csi");
+    std::fs::copy(env!("CARGO_BIN_EXE_cert-csi"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["demo", "--no-mounts", "--dir"])
+        .arg(scratch.path().join("demo"))
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("falling back to plain files without mounting"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("plain files, not mounted"), "{stdout}");
+    assert!(
+        stdout.contains("alice verified: server bob.demo.svc"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rotated in place"), "{stdout}");
+    assert!(mounts_below(scratch.path()).is_empty());
+    assert!(
+        !Path::new("/dev/shm/cert-csi-demo-65534").exists(),
+        "the fallback directory was removed"
+    );
+}

@@ -27,6 +27,9 @@ pub struct NodeOptions {
     pub data_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub node: NodeConfig,
+    /// Per-volume tmpfs limits, and whether to mount at all (the demo's
+    /// fallback on machines where it may not).
+    pub store: crate::store::StoreOptions,
 }
 
 /// What `cert-csi node` serves beyond the csi.cert-manager.io defaults.
@@ -73,7 +76,7 @@ pub async fn run_with(
     let config = kube_config(options.kubeconfig.as_ref()).await?;
     let client =
         kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
-    let store = Store::open(&options.data_root)
+    let store = Store::open_with(&options.data_root, options.store)
         .with_context(|| format!("opening --data-root {}", options.data_root.display()))?;
     let tracker = RequestTracker::spawn(
         client.clone(),

@@ -16,7 +16,8 @@ pub enum Isolation {
     Root,
     /// A normal user inside a private user and mount namespace.
     UserNamespace { uid: Uid, gid: Gid },
-    /// The kernel refused the namespace; the reason says why.
+    /// No right to mount (the kernel refused the namespace, or `--no-mounts`);
+    /// the reason says why.
     Unavailable(String),
 }
 
@@ -28,7 +29,7 @@ impl fmt::Display for Isolation {
                 f,
                 "running as uid {uid} (gid {gid}) inside a private user and mount namespace: real mounts, visible only to this process"
             ),
-            Isolation::Unavailable(reason) => write!(f, "no mount rights: {reason}"),
+            Isolation::Unavailable(reason) => write!(f, "not mounting: {reason}"),
         }
     }
 }
@@ -42,7 +43,7 @@ pub fn enter() -> Isolation {
     }
     if let Err(errno) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
         return Isolation::Unavailable(format!(
-            "this kernel does not let a normal user create a user namespace ({errno}); run the demo as root"
+            "this kernel does not let a normal user create a user namespace ({errno}); run the demo as root for real mounts"
         ));
     }
     // Map our own ids to root inside; setgroups must be denied first for an

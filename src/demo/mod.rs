@@ -24,6 +24,7 @@ use crate::api::{Certificate, ClusterIssuer};
 use crate::pki::inspect::parse_chain;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::shutdown::CancellationToken;
+use crate::store::{MountMode, StoreOptions};
 use kubelet::{Kubelet, Volume};
 use report::Report;
 
@@ -82,13 +83,25 @@ pub struct DemoOptions {
 
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut report = Report::new();
-    if let isolation::Isolation::Unavailable(reason) = &options.isolation {
-        bail!(
-            "the demo mounts tmpfs and bind mounts like a real node and needs the right to mount: {reason}"
-        );
-    }
+    // Without the right to mount, the demo still shows the whole flow with
+    // plain files, and says plainly what that leaves out.
+    let mounts = match &options.isolation {
+        isolation::Isolation::Unavailable(_) => MountMode::Files,
+        _ => MountMode::Kernel,
+    };
     report.step(&options.isolation.to_string());
-    let dir = prepare_dir(&options.dir)?;
+    let dir = match mounts {
+        MountMode::Kernel => prepare_dir(&options.dir)?,
+        MountMode::Files => {
+            let dir = fallback_dir(&options.dir);
+            report.step(&format!(
+                "falling back to plain files without mounting: no per-volume tmpfs and no read-only bind mounts; volumes are symlinks under {} ({})",
+                dir.display(),
+                if dir.starts_with("/dev/shm") { "memory-backed, so keys still stay off disk" } else { "on disk: /dev/shm was not usable" }
+            ));
+            prepare_dir(&dir)?
+        }
+    };
     let stop = shutdown.child_token();
 
     let kubeconfig = dir.join("kubeconfig");
@@ -117,7 +130,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
 
     let socket = dir.join("csi.sock");
     let node = tokio::spawn(crate::csi::run::run(
-        node_options(&socket, &dir, &kubeconfig),
+        node_options(&socket, &dir, &kubeconfig, mounts),
         stop.clone(),
     ));
     wait_for_probe(&socket).await?;
@@ -200,6 +213,19 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
+/// Where the no-mount fallback keeps its files: memory-backed /dev/shm when
+/// it is usable, so keys stay off persistent disk even without a tmpfs of
+/// our own.
+fn fallback_dir(requested: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let probe = shm.join(format!("cert-csi-demo-{}", nix::unistd::geteuid()));
+    if shm.is_dir() && (probe.is_dir() || std::fs::create_dir(&probe).is_ok()) {
+        probe
+    } else {
+        requested.to_path_buf()
+    }
+}
+
 fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     if dir.exists() {
         let stale = mounts_below(dir)?;
@@ -217,8 +243,17 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     dir.canonicalize().context("resolving the demo directory")
 }
 
-fn node_options(socket: &Path, dir: &Path, kubeconfig: &Path) -> crate::csi::run::NodeOptions {
+fn node_options(
+    socket: &Path,
+    dir: &Path,
+    kubeconfig: &Path,
+    mounts: MountMode,
+) -> crate::csi::run::NodeOptions {
     crate::csi::run::NodeOptions {
+        store: StoreOptions {
+            mount_mode: mounts,
+            ..StoreOptions::default()
+        },
         endpoint: format!("unix://{}", socket.display()),
         driver_name: "csi.cert-manager.io".to_string(),
         data_root: dir.join("node"),

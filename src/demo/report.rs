@@ -63,12 +63,14 @@ impl Report {
         } else {
             leaf.subject.as_str()
         };
+        let kind = if dir.is_symlink() {
+            "plain files, not mounted"
+        } else {
+            "read-only tmpfs"
+        };
         self.detail(
             "files",
-            &format!(
-                "{} (tls.crt, tls.key, ca.crt; read-only tmpfs)",
-                dir.display()
-            ),
+            &format!("{} (tls.crt, tls.key, ca.crt; {kind})", dir.display()),
         );
         self.detail("subject", subject);
         self.detail("DNS SANs", &leaf.sans.dns_names.join(", "));

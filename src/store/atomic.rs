@@ -87,21 +87,28 @@ fn validate_files<N: AsRef<str>, B: AsRef<[u8]>>(
     Ok(names)
 }
 
-/// Writes `files` as a new generation in `pod` and swaps it in.
+/// Writes `files` as a new generation in `pod` and swaps it in. With
+/// `unprivileged` (the demo's no-mount fallback, run by a normal user)
+/// directories keep their owner-only modes and groups are left alone: a
+/// normal user can neither chown to root's group nor write into a 0550
+/// directory it owns.
 pub(crate) fn publish<N: AsRef<str>, B: AsRef<[u8]>>(
     pod: &Path,
     files: &[(N, B, u32)],
     gid: Option<u32>,
+    unprivileged: bool,
 ) -> Result<(), StoreError> {
     let names = validate_files(files)?;
 
     let generation = create_generation_dir(pod)?;
     let gen_path = pod.join(&generation);
-    if let Err(e) = write_generation(&gen_path, files, gid) {
+    if let Err(e) = write_generation(&gen_path, files, gid, unprivileged) {
         let _ = fs::remove_dir_all(&gen_path);
         return Err(e);
     }
-    set_owner_and_mode(pod, gid, dir_mode(gid))?;
+    if !unprivileged {
+        set_owner_and_mode(pod, gid, dir_mode(gid))?;
+    }
 
     // The swap itself: a symlink under a temporary name renamed over
     // `..data`, which rename(2) replaces atomically.
@@ -150,6 +157,7 @@ fn write_generation<N: AsRef<str>, B: AsRef<[u8]>>(
     dir: &Path,
     files: &[(N, B, u32)],
     gid: Option<u32>,
+    unprivileged: bool,
 ) -> Result<(), StoreError> {
     for (name, contents, mode) in files {
         let path = dir.join(name.as_ref());
@@ -167,6 +175,9 @@ fn write_generation<N: AsRef<str>, B: AsRef<[u8]>>(
             f.set_permissions(Permissions::from_mode(*mode))
         };
         write().map_err(|e| StoreError::io("write file", &path, e))?;
+    }
+    if unprivileged {
+        return Ok(());
     }
     set_owner_and_mode(dir, gid, dir_mode(gid))
 }
@@ -301,10 +312,16 @@ mod tests {
         // so this test passes None.
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path();
-        publish(pod, &[("a", "one", 0o440), ("b", "one", 0o440)], None).unwrap();
+        publish(
+            pod,
+            &[("a", "one", 0o440), ("b", "one", 0o440)],
+            None,
+            false,
+        )
+        .unwrap();
         let first = current_generation(pod).unwrap();
         assert_eq!(fs::read_to_string(pod.join("a")).unwrap(), "one");
-        publish(pod, &[("a", "two", 0o440)], None).unwrap();
+        publish(pod, &[("a", "two", 0o440)], None, false).unwrap();
         let second = current_generation(pod).unwrap();
         assert_ne!(first, second);
         assert!(first.exists(), "the previous generation is kept once");
@@ -313,7 +330,7 @@ mod tests {
             fs::symlink_metadata(pod.join("b")).is_err(),
             "stale name removed"
         );
-        publish(pod, &[("a", "three", 0o440)], None).unwrap();
+        publish(pod, &[("a", "three", 0o440)], None, false).unwrap();
         assert!(!first.exists(), "older generations are removed");
         assert!(second.exists());
         let names: Vec<_> = fs::read_dir(pod)
@@ -328,7 +345,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path();
         fs::write(pod.join("tls.crt"), "left over").unwrap();
-        publish(pod, &[("tls.crt", "new", 0o440)], None).unwrap();
+        publish(pod, &[("tls.crt", "new", 0o440)], None, false).unwrap();
         assert_eq!(
             fs::read_link(pod.join("tls.crt")).unwrap(),
             Path::new("..data/tls.crt")

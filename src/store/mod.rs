@@ -56,6 +56,22 @@ pub struct StoreOptions {
     /// Files, directories and symlinks the tmpfs may hold; caps a runaway
     /// publish long before memory does.
     pub tmpfs_max_inodes: u64,
+    /// Real mounts, or plain files for where mounting is impossible.
+    pub mount_mode: MountMode,
+}
+
+/// How volumes reach pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MountMode {
+    /// A tmpfs per volume, bind-mounted read-only at the target: what a node
+    /// always uses.
+    #[default]
+    Kernel,
+    /// No mounts at all: plain directories, and the target is a symlink to
+    /// the pod directory. Only for the demo on a machine where a normal user
+    /// may not mount; keys are then as safe as the filesystem under the data
+    /// root, so the demo puts that in /dev/shm.
+    Files,
 }
 
 impl StoreOptions {
@@ -86,6 +102,7 @@ impl Default for StoreOptions {
         StoreOptions {
             tmpfs_size_bytes: 2 * 1024 * 1024,
             tmpfs_max_inodes: 1024,
+            mount_mode: MountMode::Kernel,
         }
     }
 }
@@ -158,7 +175,7 @@ impl Store {
         create_private_dir(&mnt)?;
         // Only cert-csi mounts below its 0700 data root, so a tmpfs found
         // here is the one an earlier run mounted.
-        if !mounts::is_tmpfs_mount(&mnt)? {
+        if self.options.mount_mode == MountMode::Kernel && !mounts::is_tmpfs_mount(&mnt)? {
             if mounts::is_foreign_device(&mnt)? {
                 return Err(StoreError::Conflict {
                     op: "prepare",
@@ -172,12 +189,20 @@ impl Store {
                 self.options.tmpfs_max_inodes,
             )?;
         }
-        create_dir_with_mode(&mnt.join(POD_DIR), DIR_MODE)?;
+        create_dir_with_mode(
+            &mnt.join(POD_DIR),
+            if self.options.mount_mode == MountMode::Files {
+                0o700
+            } else {
+                DIR_MODE
+            },
+        )?;
         create_private_dir(&mnt.join(PRIVATE_DIR))?;
         Ok(VolumeDir {
             volume_id: volume_id.to_owned(),
             dir,
             lock: Arc::clone(&self.lock),
+            mode: self.options.mount_mode,
         })
     }
 
@@ -187,6 +212,20 @@ impl Store {
     pub fn remove(&self, volume_id: &str, target_path: &Path) -> Result<(), StoreError> {
         let dir = self.volume_path(volume_id)?;
         let _guard = self.guard();
+
+        if self.options.mount_mode == MountMode::Files {
+            // The target is our symlink; anything else there is not ours.
+            if fs::symlink_metadata(target_path).is_ok_and(|m| m.file_type().is_symlink()) {
+                fs::remove_file(target_path)
+                    .map_err(|e| StoreError::io("remove target link", target_path, e))?;
+            }
+            return match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(StoreError::io("remove", &dir, e))
+                }
+                _ => Ok(()),
+            };
+        }
 
         match target_path.canonicalize() {
             Ok(target) => {
@@ -298,11 +337,15 @@ impl Store {
     /// mounts; `None` if its tmpfs is not mounted.
     pub fn existing(&self, volume_id: &str) -> Result<Option<VolumeDir>, StoreError> {
         let dir = self.volume_path(volume_id)?;
-        let mounted = mounts::is_tmpfs_mount(&dir.join(MNT_DIR))?;
+        let mounted = match self.options.mount_mode {
+            MountMode::Kernel => mounts::is_tmpfs_mount(&dir.join(MNT_DIR))?,
+            MountMode::Files => dir.join(MNT_DIR).is_dir(),
+        };
         Ok(mounted.then(|| VolumeDir {
             volume_id: volume_id.to_owned(),
             dir,
             lock: Arc::clone(&self.lock),
+            mode: self.options.mount_mode,
         }))
     }
 }
@@ -313,6 +356,7 @@ pub struct VolumeDir {
     volume_id: String,
     dir: PathBuf,
     lock: Arc<Mutex<()>>,
+    mode: MountMode,
 }
 
 impl VolumeDir {
@@ -411,7 +455,7 @@ impl VolumeDir {
     ) -> Result<(), StoreError> {
         let _guard = self.guard();
         self.ensure_tmpfs("publish")?;
-        atomic::publish(&self.pod_path(), files, gid)
+        atomic::publish(&self.pod_path(), files, gid, self.mode == MountMode::Files)
     }
 
     /// Bind-mounts the pod directory read-only (and nodev, noexec, nosuid)
@@ -420,6 +464,9 @@ impl VolumeDir {
     pub fn mount_at(&self, target: &Path) -> Result<(), StoreError> {
         let _guard = self.guard();
         self.ensure_tmpfs("mount")?;
+        if self.mode == MountMode::Files {
+            return self.link_at(target);
+        }
         match DirBuilder::new().mode(0o750).create(target) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::io("create target directory", target, e));
@@ -453,6 +500,9 @@ impl VolumeDir {
     /// Whether `target` currently shows this volume's pod directory.
     pub fn is_mounted_at(&self, target: &Path) -> Result<bool, StoreError> {
         let pod = self.pod_path();
+        if self.mode == MountMode::Files {
+            return Ok(fs::read_link(target).is_ok_and(|t| t == pod));
+        }
         let (Some(shown), Some(ours)) = (mounts::identity(target)?, mounts::identity(&pod)?) else {
             return Ok(false);
         };
@@ -462,8 +512,36 @@ impl VolumeDir {
 
     /// An error if the tmpfs vanished (node reboot, someone unmounted it):
     /// writing then would land on persistent disk.
+    /// `MountMode::Files`: the target becomes a symlink to the pod
+    /// directory (an empty directory left there by a kubelet is replaced).
+    fn link_at(&self, target: &Path) -> Result<(), StoreError> {
+        let pod = self.pod_path();
+        if fs::read_link(target).is_ok_and(|t| t == pod) {
+            return Ok(());
+        }
+        match fs::remove_dir(target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(StoreError::io("replace target directory", target, e));
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(&pod, target)
+            .map_err(|e| StoreError::io("link target", target, e))
+    }
+
     fn ensure_tmpfs(&self, op: &'static str) -> Result<(), StoreError> {
         let mnt = self.tmpfs_path();
+        if self.mode == MountMode::Files {
+            return if mnt.is_dir() {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    op,
+                    path: mnt,
+                    reason: "the volume's directory is gone; prepare the volume again".into(),
+                })
+            };
+        }
         if mounts::is_tmpfs_mount(&mnt)? {
             Ok(())
         } else {
