@@ -228,7 +228,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
+    let controller = Controller::new(api, watcher::Config::default())
+        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
     let store = controller.store();
     super::mark_ready_when_synced(store, health);
     let ctx = Arc::new(Context {

@@ -1156,7 +1156,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wc = watcher::Config::default;
-    let controller = Controller::new(Api::<Certificate>::all(client.clone()), wc());
+    let controller = Controller::new(Api::<Certificate>::all(client.clone()), wc())
+        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
     let certificates = controller.store();
 
     let fao = format!("{}={}", wk::FAO_LABEL, wk::FAO_LABEL_VALUE);
@@ -1164,7 +1165,8 @@ pub async fn run(
     let (secrets, secret_writer) = reflector::store::<Secret>();
     let managed_events = reflector::reflector(
         secret_writer,
-        watcher(Api::<Secret>::all(client.clone()), wc().labels(&fao)),
+        watcher(Api::<Secret>::all(client.clone()), wc().labels(&fao))
+            .backoff(crate::issuance::tracker::WatchBackoff::default()),
     )
     .touched_objects();
     // Everything else only as metadata: names matter (a Secret appearing
@@ -1173,11 +1175,13 @@ pub async fn run(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         wc().labels(&not_fao),
     )
+    .backoff(crate::issuance::tracker::WatchBackoff::default())
     .touched_objects();
     let (requests, request_writer) = reflector::store::<CertificateRequest>();
     let request_events = reflector::reflector(
         request_writer,
-        watcher(Api::<CertificateRequest>::all(client.clone()), wc()),
+        watcher(Api::<CertificateRequest>::all(client.clone()), wc())
+            .backoff(crate::issuance::tracker::WatchBackoff::default()),
     )
     .touched_objects();
 
@@ -1201,7 +1205,7 @@ pub async fn run(
             Api::<PartialObjectMeta<Certificate>>::all(client_for_deletions),
             wc(),
         )
-        .default_backoff();
+        .backoff(crate::issuance::tracker::WatchBackoff::default());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut deletions = std::pin::pin!(deletions);

@@ -290,7 +290,8 @@ async fn run_kind<K: IssuerObject>(
     shutdown: CancellationToken,
 ) {
     let cluster_ns = options.cluster_resource_namespace.clone();
-    let controller = Controller::new(K::api(client.clone(), None), watcher::Config::default());
+    let controller = Controller::new(K::api(client.clone(), None), watcher::Config::default())
+        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
     let store = controller.store();
     let mapping_store = store.clone();
     // ClusterIssuer secrets live in one namespace; Issuer secrets anywhere.
@@ -299,7 +300,9 @@ async fn run_kind<K: IssuerObject>(
     } else {
         Api::all(client.clone())
     };
-    let secret_changes = watcher(secrets, watcher::Config::default()).touched_objects();
+    let secret_changes = watcher(secrets, watcher::Config::default())
+        .backoff(crate::issuance::tracker::WatchBackoff::default())
+        .touched_objects();
     let map_cluster_ns = cluster_ns.clone();
     let controller = controller.watches_stream(secret_changes, move |secret| {
         let secret_ns = secret.metadata.namespace.clone().unwrap_or_default();

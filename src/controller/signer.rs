@@ -583,21 +583,29 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wc = watcher::Config::default;
-    let controller = Controller::new(Api::<CertificateRequest>::all(client.clone()), wc());
+    let controller = Controller::new(Api::<CertificateRequest>::all(client.clone()), wc())
+        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
     let requests = controller.store();
 
     let (issuers, issuer_writer) = reflector::store::<Issuer>();
-    let issuer_events =
-        reflector::reflector(issuer_writer, watcher(Api::all(client.clone()), wc()))
-            .touched_objects();
+    let issuer_events = reflector::reflector(
+        issuer_writer,
+        watcher(Api::all(client.clone()), wc())
+            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+    )
+    .touched_objects();
     let (cluster_issuers, cluster_writer) = reflector::store::<ClusterIssuer>();
-    let cluster_events =
-        reflector::reflector(cluster_writer, watcher(Api::all(client.clone()), wc()))
-            .touched_objects();
+    let cluster_events = reflector::reflector(
+        cluster_writer,
+        watcher(Api::all(client.clone()), wc())
+            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+    )
+    .touched_objects();
     // Only names matter here (a SelfSigned key Secret appearing), so the
     // watch carries metadata and no key bytes are cached.
-    let secret_events =
-        watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc()).touched_objects();
+    let secret_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc())
+        .backoff(crate::issuance::tracker::WatchBackoff::default())
+        .touched_objects();
 
     let (r1, r2, r3) = (requests.clone(), requests.clone(), requests.clone());
     let controller = controller

@@ -643,7 +643,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default());
+    let controller = Controller::new(api, watcher::Config::default())
+        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
     super::mark_ready_when_synced(controller.store(), health);
     let ctx = Arc::new(Context { client, policy });
     controller

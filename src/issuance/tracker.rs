@@ -142,6 +142,8 @@ impl RequestTracker {
 /// to at most 5 s, with jitter. kube's default climbs to 30 s, which after an
 /// API outage would leave every renewal waiting up to half a minute for a
 /// decision that is already made; one watch per node is cheap to resume.
+/// The controller's watches use it too: a watcher without any backoff
+/// would retry in a tight loop while the API is down.
 #[derive(Debug, Default)]
 pub struct WatchBackoff {
     attempt: u32,
