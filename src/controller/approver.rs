@@ -198,11 +198,7 @@ async fn reconcile(
             Write::Conflict => {
                 // Re-read: another approver may have decided meanwhile, and
                 // Approved/Denied must never be written twice.
-                match api
-                    .get_opt(&name)
-                    .await
-                    .map_err(ReconcileError::api("re-reading a CertificateRequest"))?
-                {
+                match super::status::reread(&api, &name).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(Action::await_change()),
                 }

@@ -260,16 +260,10 @@ async fn reconcile<K: IssuerObject>(
             .set_condition(wanted, status::now());
         match status::replace_status(&api, &current).await? {
             Write::Done(_) => return Ok(Action::await_change()),
-            Write::Conflict => {
-                match api
-                    .get_opt(&name)
-                    .await
-                    .map_err(ReconcileError::api("re-reading an issuer"))?
-                {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(Action::await_change()),
-                }
-            }
+            Write::Conflict => match status::reread(&api, &name).await? {
+                Some(fresh) => current = fresh,
+                None => return Ok(Action::await_change()),
+            },
         }
     }
     Err(ReconcileError::Contended {

@@ -497,11 +497,7 @@ async fn reconcile(
             }
             Write::Conflict => {
                 // Someone wrote first; if they issued it, the gate stops.
-                match api
-                    .get_opt(&name)
-                    .await
-                    .map_err(ReconcileError::api("re-reading a CertificateRequest"))?
-                {
+                match super::status::reread(&api, &name).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(Action::await_change()),
                 }

@@ -612,16 +612,10 @@ async fn reconcile(
                 tracing::info!(%namespace, %name, condition = %kind, %reason, "SPIFFE request decided");
                 return Ok(Action::await_change());
             }
-            Write::Conflict => {
-                match api
-                    .get_opt(&name)
-                    .await
-                    .map_err(ReconcileError::api("re-reading a CertificateRequest"))?
-                {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(Action::await_change()),
-                }
-            }
+            Write::Conflict => match super::status::reread(&api, &name).await? {
+                Some(fresh) => current = fresh,
+                None => return Ok(Action::await_change()),
+            },
         }
     }
     Err(ReconcileError::Contended {

@@ -60,6 +60,17 @@ where
     }
 }
 
+/// After a conflict: the object as it is now, or `None` when it is gone
+/// (then there is nothing left to decide).
+pub async fn reread<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ReconcileError>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(ReconcileError::api("re-reading after a conflicting write"))
+}
+
 pub fn now() -> Time {
     Time(jiff::Timestamp::now())
 }

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use rand::Rng as _;
 use serde_json::{Map, Value, json};
 
 use super::auth::UserInfo;
@@ -670,19 +669,6 @@ pub struct Review<'a> {
     pub options: Value,
 }
 
-fn new_uid() -> String {
-    let b: [u8; 16] = rand::rng().random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-4{}-a{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[13..16],
-        &h[17..20],
-        &h[20..32]
-    )
-}
-
 /// The `admission.k8s.io/v1` AdmissionReview sent to a webhook.
 pub fn review_body(r: &Review<'_>, object: Option<&Value>, uid: &str) -> Value {
     let kind = json!({"group": r.group, "version": r.version, "kind": r.kind});
@@ -971,7 +957,7 @@ async fn ask(
     object: Option<&Value>,
     resolve: Resolver<'_>,
 ) -> Result<Option<Verdict>, ApiError> {
-    let uid = new_uid();
+    let uid = super::ops::new_uid();
     let body = review_body(review, object, &uid);
     let answer = call(hook, &body, resolve)
         .await

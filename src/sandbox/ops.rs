@@ -27,7 +27,9 @@ pub fn now() -> String {
         .to_string()
 }
 
-fn new_uid() -> String {
+/// A random version-4 UUID, as the API server gives objects and admission
+/// reviews.
+pub(crate) fn new_uid() -> String {
     let b: [u8; 16] = rand::rng().random();
     let h = hex::encode(b);
     format!(
