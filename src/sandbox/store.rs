@@ -6,7 +6,7 @@
 //! to the little metadata that selectors and garbage collection read, so
 //! 100,000 objects stay compact and lists copy bytes rather than re-encode.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -109,6 +109,10 @@ pub struct State {
     collections: HashMap<ResKey, BTreeMap<Key, Arc<Obj>>>,
     /// uid → where the object lives, for ownerReference garbage collection.
     uids: HashMap<Box<str>, (ResKey, Key)>,
+    /// owner uid → uids of the objects whose ownerReferences name it. Without
+    /// it every delete scanned every object for dependents, which made the
+    /// controller benchmark (hack/bench P7) quadratic in the object count.
+    dependents: HashMap<Box<str>, BTreeSet<Box<str>>>,
     ring: VecDeque<Arc<Change>>,
     window: usize,
     /// Changes with rv > floor are all in the ring; older ones are gone.
@@ -128,6 +132,7 @@ impl State {
             registry,
             collections: HashMap::new(),
             uids: HashMap::new(),
+            dependents: HashMap::new(),
             ring: VecDeque::with_capacity(window.min(65_536)),
             window: window.max(1),
             floor: 0,
@@ -154,11 +159,13 @@ impl State {
     pub fn put(&mut self, res: &ResKey, key: Key, obj: Arc<Obj>) -> EventType {
         let coll = self.collections.entry(res.clone()).or_default();
         let prev = coll.insert(key.clone(), obj.clone());
-        if let Some(p) = &prev
-            && p.uid != obj.uid
-        {
-            self.uids.remove(&p.uid);
+        if let Some(p) = &prev {
+            if p.uid != obj.uid {
+                self.uids.remove(&p.uid);
+            }
+            self.unlink_owners(p);
         }
+        self.link_owners(&obj);
         self.uids
             .insert(obj.uid.clone(), (res.clone(), key.clone()));
         let kind = if prev.is_some() {
@@ -175,6 +182,7 @@ impl State {
     pub fn remove(&mut self, res: &ResKey, key: &Key, last: Arc<Obj>) -> Option<Arc<Obj>> {
         let prev = self.collections.get_mut(res)?.remove(key)?;
         self.uids.remove(&prev.uid);
+        self.unlink_owners(&prev);
         self.record(
             EventType::Deleted,
             res,
@@ -222,8 +230,29 @@ impl State {
             .unwrap_or_default();
         for (_, o) in &items {
             self.uids.remove(&o.uid);
+            self.unlink_owners(o);
         }
         items
+    }
+
+    fn link_owners(&mut self, obj: &Obj) {
+        for owner in &obj.owners {
+            self.dependents
+                .entry(owner.clone())
+                .or_default()
+                .insert(obj.uid.clone());
+        }
+    }
+
+    fn unlink_owners(&mut self, obj: &Obj) {
+        for owner in &obj.owners {
+            if let Some(set) = self.dependents.get_mut(owner) {
+                set.remove(&obj.uid);
+                if set.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
     }
 
     /// Objects of `res` in key order, from `after` (exclusive), limited to
@@ -275,15 +304,12 @@ impl State {
 
     /// Objects that name `uid` as an owner.
     pub fn dependents_of(&self, uid: &str) -> Vec<(ResKey, Key)> {
-        let mut out = Vec::new();
-        for (res, c) in &self.collections {
-            for (k, o) in c {
-                if o.owners.iter().any(|u| &**u == uid) {
-                    out.push((res.clone(), k.clone()));
-                }
-            }
-        }
-        out
+        self.dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|dependent| self.uids.get(dependent).cloned())
+            .collect()
     }
 
     /// Changes after `rv` (for watches that resume), or `None` if some of
