@@ -24,7 +24,7 @@
 //! - per Certificate (`certmanager_certificate_*` on the controller): removed by
 //!   [`ControllerMetrics::certificate_removed`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,6 +35,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::series::NodeSeries;
 
 /// The `Content-Type` of [`encode`]'s output.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -191,20 +193,6 @@ impl RequestKey {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct VolumeLabels {
-    volume_id_hash: String,
-    pod_namespace: String,
-    pod_name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestReadyLabels {
-    name: String,
-    namespace: String,
-    condition: ReadyCondition,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: IssueErrorReason,
 }
@@ -232,18 +220,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct NodeMetrics {
     issue_requests: Counter,
     issue_errors: Family<ReasonLabels, Counter>,
-    request_ready: Family<RequestReadyLabels, Gauge>,
-    expiration: Family<VolumeLabels, FloatGauge>,
-    renewal: Family<VolumeLabels, FloatGauge>,
+    /// The per-volume and per-request series (see [`super::series`]).
+    series: NodeSeries,
     managed_volumes: Gauge,
     managed_requests: Gauge,
     issuance_duration: HistogramFamily<KindLabels>,
     queue_depth: Gauge,
     renewal_failures: Counter,
-    /// volume id hash → labels, so unpublish needs only the volume id and
-    /// the managed-volume gauge is the size of one map.
-    volumes: Arc<Mutex<HashMap<String, VolumeLabels>>>,
-    requests: Arc<Mutex<HashSet<RequestKey>>>,
 }
 
 fn issuance_histogram() -> Histogram {
@@ -259,16 +242,12 @@ impl NodeMetrics {
         let metrics = Self {
             issue_requests: Counter::default(),
             issue_errors: Family::default(),
-            request_ready: Family::default(),
-            expiration: Family::default(),
-            renewal: Family::default(),
+            series: NodeSeries::default(),
             managed_volumes: Gauge::default(),
             managed_requests: Gauge::default(),
             issuance_duration: Family::new_with_constructor(issuance_histogram as fn() -> _),
             queue_depth: Gauge::default(),
             renewal_failures: Counter::default(),
-            volumes: Arc::default(),
-            requests: Arc::default(),
         };
         // Every reason and kind exists from the start at zero, so `rate()`
         // and alerts work before the first failure.
@@ -290,21 +269,7 @@ impl NodeMetrics {
             "Failed issuances, by reason (denied, failed, timeout, api, invalid, internal)",
             metrics.issue_errors.clone(),
         );
-        registry.register(
-            "certmanager_csi_certificate_request_ready_status",
-            "Ready condition of each CertificateRequest the node keeps: 1 for the current condition, 0 for the others",
-            metrics.request_ready.clone(),
-        );
-        registry.register(
-            "certmanager_csi_certificate_request_expiration_timestamp_seconds",
-            "notAfter of the certificate in each volume, in Unix seconds",
-            metrics.expiration.clone(),
-        );
-        registry.register(
-            "certmanager_csi_certificate_request_renewal_timestamp_seconds",
-            "When each volume's certificate is scheduled for renewal, in Unix seconds",
-            metrics.renewal.clone(),
-        );
+        registry.register_collector(Box::new(metrics.series.clone()));
         registry.register(
             "certmanager_csi_managed_volume_count",
             "Volumes the node plugin currently manages",
@@ -336,52 +301,26 @@ impl NodeMetrics {
     /// A CertificateRequest was created. Its ready status starts Unknown.
     pub fn request_created(&self, request: &RequestKey) {
         self.issue_requests.inc();
-        let mut requests = lock(&self.requests);
-        requests.insert(request.clone());
-        self.managed_requests.set(requests.len() as i64);
-        drop(requests);
-        self.set_request_ready(request, ReadyCondition::Unknown);
+        self.request_condition(request, ReadyCondition::Unknown);
     }
 
     /// A kept request's Ready condition changed (or was seen after a restart).
     /// Requests not announced with [`Self::request_created`] are adopted, so
     /// recovery after a restart can call this alone.
     pub fn request_condition(&self, request: &RequestKey, condition: ReadyCondition) {
-        let mut requests = lock(&self.requests);
-        if requests.insert(request.clone()) {
-            self.managed_requests.set(requests.len() as i64);
-        }
-        drop(requests);
-        self.set_request_ready(request, condition);
-    }
-
-    fn set_request_ready(&self, request: &RequestKey, current: ReadyCondition) {
-        for condition in ReadyCondition::ALL {
-            let labels = RequestReadyLabels {
-                name: request.name.clone(),
-                namespace: request.namespace.clone(),
-                condition,
-            };
-            self.request_ready
-                .get_or_create(&labels)
-                .set(i64::from(condition == current));
-        }
+        let count = self
+            .series
+            .set_request(&request.namespace, &request.name, condition);
+        self.managed_requests.set(count as i64);
     }
 
     /// The request was deleted from the API (cleanup of old requests, or the
     /// volume went away): its series go with it.
     pub fn request_deleted(&self, request: &RequestKey) {
-        let mut requests = lock(&self.requests);
-        requests.remove(request);
-        self.managed_requests.set(requests.len() as i64);
-        drop(requests);
-        for condition in ReadyCondition::ALL {
-            self.request_ready.remove(&RequestReadyLabels {
-                name: request.name.clone(),
-                namespace: request.namespace.clone(),
-                condition,
-            });
-        }
+        let count = self
+            .series
+            .remove_request(&request.namespace, &request.name);
+        self.managed_requests.set(count as i64);
     }
 
     /// A first issuance failed. For renewals use [`Self::renewal_failed`]
@@ -415,36 +354,23 @@ impl NodeMetrics {
         not_after: jiff::Timestamp,
         renew_at: jiff::Timestamp,
     ) {
-        let labels = VolumeLabels {
-            volume_id_hash: crate::issuance::id_hash(volume.volume_id),
-            pod_namespace: volume.pod_namespace.to_owned(),
-            pod_name: volume.pod_name.to_owned(),
-        };
-        let mut volumes = lock(&self.volumes);
-        if let Some(old) = volumes.insert(labels.volume_id_hash.clone(), labels.clone())
-            && old != labels
-        {
-            // Same volume id, different pod: only possible if the kubelet
-            // reused an id; drop the stale series rather than keep two.
-            self.expiration.remove(&old);
-            self.renewal.remove(&old);
-        }
-        self.managed_volumes.set(volumes.len() as i64);
-        self.expiration
-            .get_or_create(&labels)
-            .set(seconds(not_after));
-        self.renewal.get_or_create(&labels).set(seconds(renew_at));
+        let count = self.series.set_volume(
+            &crate::issuance::id_hash(volume.volume_id),
+            volume.pod_namespace,
+            volume.pod_name,
+            seconds(not_after),
+            seconds(renew_at),
+        );
+        self.managed_volumes.set(count as i64);
     }
 
     /// The volume was unpublished: its per-volume series are removed.
     /// Unknown ids are ignored (unpublish is retried by the kubelet).
     pub fn volume_unpublished(&self, volume_id: &str) {
-        let mut volumes = lock(&self.volumes);
-        if let Some(labels) = volumes.remove(&crate::issuance::id_hash(volume_id)) {
-            self.expiration.remove(&labels);
-            self.renewal.remove(&labels);
-        }
-        self.managed_volumes.set(volumes.len() as i64);
+        let count = self
+            .series
+            .remove_volume(&crate::issuance::id_hash(volume_id));
+        self.managed_volumes.set(count as i64);
     }
 
     /// How many issuances wait for the node-wide rate limit right now.
@@ -716,6 +642,87 @@ mod tests {
         assert_eq!(
             lines(&registry, "certmanager_csi_managed_volume_count"),
             ["certmanager_csi_managed_volume_count 0"]
+        );
+    }
+
+    #[test]
+    fn volume_series_carry_the_hash_and_the_pod() {
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::register(&mut registry);
+        let volume = VolumeRef {
+            volume_id: "csi-abc",
+            pod_namespace: "team",
+            pod_name: "web-0",
+        };
+        let hash = crate::issuance::id_hash("csi-abc");
+        metrics.volume_published(
+            &volume,
+            jiff::Timestamp::from_second(2_000).unwrap(),
+            jiff::Timestamp::from_second(1_500).unwrap(),
+        );
+        let labels =
+            format!("{{volume_id_hash=\"{hash}\",pod_namespace=\"team\",pod_name=\"web-0\"}}");
+        assert_eq!(
+            lines(&registry, super::super::series::EXPIRATION),
+            [format!(
+                "{}{labels} 2000.0",
+                super::super::series::EXPIRATION
+            )]
+        );
+        assert_eq!(
+            lines(&registry, super::super::series::RENEWAL),
+            [format!("{}{labels} 1500.0", super::super::series::RENEWAL)]
+        );
+        metrics.volume_unpublished("csi-abc");
+        assert!(lines(&registry, super::super::series::EXPIRATION).is_empty());
+        // The family stays described with no series, as an empty Family is.
+        assert!(encode(&registry).contains(&format!(
+            "# TYPE {} gauge",
+            super::super::series::EXPIRATION
+        )));
+    }
+
+    #[test]
+    fn request_series_follow_the_request() {
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::register(&mut registry);
+        let ready = super::super::series::READY;
+        let key = RequestKey::new("team", "web-0-abc");
+        let line = |condition: &str, value: u8| {
+            format!(
+                "{ready}{{name=\"web-0-abc\",namespace=\"team\",condition=\"{condition}\"}} {value}"
+            )
+        };
+        metrics.request_created(&key);
+        assert_eq!(
+            lines(&registry, ready),
+            [line("True", 0), line("False", 0), line("Unknown", 1)]
+        );
+        metrics.request_condition(&key, ReadyCondition::True);
+        assert_eq!(
+            lines(&registry, ready),
+            [line("True", 1), line("False", 0), line("Unknown", 0)]
+        );
+        assert_eq!(
+            lines(
+                &registry,
+                "certmanager_csi_managed_certificate_request_count"
+            ),
+            ["certmanager_csi_managed_certificate_request_count 1"]
+        );
+        metrics.request_deleted(&key);
+        metrics.request_deleted(&key);
+        assert!(lines(&registry, ready).is_empty());
+        assert_eq!(
+            lines(
+                &registry,
+                "certmanager_csi_managed_certificate_request_count"
+            ),
+            ["certmanager_csi_managed_certificate_request_count 0"]
+        );
+        assert_eq!(
+            lines(&registry, "certmanager_csi_issue_requests_total"),
+            ["certmanager_csi_issue_requests_total 1"]
         );
     }
 

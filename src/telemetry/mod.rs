@@ -12,6 +12,7 @@
 pub mod events;
 pub mod health;
 pub mod metrics;
+mod series;
 
 use std::io::IsTerminal;
 
