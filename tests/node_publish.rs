@@ -487,3 +487,82 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
     assert!(env.volume_dirs().is_empty(), "{:?}", env.volume_dirs());
     env.finish().await;
 }
+
+/// State is written without fsync (see `store::state::write_atomically`): a
+/// power loss may leave `state.json` unreadable, and it also takes the
+/// volume's tmpfs. The kubelet's republish after the reboot must then issue
+/// afresh instead of failing on the file forever; with the tmpfs still
+/// mounted the same file is an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_state_after_a_power_loss_starts_the_volume_afresh() {
+    if !common::require_root("an_unreadable_state_after_a_power_loss_starts_the_volume_afresh") {
+        return;
+    }
+    let mut env = Env::start_with(common::Options {
+        publish_timeout: "5s",
+        policy: Policy::Approve,
+        controller: true,
+    })
+    .await;
+    let pod = env.create_pod("power", "web-0", "web").await;
+    let attrs = [(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")];
+    let volume = env.volume(&pod, "tls", &attrs);
+    env.publish_ok(&volume).await;
+    let first = env.only_request(&volume).await.name_any();
+    let state = env
+        .data_root
+        .join("volumes")
+        .join(&volume.volume_id)
+        .join("state.json");
+
+    // Torn by something other than a power loss: the tmpfs is still there,
+    // so the publish refuses and says which file is wrong.
+    env.kill_plugin();
+    std::fs::write(&state, b"{\"version\": 1, \"volu").unwrap();
+    env.start_plugin().await;
+    let status = env.publish(&volume).await;
+    assert_status(
+        status,
+        tonic::Code::FailedPrecondition,
+        "state.json",
+        "a torn state with the tmpfs still mounted",
+    );
+
+    // The power loss: the plugin dies, and the reboot drops every mount
+    // (target bind and tmpfs) and leaves the torn file on disk.
+    env.kill_plugin();
+    for path in [
+        volume.target(),
+        env.data_root
+            .join("volumes")
+            .join(&volume.volume_id)
+            .join("mnt"),
+    ] {
+        nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH)
+            .unwrap_or_else(|e| panic!("unmounting {}: {e}", path.display()));
+    }
+    assert!(mounts_at(&volume.target()).is_empty());
+    env.start_plugin().await;
+
+    env.publish_ok(&volume).await;
+    assert_verifies(&volume, "ca.crt", "tls.crt");
+    assert_key_matches(&volume, "tls.crt", "tls.key");
+    assert_eq!(mounts_at(&volume.target()).len(), 1);
+    let fresh = env.requests_for(&volume).await;
+    assert!(
+        fresh.iter().any(|r| r.name_any() != first),
+        "a new request after the power loss: {:?}",
+        fresh.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+    );
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        saved.contains("\"volume_id\""),
+        "state rewritten whole: {saved}"
+    );
+
+    env.unpublish(&volume.volume_id, &volume.target_path)
+        .await
+        .expect("unpublish");
+    env.assert_no_trace(&volume).await;
+    env.finish().await;
+}

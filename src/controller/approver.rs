@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
 
+use super::runner::{self, Action};
 use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
 use super::{ControllerConfigError, ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
@@ -224,25 +225,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
-    let store = controller.store();
-    super::mark_ready_when_synced(store, health);
+    let (store, writer) = reflector::store();
+    let triggers = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default())
+            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+    )
+    .touched_objects()
+    .filter_map(|event| std::future::ready(runner::object_of(event, "approver")));
+    super::mark_ready_when_synced(store.clone(), health);
     let ctx = Arc::new(Context {
         client,
         telemetry: options.telemetry(),
         scope: options.approve,
         policy: options.policy,
     });
-    controller
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "approver: controller event");
-            }
-        })
-        .await;
+    runner::run(store, triggers, reconcile, error_policy, ctx, shutdown).await;
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 pub mod approver;
 pub mod certificates;
 pub mod issuers;
+mod runner;
 pub mod signer;
 pub mod spiffe;
 mod status;

@@ -592,6 +592,18 @@ impl NodeService {
         blocking(move || match store.load_state(&id) {
             Ok(state) => Ok(Some(state)),
             Err(e) if e.is_not_found() => Ok(None),
+            // State is written without fsync, so a power loss may leave it
+            // unreadable; the same loss took the volume's tmpfs, so there
+            // is nothing left to describe and the publish starts afresh.
+            // With the tmpfs still there the file cannot have been torn by
+            // us, and the error stands for an operator to look at.
+            Err(e @ StoreError::CorruptState { .. }) => {
+                if store.existing(&id)?.is_some() {
+                    return Err(e);
+                }
+                tracing::warn!(volume_id = %id, error = %e, "unreadable state of a volume whose tmpfs is gone (node power loss?); starting afresh");
+                Ok(None)
+            }
             Err(e) => Err(e),
         })
         .await
@@ -775,13 +787,25 @@ impl NodeService {
         );
 
         // Request hygiene: keep the newest `keep_requests`, delete the rest.
-        // A failure here is not the pod's problem; the pod's ownerReference
-        // collects leftovers.
-        if let Err(error) = self
-            .prune_requests(&namespace, &spec.volume_id, &name)
-            .await
+        // It runs after the reply: on a first publish the list almost always
+        // finds only the new request, and waiting for it cost the pod one
+        // more API round trip (hack/bench P1). A failure is not the pod's
+        // problem either; the pod's ownerReference collects leftovers.
         {
-            tracing::warn!(volume_id = %spec.volume_id, %error, "could not delete old CertificateRequests");
+            let (client, metrics, config) = (
+                self.client.clone(),
+                self.metrics.clone(),
+                self.config.clone(),
+            );
+            let volume_id = spec.volume_id.clone();
+            let (namespace, name) = (namespace.clone(), name.clone());
+            tokio::spawn(async move {
+                if let Err(error) =
+                    prune_requests(&client, &metrics, &config, &namespace, &volume_id, &name).await
+                {
+                    tracing::warn!(%volume_id, %error, "could not delete old CertificateRequests");
+                }
+            });
         }
         tracing::info!(volume_id = %spec.volume_id, request = %format!("{namespace}/{name}"), "volume published");
         Ok(())
@@ -918,29 +942,15 @@ impl NodeService {
         volume_id: &str,
         current: &str,
     ) -> Result<(), IssuanceError> {
-        let requests =
-            issuance::list_for_volume(&self.client, namespace, &self.config.node_id, volume_id)
-                .await?;
-        let keep = self.config.keep_requests.max(1);
-        let mut keep_names: Vec<String> = requests
-            .iter()
-            .rev()
-            .take(keep)
-            .map(kube::ResourceExt::name_any)
-            .collect();
-        if !keep_names.iter().any(|n| n == current) {
-            keep_names.pop();
-            keep_names.push(current.to_string());
-        }
-        for request in &requests {
-            let name = kube::ResourceExt::name_any(request);
-            if !keep_names.contains(&name) {
-                issuance::delete_one(&self.client, namespace, &name).await?;
-                self.metrics
-                    .request_deleted(&RequestKey::new(namespace, name));
-            }
-        }
-        Ok(())
+        prune_requests(
+            &self.client,
+            &self.metrics,
+            &self.config,
+            namespace,
+            volume_id,
+            current,
+        )
+        .await
     }
 
     /// Removes every trace of a volume whose publish failed for good.
@@ -1065,6 +1075,38 @@ fn build_files(
         ));
     }
     Ok(files)
+}
+
+/// Request hygiene: keeps the newest `keep_requests` of the volume's
+/// requests (always including `current`) and deletes the rest.
+async fn prune_requests(
+    client: &Client,
+    metrics: &NodeMetrics,
+    config: &NodeConfig,
+    namespace: &str,
+    volume_id: &str,
+    current: &str,
+) -> Result<(), IssuanceError> {
+    let requests = issuance::list_for_volume(client, namespace, &config.node_id, volume_id).await?;
+    let keep = config.keep_requests.max(1);
+    let mut keep_names: Vec<String> = requests
+        .iter()
+        .rev()
+        .take(keep)
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    if !keep_names.iter().any(|n| n == current) {
+        keep_names.pop();
+        keep_names.push(current.to_string());
+    }
+    for request in &requests {
+        let name = kube::ResourceExt::name_any(request);
+        if !keep_names.contains(&name) {
+            issuance::delete_one(client, namespace, &name).await?;
+            metrics.request_deleted(&RequestKey::new(namespace, name));
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]

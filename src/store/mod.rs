@@ -257,7 +257,7 @@ impl Store {
         }
     }
 
-    /// Writes the volume's state atomically and durably.
+    /// Writes the volume's state atomically (see `state::write_atomically`).
     pub fn save_state(&self, state: &VolumeState) -> Result<(), StoreError> {
         let dir = self.volume_path(&state.volume_id)?;
         let path = dir.join(STATE_FILE);
@@ -269,7 +269,7 @@ impl Store {
             field: "(all)",
             reason: format!("cannot be encoded: {e}"),
         })?;
-        state::write_durably(&path, &json, 0o600)
+        state::write_atomically(&path, &json, 0o600)
     }
 
     /// Reads the volume's state.
@@ -391,7 +391,7 @@ impl VolumeDir {
     /// so a restarted plugin can finish that request instead of making another.
     pub fn write_pending_key(&self, key: &Secret) -> Result<(), StoreError> {
         self.ensure_tmpfs("write pending key")?;
-        state::write_durably(&self.pending_key_path(), &key.0, 0o600)
+        state::write_atomically(&self.pending_key_path(), &key.0, 0o600)
     }
 
     /// The pending private key, if one was written and not cleared.
@@ -416,7 +416,7 @@ impl VolumeDir {
             });
         }
         self.ensure_tmpfs("write private file")?;
-        state::write_durably(
+        state::write_atomically(
             &self.tmpfs_path().join(PRIVATE_DIR).join(name),
             &secret.0,
             0o600,
