@@ -414,6 +414,24 @@ pub async fn p2(ctx: &Ctx<'_>) -> anyhow::Result<P2> {
 pub struct MemoryAt {
     pub volumes: usize,
     pub rss_mib: f64,
+    /// Of `rss_mib`: anonymous memory (heap, stacks), the part that grows
+    /// with volumes.
+    pub anon_mib: f64,
+    /// Of `rss_mib`: pages of the mapped binary and libraries, shared and
+    /// clean (the kernel can drop them and read them again).
+    pub file_mib: f64,
+}
+
+/// Resident memory of `pid` now, split as /proc/PID/status reports it.
+fn resident(pid: u32, volumes: usize) -> anyhow::Result<MemoryAt> {
+    let mib =
+        |field| -> anyhow::Result<f64> { Ok(procfs::status_kib(pid, field)? as f64 / 1024.0) };
+    Ok(MemoryAt {
+        volumes,
+        rss_mib: mib("VmRSS:")?,
+        anon_mib: mib("RssAnon:")?,
+        file_mib: mib("RssFile:")?,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -478,10 +496,10 @@ fn max_volumes(requested: usize) -> (usize, String) {
     }
 }
 
-async fn settle_rss(pid: u32) -> anyhow::Result<f64> {
+async fn settle_rss(pid: u32, volumes: usize) -> anyhow::Result<MemoryAt> {
     // Let freed buffers return and background tasks finish before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(procfs::status_kib(pid, "VmRSS:")? as f64 / 1024.0)
+    resident(pid, volumes)
 }
 
 pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
@@ -491,11 +509,11 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
     let root = ctx.kubelet_root("scale");
     let mut kubelets = Kubelets::connect(ctx.cluster, &node, &root, 64).await?;
     let attrs = attributes(&[("csi.cert-manager.io/key-algorithm", "ECDSA")]);
-    let idle = settle_rss(node.pid()).await?;
+    let idle = settle_rss(node.pid(), 0).await?;
 
     let mut publishing = Duration::ZERO;
     let mut volumes = Vec::with_capacity(max);
-    let mut rss_mid = idle;
+    let mut rss_mid = idle.clone();
     for (from, to) in [(0, mid), (mid, max)] {
         if from == to {
             continue;
@@ -515,14 +533,14 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
         }
         volumes.extend(batch);
         if to == mid {
-            rss_mid = settle_rss(node.pid()).await?;
+            rss_mid = settle_rss(node.pid(), mid).await?;
         }
     }
     let publish_seconds = publishing.as_secs_f64();
     let rss_max = if mid == max {
-        rss_mid
+        rss_mid.clone()
     } else {
-        settle_rss(node.pid()).await?
+        settle_rss(node.pid(), max).await?
     };
 
     let pid = node.pid();
@@ -543,7 +561,7 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
     tokio::time::sleep(Duration::from_secs(if ctx.sizes.quick { 1 } else { 3 })).await;
     let after = ctx.cluster.request_names("scale").await?;
     let created = after.iter().filter(|n| !before.contains(*n)).count();
-    let rss_after = settle_rss(node.pid()).await?;
+    let rss_after = settle_rss(node.pid(), max).await?.rss_mib;
 
     let mut kubelets = Kubelets::connect(ctx.cluster, &node, &root, 64).await?;
     let (errors, first) = failures(&kubelets.unpublish_all(&volumes).await);
@@ -553,19 +571,10 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
     node.kill();
     Ok((
         P3 {
-            idle: MemoryAt {
-                volumes: 0,
-                rss_mib: idle,
-            },
-            mid: MemoryAt {
-                volumes: mid,
-                rss_mib: rss_mid,
-            },
-            max: MemoryAt {
-                volumes: max,
-                rss_mib: rss_max,
-            },
-            per_volume_kib: (rss_max - idle) * 1024.0 / max.max(1) as f64,
+            per_volume_kib: (rss_max.rss_mib - idle.rss_mib) * 1024.0 / max.max(1) as f64,
+            idle,
+            mid: rss_mid,
+            max: rss_max,
             max_volumes_note: note,
             publish_seconds_to_max: publish_seconds,
         },
