@@ -8,10 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
 
 use super::runner::{self, Action};
 use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
@@ -225,22 +222,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let (store, writer) = reflector::store();
-    let triggers = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
-    )
-    .touched_objects()
-    .filter_map(|event| std::future::ready(runner::object_of(event, "approver")));
-    super::mark_ready_when_synced(store.clone(), health);
     let ctx = Arc::new(Context {
         client,
         telemetry: options.telemetry(),
         scope: options.approve,
         policy: options.policy,
     });
-    runner::run(store, triggers, reconcile, error_policy, ctx, shutdown).await;
+    runner::run_watched(
+        api,
+        "approver",
+        health,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -37,14 +37,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use thiserror::Error;
 
 use super::approver::{ApproveScope, Decision, Policy};
+use super::runner::{self, Action};
 use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
 use super::{ControllerConfigError, Health};
 use crate::api::conditions::{ConditionStatus, types};
@@ -637,19 +635,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
-        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
-    super::mark_ready_when_synced(controller.store(), health);
     let ctx = Arc::new(Context { client, policy });
-    controller
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "SPIFFE approver: controller event");
-            }
-        })
-        .await;
+    // On the runner, not kube-runtime's Controller: in SPIFFE mode this
+    // approval is on every publish's path (see `runner`).
+    runner::run_watched(
+        api,
+        "SPIFFE approver",
+        health,
+        reconcile,
+        error_policy,
+        ctx,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]
