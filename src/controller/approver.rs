@@ -228,16 +228,8 @@ pub async fn run(
         scope: options.approve,
         policy: options.policy,
     });
-    runner::run_watched(
-        api,
-        "approver",
-        health,
-        reconcile,
-        error_policy,
-        ctx,
-        shutdown,
-    )
-    .await;
+    let (store, changed) = runner::watch_all(api, "approver", health);
+    runner::run(store, changed, reconcile, error_policy, ctx, shutdown).await;
 }
 
 #[cfg(test)]

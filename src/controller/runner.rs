@@ -137,29 +137,21 @@ pub async fn run<K, C, E, F, Fut, P>(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Watches every object of kind `K` and runs `reconcile` on each change,
-/// marking `health` ready once the first list is cached. For controllers
-/// whose only triggers are their own objects (the approvers).
-pub async fn run_watched<K, C, E, F, Fut, P>(
+/// Watches and caches every object of kind `K`, and marks `health` ready
+/// once the first list is cached. Returns the cache and a stream naming each
+/// object that changed, the two halves [`run`] takes.
+pub fn watch_all<K>(
     api: kube::Api<K>,
     who: &'static str,
     health: super::Health,
-    reconcile: F,
-    error_policy: P,
-    ctx: Arc<C>,
-    shutdown: CancellationToken,
-) where
+) -> (Store<K>, impl Stream<Item = ObjectRef<K>> + Send)
+where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
-    C: Send + Sync + 'static,
-    E: std::fmt::Display + Send + 'static,
-    F: Fn(Arc<K>, Arc<C>) -> Fut,
-    Fut: Future<Output = Result<Action, E>> + Send + 'static,
-    P: Fn(Arc<K>, &E, Arc<C>) -> Action,
 {
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (store, writer) = reflector::store();
-    let triggers = reflector::reflector(
+    let changed = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
             .backoff(crate::issuance::tracker::WatchBackoff::default()),
@@ -167,15 +159,12 @@ pub async fn run_watched<K, C, E, F, Fut, P>(
     .touched_objects()
     .filter_map(move |event| std::future::ready(object_of(event, who)));
     super::mark_ready_when_synced(store.clone(), health);
-    run(store, triggers, reconcile, error_policy, ctx, shutdown).await;
+    (store, changed)
 }
 
 /// The object a watch event names; a watch error (retried by the watch's
 /// backoff) is only logged, as kube-runtime's Controller does.
-pub fn object_of<K>(
-    event: Result<K, kube::runtime::watcher::Error>,
-    who: &str,
-) -> Option<ObjectRef<K>>
+fn object_of<K>(event: Result<K, kube::runtime::watcher::Error>, who: &str) -> Option<ObjectRef<K>>
 where
     K: Resource,
     K::DynamicType: Default,

@@ -579,15 +579,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wc = watcher::Config::default;
-    let (requests, request_writer) = reflector::store::<CertificateRequest>();
-    let request_events = reflector::reflector(
-        request_writer,
-        watcher(Api::<CertificateRequest>::all(client.clone()), wc())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
-    )
-    .touched_objects()
-    .filter_map(|event| std::future::ready(runner::object_of(event, "signer")))
-    .boxed();
+    let (requests, request_events) = runner::watch_all(
+        Api::<CertificateRequest>::all(client.clone()),
+        "signer",
+        health,
+    );
+    let request_events = request_events.boxed();
 
     let (issuers, issuer_writer) = reflector::store::<Issuer>();
     let (r1, r2, r3) = (requests.clone(), requests.clone(), requests.clone());
@@ -655,7 +652,6 @@ pub async fn run(
         })
         .boxed();
 
-    super::mark_ready_when_synced(requests.clone(), health);
     let ctx = Arc::new(Context {
         client,
         telemetry: options.telemetry(),

@@ -638,16 +638,8 @@ pub async fn run(
     let ctx = Arc::new(Context { client, policy });
     // On the runner, not kube-runtime's Controller: in SPIFFE mode this
     // approval is on every publish's path (see `runner`).
-    runner::run_watched(
-        api,
-        "SPIFFE approver",
-        health,
-        reconcile,
-        error_policy,
-        ctx,
-        shutdown,
-    )
-    .await;
+    let (store, changed) = runner::watch_all(api, "SPIFFE approver", health);
+    runner::run(store, changed, reconcile, error_policy, ctx, shutdown).await;
 }
 
 #[cfg(test)]

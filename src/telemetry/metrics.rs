@@ -211,7 +211,7 @@ fn seconds(at: jiff::Timestamp) -> f64 {
 
 /// A poisoned lock only means another thread panicked mid-update of a
 /// bookkeeping map; the map is still consistent enough to keep counting.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -222,8 +222,6 @@ pub struct NodeMetrics {
     issue_errors: Family<ReasonLabels, Counter>,
     /// The per-volume and per-request series (see [`super::series`]).
     series: NodeSeries,
-    managed_volumes: Gauge,
-    managed_requests: Gauge,
     issuance_duration: HistogramFamily<KindLabels>,
     queue_depth: Gauge,
     renewal_failures: Counter,
@@ -243,8 +241,6 @@ impl NodeMetrics {
             issue_requests: Counter::default(),
             issue_errors: Family::default(),
             series: NodeSeries::default(),
-            managed_volumes: Gauge::default(),
-            managed_requests: Gauge::default(),
             issuance_duration: Family::new_with_constructor(issuance_histogram as fn() -> _),
             queue_depth: Gauge::default(),
             renewal_failures: Counter::default(),
@@ -269,17 +265,9 @@ impl NodeMetrics {
             "Failed issuances, by reason (denied, failed, timeout, api, invalid, internal)",
             metrics.issue_errors.clone(),
         );
+        // Also writes the managed volume and request counts, which are the
+        // sizes of its maps.
         registry.register_collector(Box::new(metrics.series.clone()));
-        registry.register(
-            "certmanager_csi_managed_volume_count",
-            "Volumes the node plugin currently manages",
-            metrics.managed_volumes.clone(),
-        );
-        registry.register(
-            "certmanager_csi_managed_certificate_request_count",
-            "CertificateRequests the node plugin currently keeps in the API",
-            metrics.managed_requests.clone(),
-        );
         registry.register(
             "cert_csi_issuance_duration_seconds",
             "Time from key generation to a written certificate, by kind (first, renewal)",
@@ -308,19 +296,15 @@ impl NodeMetrics {
     /// Requests not announced with [`Self::request_created`] are adopted, so
     /// recovery after a restart can call this alone.
     pub fn request_condition(&self, request: &RequestKey, condition: ReadyCondition) {
-        let count = self
-            .series
+        self.series
             .set_request(&request.namespace, &request.name, condition);
-        self.managed_requests.set(count as i64);
     }
 
     /// The request was deleted from the API (cleanup of old requests, or the
     /// volume went away): its series go with it.
     pub fn request_deleted(&self, request: &RequestKey) {
-        let count = self
-            .series
+        self.series
             .remove_request(&request.namespace, &request.name);
-        self.managed_requests.set(count as i64);
     }
 
     /// A first issuance failed. For renewals use [`Self::renewal_failed`]
@@ -354,23 +338,20 @@ impl NodeMetrics {
         not_after: jiff::Timestamp,
         renew_at: jiff::Timestamp,
     ) {
-        let count = self.series.set_volume(
+        self.series.set_volume(
             &crate::issuance::id_hash(volume.volume_id),
             volume.pod_namespace,
             volume.pod_name,
             seconds(not_after),
             seconds(renew_at),
         );
-        self.managed_volumes.set(count as i64);
     }
 
     /// The volume was unpublished: its per-volume series are removed.
     /// Unknown ids are ignored (unpublish is retried by the kubelet).
     pub fn volume_unpublished(&self, volume_id: &str) {
-        let count = self
-            .series
+        self.series
             .remove_volume(&crate::issuance::id_hash(volume_id));
-        self.managed_volumes.set(count as i64);
     }
 
     /// How many issuances wait for the node-wide rate limit right now.

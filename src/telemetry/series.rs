@@ -10,17 +10,19 @@
 //! Here one map entry per volume and one per request hold the label values
 //! once, and a [`Collector`] writes every series from them on each scrape.
 //! Scrapes are rare (seconds apart) and the write is linear, so nothing is
-//! lost by computing the text then.
+//! lost by computing the text then. The managed volume and request counts
+//! are the sizes of the same maps, so they are written here too rather than
+//! kept in gauges of their own.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::metrics::ReadyCondition;
+use super::metrics::{ReadyCondition, lock};
 
 pub(crate) const EXPIRATION: &str =
     "certmanager_csi_certificate_request_expiration_timestamp_seconds";
@@ -28,7 +30,7 @@ pub(crate) const RENEWAL: &str = "certmanager_csi_certificate_request_renewal_ti
 pub(crate) const READY: &str = "certmanager_csi_certificate_request_ready_status";
 
 /// One volume's label values and timestamps.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct VolumeEntry {
     pod_namespace: Box<str>,
     pod_name: Box<str>,
@@ -49,14 +51,8 @@ pub(crate) struct NodeSeries {
 /// (namespace, name) of a CertificateRequest.
 type RequestName = (Box<str>, Box<str>);
 
-/// A poisoned lock only means another thread panicked mid-update of a map
-/// that stays consistent entry by entry; keep serving it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl NodeSeries {
-    /// Sets the volume's series; returns how many volumes there are now.
+    /// Sets the volume's series.
     pub(crate) fn set_volume(
         &self,
         id_hash: &str,
@@ -64,11 +60,10 @@ impl NodeSeries {
         pod_name: &str,
         not_after: f64,
         renew_at: f64,
-    ) -> usize {
-        let mut volumes = lock(&self.volumes);
+    ) {
         // Replacing the whole entry also drops stale pod labels if the
         // kubelet ever reused a volume id for another pod.
-        volumes.insert(
+        lock(&self.volumes).insert(
             id_hash.into(),
             VolumeEntry {
                 pod_namespace: pod_namespace.into(),
@@ -77,38 +72,33 @@ impl NodeSeries {
                 renew_at,
             },
         );
-        volumes.len()
     }
 
-    /// Drops the volume's series; returns how many volumes are left.
-    pub(crate) fn remove_volume(&self, id_hash: &str) -> usize {
-        let mut volumes = lock(&self.volumes);
-        volumes.remove(id_hash);
-        volumes.len()
+    /// Drops the volume's series.
+    pub(crate) fn remove_volume(&self, id_hash: &str) {
+        lock(&self.volumes).remove(id_hash);
     }
 
-    /// Sets a request's Ready status, adding the request if it is new;
-    /// returns how many requests there are now.
-    pub(crate) fn set_request(&self, namespace: &str, name: &str, ready: ReadyCondition) -> usize {
-        let mut requests = lock(&self.requests);
-        requests.insert((namespace.into(), name.into()), ready);
-        requests.len()
+    /// Sets a request's Ready status, adding the request if it is new.
+    pub(crate) fn set_request(&self, namespace: &str, name: &str, ready: ReadyCondition) {
+        lock(&self.requests).insert((namespace.into(), name.into()), ready);
     }
 
-    /// Drops a request's series; returns how many requests are left.
-    pub(crate) fn remove_request(&self, namespace: &str, name: &str) -> usize {
-        let mut requests = lock(&self.requests);
-        requests.remove(&(Box::from(namespace), Box::from(name)));
-        requests.len()
+    /// Drops a request's series.
+    pub(crate) fn remove_request(&self, namespace: &str, name: &str) {
+        lock(&self.requests).remove(&(Box::from(namespace), Box::from(name)));
     }
 }
 
-fn condition_label(condition: ReadyCondition) -> &'static str {
-    match condition {
-        ReadyCondition::True => "True",
-        ReadyCondition::False => "False",
-        ReadyCondition::Unknown => "Unknown",
-    }
+/// An unlabelled gauge with the value `value`.
+fn encode_count(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: usize,
+) -> Result<(), std::fmt::Error> {
+    let count = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    count.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 impl Collector for NodeSeries {
@@ -139,6 +129,12 @@ impl Collector for NodeSeries {
                     ConstGauge::new(value(volume)).encode(family.encode_family(&labels)?)?;
                 }
             }
+            encode_count(
+                &mut encoder,
+                "certmanager_csi_managed_volume_count",
+                "Volumes the node plugin currently manages",
+                volumes.len(),
+            )?;
         }
         let requests = lock(&self.requests);
         let mut family = encoder.encode_descriptor(
@@ -149,15 +145,19 @@ impl Collector for NodeSeries {
         )?;
         for ((namespace, name), current) in requests.iter() {
             for condition in ReadyCondition::ALL {
-                let labels = [
-                    ("name", &**name),
-                    ("namespace", &**namespace),
-                    ("condition", condition_label(condition)),
-                ];
+                let labels = (
+                    [("name", &**name), ("namespace", &**namespace)],
+                    [("condition", condition)],
+                );
                 ConstGauge::new(i64::from(condition == *current))
                     .encode(family.encode_family(&labels)?)?;
             }
         }
-        Ok(())
+        encode_count(
+            &mut encoder,
+            "certmanager_csi_managed_certificate_request_count",
+            "CertificateRequests the node plugin currently keeps in the API",
+            requests.len(),
+        )
     }
 }
