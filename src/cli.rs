@@ -245,6 +245,16 @@ pub struct NodeArgs {
     /// pods started together do not renew together (0 disables).
     #[arg(long, env = "RENEWAL_JITTER", default_value = "0.1", value_parser = parse_jitter)]
     pub renewal_jitter: crate::renewal::schedule::JitterPolicy,
+    /// No volume renews sooner than this after its certificate arrived. A
+    /// certificate too short for that (an issuer capping lifetimes at a
+    /// CA about to expire, say) is renewed after this wait instead,
+    /// doubling per such certificate in a row, with a Warning Event on the
+    /// pod (Go duration, at least 1s).
+    #[arg(long, env = "MIN_RENEWAL_INTERVAL", default_value = "1m", value_parser = parse_min_interval)]
+    pub min_renewal_interval: std::time::Duration,
+    /// The longest wait the renewal guard doubles up to (Go duration).
+    #[arg(long, env = "MAX_GUARD_BACKOFF", default_value = "30m", value_parser = parse_duration)]
+    pub max_guard_backoff: std::time::Duration,
     /// CertificateRequests this node may have undecided at once (first
     /// issuance and renewals together).
     #[arg(long, env = "MAX_INFLIGHT_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -336,6 +346,16 @@ fn parse_rate(value: &str) -> Result<crate::renewal::limiter::RequestRate, Strin
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     crate::volume::duration::parse_go(value)
         .map_err(|e| format!("{e} (use a Go duration such as 60s or 2m)"))
+}
+
+fn parse_min_interval(value: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(value)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{value:?} is shorter than 1s: a volume could renew the moment its certificate arrives; use 1s or more (the default is 1m)"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_jitter(value: &str) -> Result<crate::renewal::schedule::JitterPolicy, String> {
@@ -448,7 +468,11 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             node_id: args.node_id,
             publish_timeout: args.publish_timeout,
             keep_requests: args.keep_requests as usize,
-            jitter: args.renewal_jitter,
+            renewal: crate::renewal::schedule::RenewalPolicy {
+                jitter: args.renewal_jitter,
+                min_interval: args.min_renewal_interval,
+                max_guard_backoff: args.max_guard_backoff,
+            },
             retry: crate::csi::node::RetryPolicy {
                 base: args.renewal_retry_base,
                 max: args.renewal_retry_max.max(args.renewal_retry_base),

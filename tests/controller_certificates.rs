@@ -675,6 +675,73 @@ async fn renews_in_place_at_renewal_time_and_keeps_history_limit() {
     env.finish().await;
 }
 
+/// Issue 13's cases on the Certificate path: a CA with 30 days left caps
+/// 90-day Certificates, one with the default renewBefore and one whose
+/// renewBefore is the CA's whole remaining life. Each is issued once and
+/// renews at two thirds of what it got, not at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_that_caps_lifetimes_causes_no_reissue_loop() {
+    let env = Env::start(1).await;
+    bootstrap(&env).await;
+    let mut ca = leaf_spec(IssuerRef::cluster_issuer("selfsigned"), "ca-30d", &[]);
+    ca.is_ca = Some(true);
+    ca.duration = Some("720h".into());
+    env.create(CLUSTER_NS, "ca-30d", ca).await;
+    env.wait_revision(CLUSTER_NS, "ca-30d", 1).await;
+    env.cluster_issuer(
+        "ca-30d",
+        IssuerSpec {
+            ca: Some(CaIssuer {
+                secret_name: "ca-30d".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let names = ["capped-default", "capped-renew-before"];
+    for name in names {
+        let mut spec = leaf_spec(
+            IssuerRef::cluster_issuer("ca-30d"),
+            name,
+            &["capped.example"],
+        );
+        spec.duration = Some("2160h".into());
+        if name == "capped-renew-before" {
+            spec.renew_before = Some("720h".into());
+        }
+        env.create(NS, name, spec).await;
+    }
+    for name in names {
+        let cert = env.wait_revision(NS, name, 1).await;
+        let status = cert.status.as_ref().unwrap();
+        let (nb, na) = (
+            status.not_before.clone().unwrap().0,
+            status.not_after.clone().unwrap().0,
+        );
+        let renewal = status.renewal_time.clone().unwrap().0;
+        let life = na.duration_since(nb).as_secs();
+        assert!(life < 31 * 86_400, "{name}: not capped ({life} s)");
+        // Two thirds in, to the second (no jitter by default).
+        let into = renewal.duration_since(nb).as_secs();
+        assert!(
+            into.abs_diff(life * 2 / 3) <= 1,
+            "{name}: renewal {into} s into a {life} s lifetime"
+        );
+    }
+    // A reissue loop would show within milliseconds; watch five seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        for name in names {
+            let cert = env.certs(NS).get(name).await.unwrap();
+            let revision = cert.status.as_ref().and_then(|s| s.revision);
+            assert_eq!(revision, Some(1), "{name} was reissued");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.finish().await;
+}
+
 /// Plays an issuer of another API group: marks each new request Failed, or
 /// answers with a certificate for a different key.
 async fn external_issuer(client: kube::Client, mode: &'static str, ca_key: PrivateKey) {

@@ -106,7 +106,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
                     (keys::KEY_ALGORITHM, "ECDSA"),
                     // Renewed about ten seconds after issuance.
                     (keys::DURATION, "40s"),
-                    (keys::RENEW_BEFORE, "30s"),
+                    (keys::RENEW_BEFORE, "28s"),
                 ],
             ));
         }

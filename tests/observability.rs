@@ -17,66 +17,12 @@ use cert_csi::csi::proto::ProbeRequest;
 use cert_csi::csi::proto::identity_client::IdentityClient;
 use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::volume::keys;
-use common::{Env, Options, Policy};
+use common::{Env, Options, Policy, http_get, sample};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` over plain HTTP/1.0; the status code and the body.
-async fn http_get(base: &str, path: &str) -> (u16, String) {
-    let address = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP header end in {response:?}"));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status code in {head:?}"));
-    (code, body.to_owned())
-}
-
-/// The value of the one sample named `name` whose labels include every
-/// `label="value"` in `labels`; panics when there is none or several.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<f64> = scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no value in {l:?}"))
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one sample {name}{labels:?}, found {found:?} in:\n{scrape}"
-    );
-    found[0]
-}
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH)

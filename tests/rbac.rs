@@ -1158,9 +1158,9 @@ async fn chart_rbac_allows_all_real_traffic_of_node_plugin_and_controller() {
             (keys::ISSUER_KIND, "ClusterIssuer"),
             (keys::KEY_ALGORITHM, "ECDSA"),
             (keys::DNS_NAMES, "app.shop.svc"),
-            // Renewal about five seconds after issuance.
+            // Renewal about six seconds after issuance.
             (keys::DURATION, "20s"),
-            (keys::RENEW_BEFORE, "15s"),
+            (keys::RENEW_BEFORE, "14s"),
         ],
     );
     env.publish_ok(&volume).await;
@@ -1173,7 +1173,7 @@ async fn chart_rbac_allows_all_real_traffic_of_node_plugin_and_controller() {
         controller.assert_running();
         assert!(
             Instant::now() < deadline,
-            "no renewal within 20 s of a 20 s certificate with renew-before 15 s\nnode log:\n{}",
+            "no renewal within 20 s of a 20 s certificate with renew-before 14 s\nnode log:\n{}",
             env.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -44,8 +44,9 @@ pub struct NodeConfig {
     pub publish_timeout: Duration,
     /// Requests kept per volume after issuance; older ones are deleted.
     pub keep_requests: usize,
-    /// How far before the nominal time renewals may be moved at random.
-    pub jitter: schedule::JitterPolicy,
+    /// When renewals happen: jitter, the minimum interval between two
+    /// certificates of a volume, and the guard's longest back-off.
+    pub renewal: schedule::RenewalPolicy,
     /// How long to wait before retrying a failed renewal.
     pub retry: RetryPolicy,
     /// The node-wide issuance limit (in flight, and new requests per second).
@@ -65,7 +66,7 @@ impl NodeConfig {
             node_id: node_id.into(),
             publish_timeout: Duration::from_secs(60),
             keep_requests: 1,
-            jitter: schedule::JitterPolicy::default(),
+            renewal: schedule::RenewalPolicy::default(),
             retry: RetryPolicy::default(),
             limits: LimiterConfig::default(),
             // Off unless asked for: in-process users (the demo, tests) must
@@ -174,6 +175,30 @@ pub const EVENT_DENIED: &str = "IssuanceDenied";
 pub const EVENT_FAILED: &str = "IssuanceFailed";
 pub const EVENT_SLOW: &str = "IssuanceSlow";
 pub const EVENT_RENEWAL_FAILED: &str = "RenewalFailed";
+pub const EVENT_RENEWAL_GUARDED: &str = "RenewalGuarded";
+
+/// The note of a `RenewalGuarded` Event: which issuer, what was asked, what
+/// was given. Whole seconds, so a repeating cause reads the same.
+fn guard_note(
+    spec: &VolumeSpec,
+    issued: &schedule::Issued,
+    min_interval: Duration,
+    wait: Duration,
+) -> String {
+    let fmt = |d: Duration| crate::volume::duration::format_go(Duration::from_secs(d.as_secs()));
+    format!(
+        "{} {} issued a certificate with {} of life left, for {} requested; \
+         that is too short to renew at least {} after it arrived, so the \
+         renewal waits {} (doubling while this repeats). Check the issuer: \
+         a CA near its own expiry caps every certificate it signs",
+        spec.issuer.kind,
+        spec.issuer.name,
+        fmt(issued.lifetime()),
+        fmt(spec.duration),
+        fmt(min_interval),
+        fmt(wait),
+    )
+}
 
 /// The pod's name for a volume: the directory above `mount` in the
 /// kubelet's target path (`…/volumes/kubernetes.io~csi/<name>/mount`).
@@ -721,12 +746,9 @@ impl NodeService {
         self.request_decided(&namespace, &name, &outcome);
         let issued = outcome?;
 
-        let leaf = pki::check_issued(
-            issued.chain_pem.as_bytes(),
-            key.public_key_der(),
-            std::time::SystemTime::now(),
-        )
-        .map_err(|e| PublishError::Issued(e.to_string()))?;
+        let received = std::time::SystemTime::now();
+        let leaf = pki::check_issued(issued.chain_pem.as_bytes(), key.public_key_der(), received)
+            .map_err(|e| PublishError::Issued(e.to_string()))?;
         let issued = self.with_bundle_ca(issued)?;
         let files = build_files(spec, &key, &issued)?;
         let gid = spec.fs_group;
@@ -747,7 +769,8 @@ impl NodeService {
             .await?;
         }
 
-        let renew_at = self.renewal_time(spec, &leaf);
+        let plan = self.plan_renewal(spec, &leaf, received, 0);
+        let renew_at = plan.at;
         let mut state = VolumeState::new(
             &spec.volume_id,
             &spec.target_path,
@@ -764,6 +787,8 @@ impl NodeService {
         state.not_before = Some(to_timestamp(leaf.not_before));
         state.not_after = Some(to_timestamp(leaf.not_after));
         state.next_renewal = Some(to_timestamp(renew_at));
+        state.received_at = Some(to_timestamp(received));
+        state.short_certificates = plan.short_streak;
         {
             let store = self.store.clone();
             let dir = dir.clone();
@@ -821,19 +846,44 @@ impl NodeService {
             .map_err(PublishError::from)
     }
 
-    /// When to renew `leaf`. Renew-before defaults to a third of the
-    /// requested duration rather than of the certificate's lifetime: the
-    /// issuer's clock-skew backdate lengthens the lifetime, and a third of
-    /// that could reach past the requested duration and renew at once.
-    fn renewal_time(&self, spec: &VolumeSpec, leaf: &pki::CertInfo) -> std::time::SystemTime {
-        let before = schedule::renew_before(spec.duration, spec.renew_before);
-        schedule::renewal_time(
-            leaf.not_before,
-            leaf.not_after,
-            Some(before),
-            self.config.jitter,
+    /// When to renew `leaf`, which arrived at `received`, after
+    /// `short_streak` certificates in a row too short to renew normally
+    /// (see [`schedule::plan`]). When the guard has to step in, the pod gets
+    /// a Warning Event naming the issuer and the lifetimes, and the guard
+    /// metric counts it.
+    fn plan_renewal(
+        &self,
+        spec: &VolumeSpec,
+        leaf: &pki::CertInfo,
+        received: std::time::SystemTime,
+        short_streak: u32,
+    ) -> schedule::Plan {
+        let issued = schedule::Issued {
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            received,
+        };
+        let plan = schedule::plan(
+            &issued,
+            spec.renew_before,
+            &self.config.renewal,
+            short_streak,
             rand::random::<f64>(),
-        )
+        );
+        if plan.guarded() {
+            self.metrics.renewal_guarded();
+            let wait = plan.at.duration_since(received).unwrap_or_default();
+            let note = guard_note(spec, &issued, self.config.renewal.min_interval, wait);
+            tracing::warn!(volume_id = %spec.volume_id, streak = plan.short_streak, "{note}");
+            self.pod_event(
+                &spec.pod,
+                EventType::Warning,
+                EVENT_RENEWAL_GUARDED,
+                "Renew",
+                note,
+            );
+        }
+        plan
     }
 
     async fn prepare(&self, volume_id: &str) -> Result<crate::store::VolumeDir, PublishError> {

@@ -258,7 +258,15 @@ fn node_options(
         driver_name: "csi.cert-manager.io".to_string(),
         data_root: dir.join("node"),
         kubeconfig: Some(kubeconfig.to_path_buf()),
-        node: crate::csi::node::NodeConfig::new(NODE_NAME),
+        node: crate::csi::node::NodeConfig {
+            // The demo squeezes a rotation into seconds; the guard's
+            // one-minute default would hold it back.
+            renewal: crate::renewal::schedule::RenewalPolicy {
+                min_interval: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..crate::csi::node::NodeConfig::new(NODE_NAME)
+        },
     }
 }
 

@@ -211,7 +211,7 @@ async fn run(shared: Arc<Shared>, tx: mpsc::UnboundedSender<String>, shutdown: C
 mod tests {
     use super::*;
     use crate::renewal::limiter::{Limiter, LimiterConfig, Priority, RequestRate};
-    use crate::renewal::schedule::{JitterPolicy, renewal_time};
+    use crate::renewal::schedule::{Issued, JitterPolicy, RenewalPolicy, plan};
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
@@ -292,7 +292,14 @@ mod tests {
         const RATE: f64 = 200.0;
         let lifetime = Duration::from_secs(10);
         let renew_before = Duration::from_secs(4);
-        let jitter = JitterPolicy::new(0.5).unwrap();
+        // A quarter of renew-before: the window then ends exactly at half
+        // the lifetime, the earliest the schedule lets jitter reach.
+        let jitter = JitterPolicy::new(0.25).unwrap();
+        let policy = RenewalPolicy {
+            jitter,
+            min_interval: Duration::from_secs(1),
+            ..RenewalPolicy::default()
+        };
         let window = renew_before.mul_f64(jitter.fraction());
         let shutdown = CancellationToken::new();
         let (scheduler, mut due_rx) = Scheduler::spawn(shutdown.clone());
@@ -313,13 +320,12 @@ mod tests {
         for i in 0..VOLUMES {
             let not_before = base + Duration::from_micros(i as u64 * 1000);
             let not_after = not_before + lifetime;
-            let at = renewal_time(
+            let issued = Issued {
                 not_before,
                 not_after,
-                Some(renew_before),
-                jitter,
-                rand::random(),
-            );
+                received: not_before,
+            };
+            let at = plan(&issued, Some(renew_before), &policy, 0, rand::random()).at;
             let nominal = not_after - renew_before;
             let early = nominal.duration_since(at).expect("never after nominal");
             assert!(early <= window, "{early:?}");

@@ -44,6 +44,16 @@ pub struct VolumeState {
     /// When the renewal scheduler should act next.
     #[serde(default)]
     pub next_renewal: Option<Timestamp>,
+    /// When the current certificate arrived; its usable lifetime counts
+    /// from here, not from the issuer's backdated notBefore. Absent in
+    /// states written before it was recorded (notBefore is used then).
+    #[serde(default)]
+    pub received_at: Option<Timestamp>,
+    /// Certificates in a row too short to renew normally (see
+    /// `renewal::schedule::plan`); the renewal guard's back-off doubles
+    /// with each, and a normal certificate resets it.
+    #[serde(default)]
+    pub short_certificates: u32,
     /// Consecutive failed renewal attempts; 0 after a success.
     #[serde(default)]
     pub renewal_attempts: u32,
@@ -91,6 +101,8 @@ impl VolumeState {
             not_before: None,
             not_after: None,
             next_renewal: None,
+            received_at: None,
+            short_certificates: 0,
             renewal_attempts: 0,
             volume_mount_group: None,
         }

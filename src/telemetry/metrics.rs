@@ -225,6 +225,7 @@ pub struct NodeMetrics {
     issuance_duration: HistogramFamily<KindLabels>,
     queue_depth: Gauge,
     renewal_failures: Counter,
+    renewals_guarded: Counter,
 }
 
 fn issuance_histogram() -> Histogram {
@@ -244,6 +245,7 @@ impl NodeMetrics {
             issuance_duration: Family::new_with_constructor(issuance_histogram as fn() -> _),
             queue_depth: Gauge::default(),
             renewal_failures: Counter::default(),
+            renewals_guarded: Counter::default(),
         };
         // Every reason and kind exists from the start at zero, so `rate()`
         // and alerts work before the first failure.
@@ -283,7 +285,17 @@ impl NodeMetrics {
             "Renewals that failed; each is retried with backoff",
             metrics.renewal_failures.clone(),
         );
+        registry.register(
+            "cert_csi_renewals_guarded",
+            "Certificates too short to renew normally, whose renewal the guard delayed to the minimum interval or beyond",
+            metrics.renewals_guarded.clone(),
+        );
         metrics
+    }
+
+    /// The renewal guard delayed a volume whose certificate was too short.
+    pub fn renewal_guarded(&self) {
+        self.renewals_guarded.inc();
     }
 
     /// A CertificateRequest was created. Its ready status starts Unknown.

@@ -212,8 +212,8 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     },
     AttributeDoc {
         key: "renew-before",
-        default: "one third of the duration",
-        rule: "a Go duration greater than zero; ignored (with a warning) when not less than the duration",
+        default: "one third of the lifetime issued",
+        rule: "a Go duration greater than zero; ignored (with a warning) when not less than the duration, and in favour of the default when more than three quarters of the lifetime the issuer actually gave (see When volumes renew)",
     },
     AttributeDoc {
         key: "reuse-private-key",

@@ -252,6 +252,47 @@ impl Cluster {
         wait_ready(&issuers, "ca", Issuer::is_ready).await;
     }
 
+    /// A CA ClusterIssuer `name` whose CA, issued the cert-manager way by
+    /// the `selfsigned` ClusterIssuer, lives `duration` (a Go duration, at
+    /// least 1h) from now. The CA issuer caps every certificate at its CA's
+    /// notAfter, so this is an issuer that shortens lifetimes. Returns the
+    /// CA's PEM. Needs the in-process controller.
+    pub async fn short_lived_ca(&self, name: &str, duration: &str) -> String {
+        assert!(
+            self.controller.is_some(),
+            "short_lived_ca needs the controller"
+        );
+        let client = &self.shared.client;
+        let certificate: Certificate = serde_json::from_value(json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": {"name": name, "namespace": CLUSTER_NS},
+            "spec": {
+                "isCA": true,
+                "commonName": format!("cert-csi test CA {name}"),
+                "duration": duration,
+                "secretName": name,
+                "privateKey": {"algorithm": "ECDSA", "size": 256},
+                "issuerRef": {"name": "selfsigned", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+            },
+        }))
+        .unwrap();
+        let certificates: Api<Certificate> = Api::namespaced(client.clone(), CLUSTER_NS);
+        create_or_keep(&certificates, &certificate, "Certificate").await;
+        wait_ready(&certificates, name, Certificate::is_ready).await;
+        ca_cluster_issuer(client, name, name).await;
+        let secret =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), CLUSTER_NS)
+                .get(name)
+                .await
+                .expect("the CA Certificate's Secret");
+        let crt = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("tls.crt"))
+            .expect("tls.crt");
+        String::from_utf8(crt.0.clone()).expect("tls.crt is PEM text")
+    }
+
     /// Stops the approver and the controller; call before the API server
     /// goes away.
     pub async fn stop(&mut self) {
@@ -357,16 +398,7 @@ async fn bootstrap_ca(client: &Client) -> String {
     let certificates: Api<Certificate> = Api::namespaced(client.clone(), CLUSTER_NS);
     create_or_keep(&certificates, &certificate, "Certificate").await;
     for name in ["ca", "spiffe-ca"] {
-        let issuer: ClusterIssuer = serde_json::from_value(json!({
-            "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
-            "metadata": {"name": name},
-            "spec": {"ca": {"secretName": CA_SECRET}},
-        }))
-        .unwrap();
-        create_or_keep(&cluster_issuers, &issuer, "ClusterIssuer").await;
-    }
-    for name in ["ca", "spiffe-ca"] {
-        wait_ready(&cluster_issuers, name, ClusterIssuer::is_ready).await;
+        ca_cluster_issuer(client, name, CA_SECRET).await;
     }
     let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), CLUSTER_NS)
         .get(CA_SECRET)
@@ -383,6 +415,20 @@ async fn bootstrap_ca(client: &Client) -> String {
     let chain = cert_csi::pki::parse_chain(pem.as_bytes()).expect("tls.crt parses");
     assert_eq!(chain.len(), 1, "the test CA is one self-signed certificate");
     pem
+}
+
+/// Creates CA ClusterIssuer `name` over the CA in Secret `secret` (in
+/// [`CLUSTER_NS`]) and waits until the controller reports it Ready.
+async fn ca_cluster_issuer(client: &Client, name: &str, secret: &str) {
+    let cluster_issuers: Api<ClusterIssuer> = Api::all(client.clone());
+    let issuer: ClusterIssuer = serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
+        "metadata": {"name": name},
+        "spec": {"ca": {"secretName": secret}},
+    }))
+    .unwrap();
+    create_or_keep(&cluster_issuers, &issuer, "ClusterIssuer").await;
+    wait_ready(&cluster_issuers, name, ClusterIssuer::is_ready).await;
 }
 
 async fn run_approver(shared: Arc<ClusterShared>, bootstrap: bool) {
@@ -843,6 +889,18 @@ impl Env {
             .args(["--publish-timeout", self.publish_timeout])
             // A free port per plugin: tests run in parallel.
             .args(["--metrics-address", "127.0.0.1:0"])
+            // Tests compress certificate lifetimes to seconds; the renewal
+            // guard's one-minute default would hold every rotation back.
+            // Tests of the guard pass their own interval.
+            .args(
+                (!self
+                    .extra_args
+                    .iter()
+                    .any(|a| a == "--min-renewal-interval"))
+                .then_some(["--min-renewal-interval", "1s"])
+                .into_iter()
+                .flatten(),
+            )
             .args(&self.extra_args)
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
@@ -1794,4 +1852,62 @@ pub fn volume_state(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => panic!("reading {}: {e}", path.display()),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Metrics over plain HTTP
+// ---------------------------------------------------------------------------
+
+/// `GET path` over plain HTTP/1.0; the status code and the body.
+pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header end in {response:?}"));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {head:?}"));
+    (code, body.to_owned())
+}
+
+/// The value of the one sample named `name` whose labels include every
+/// `label="value"` in `labels`; panics when there is none or several.
+pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no value in {l:?}"))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one sample {name}{labels:?}, found {found:?} in:\n{scrape}"
+    );
+    found[0]
 }

@@ -624,11 +624,20 @@ pub struct P6 {
 
 pub async fn p6(ctx: &Ctx<'_>) -> anyhow::Result<P6> {
     let d = ctx.sizes.renewal_duration_seconds;
-    let rb = d / 2;
+    // A third, with half of it as jitter: the window then runs from half
+    // the lifetime (the earliest jitter may reach) to two thirds.
+    let rb = d / 3;
     let jitter = 0.5;
     let rate = ctx.sizes.renewal_rate;
     let n = ctx.sizes.renewal_volumes;
-    let jitter_flag = ["--renewal-jitter".to_string(), jitter.to_string()];
+    // The lifetimes here are seconds; the guard's one-minute minimum
+    // interval would hold every renewal back.
+    let jitter_flag = [
+        "--renewal-jitter".to_string(),
+        jitter.to_string(),
+        "--min-renewal-interval".to_string(),
+        "1s".to_string(),
+    ];
     let burst_flags: Vec<String> = unlimited().into_iter().chain(jitter_flag.clone()).collect();
     let limited: Vec<String> = [
         "--max-request-rate".to_string(),

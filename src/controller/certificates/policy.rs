@@ -14,10 +14,11 @@ use thiserror::Error;
 
 use crate::api::{CertificateSpec, IssuerRef, PrivateKeyAlgorithm, RotationPolicy};
 use crate::pki::rules::EncodedUsages;
+use crate::pki::sign::CLOCK_SKEW_BACKDATE;
 use crate::pki::{
     CertInfo, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SubjectSpec, Usage,
 };
-use crate::renewal::schedule::JitterPolicy;
+use crate::renewal::schedule::{self, JitterPolicy};
 use crate::volume::duration::{format_go, parse_go};
 
 /// cert-manager's default `spec.duration`.
@@ -618,23 +619,32 @@ fn same_key_kind(have: KeyAlgorithm, want: KeyAlgorithm) -> bool {
 }
 
 /// How long before notAfter to renew, upstream's order of preference:
-/// renewBefore when 0 < renewBefore < lifetime; else lifetime × percentage;
-/// else a third of the lifetime.
+/// renewBefore when positive; else lifetime × percentage; else a third of
+/// the lifetime; each only when shorter than the lifetime. The lifetime
+/// compared with excludes the signer's clock-skew backdate: upstream's CA
+/// signer does not backdate, and with it a renewBefore equal to what a CA
+/// near its own expiry can still give (issue 13) would be "shorter than the
+/// lifetime" and reissue at once, again and again.
 pub fn renew_before(
     lifetime: Duration,
     renew_before: Option<Duration>,
     percentage: Option<u32>,
 ) -> Duration {
-    match (renew_before, percentage) {
-        (Some(rb), _) if !rb.is_zero() && rb < lifetime => rb,
-        (_, Some(p)) if (1..100).contains(&p) => lifetime * p / 100,
+    let asked = match (renew_before, percentage) {
+        (Some(rb), _) if !rb.is_zero() => Some(rb),
+        (_, Some(p)) if (1..100).contains(&p) => Some(lifetime * p / 100),
+        _ => None,
+    };
+    match asked {
+        Some(rb) if rb.saturating_add(CLOCK_SKEW_BACKDATE) < lifetime => rb,
         _ => lifetime / 3,
     }
 }
 
 /// When to renew: notAfter − renew_before, moved earlier by up to
 /// `jitter.fraction() × renew_before` (`unit_random` in [0, 1) picks where),
-/// never later than upstream's time and never before notBefore.
+/// never later than upstream's time, and jitter never reaches before half
+/// the lifetime (see [`schedule::jittered`]).
 pub fn renewal_time(
     not_before: SystemTime,
     not_after: SystemTime,
@@ -647,17 +657,7 @@ pub fn renewal_time(
         return not_after;
     };
     let before = renew_before(lifetime, requested_renew_before, percentage);
-    let unit = if unit_random.is_finite() {
-        unit_random.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let extra = before.mul_f64(jitter.fraction() * unit);
-    let offset = before.saturating_add(extra).min(lifetime);
-    not_after
-        .checked_sub(offset)
-        .unwrap_or(not_before)
-        .max(not_before)
+    schedule::jittered(not_before, not_after, before, jitter, unit_random)
 }
 
 /// A stable number in [0, 1) for one certificate, so every reconcile of
@@ -1231,13 +1231,41 @@ mod tests {
             let t = renewal_time(nb, na, None, None, j, u);
             assert!(t <= upstream && t >= upstream - HOUR / 2, "{u}");
         }
-        // A renewBefore close to the lifetime cannot move renewal before notBefore.
+        // Full jitter stops at half the lifetime.
         let full = JitterPolicy::new(1.0).unwrap();
+        assert_eq!(
+            renewal_time(nb, na, None, None, full, 0.99),
+            nb + 3 * HOUR / 2
+        );
+        // A renewBefore within the backdate of the lifetime falls back to a
+        // third rather than renewing at once.
         let rb = 3 * HOUR - Duration::from_secs(5);
-        assert_eq!(renewal_time(nb, na, Some(rb), None, full, 0.99), nb);
         assert_eq!(
             renewal_time(nb, na, Some(rb), None, JitterPolicy::none(), 0.0),
-            nb + Duration::from_secs(5)
+            upstream
+        );
+        // One that leaves more than the backdate is upstream's, and jitter
+        // cannot move it earlier than asked when that is before half.
+        let rb = 3 * HOUR - Duration::from_secs(65);
+        assert_eq!(
+            renewal_time(nb, na, Some(rb), None, full, 0.99),
+            nb + Duration::from_secs(65)
+        );
+        // Issue 13's case: 90 days asked, renewBefore 30 days, a CA with 30
+        // days left caps the leaf, which the signer backdates a minute:
+        // renewal at two thirds, not at once.
+        let capped_nb = nb - Duration::from_secs(60);
+        let capped_na = nb + 30 * 24 * HOUR;
+        assert_eq!(
+            renewal_time(
+                capped_nb,
+                capped_na,
+                Some(30 * 24 * HOUR),
+                None,
+                JitterPolicy::none(),
+                0.0
+            ),
+            capped_na - (capped_na.duration_since(capped_nb).unwrap() / 3)
         );
         // Inverted validity: renew now.
         assert_eq!(renewal_time(na, nb, None, None, j, 0.5), nb);

@@ -136,16 +136,24 @@ impl NodeService {
                 Verdict::AwaitingPublish => report.awaiting_publish += 1,
                 Verdict::Gone => gone.push(state),
                 Verdict::Keep => {
+                    let mut state = state;
                     let pending =
                         matches!(&state.request, Some(r) if r.phase == RequestPhase::Pending);
                     let at = if pending {
                         report.resumed += 1;
                         now
                     } else {
-                        let at = state
-                            .next_renewal
-                            .map(SystemTime::from)
-                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        let at = self.recovered_renewal(&state);
+                        if Some(to_timestamp(at)) != state.next_renewal {
+                            // Saved, so the next restart starts from the
+                            // same time and the metrics show it.
+                            state.next_renewal = Some(to_timestamp(at));
+                            let store = self.store.clone();
+                            let saving = state.clone();
+                            if let Err(error) = blocking(move || store.save_state(&saving)).await {
+                                tracing::warn!(volume_id = %state.volume_id, %error, "could not save the rescheduled renewal");
+                            }
+                        }
                         if at <= now {
                             report.overdue += 1;
                         } else {
@@ -171,6 +179,64 @@ impl NodeService {
             "node state recovered"
         );
         Ok(report)
+    }
+
+    /// The renewal time of a recovered volume, under the same rules as a
+    /// fresh certificate (see [`schedule::revalidate`]). A retry after a
+    /// failed renewal is kept as saved; so is a state that lacks validity.
+    fn recovered_renewal(&self, state: &VolumeState) -> SystemTime {
+        let saved = state
+            .next_renewal
+            .map(SystemTime::from)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let (Some(not_before), Some(not_after)) = (state.not_before, state.not_after) else {
+            return saved;
+        };
+        if state.renewal_attempts > 0 {
+            return saved;
+        }
+        let not_before = SystemTime::from(not_before);
+        let issued = schedule::Issued {
+            not_before,
+            not_after: SystemTime::from(not_after),
+            received: state.received_at.map_or(not_before, SystemTime::from),
+        };
+        // The renew-before the pod asked for. A context that no longer
+        // parses (a keystore password lives only in the tmpfs) falls back
+        // to the default third, which renews later but still in time.
+        let target = state.target_path.to_string_lossy();
+        let context: HashMap<String, String> = state
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let requested = self
+            .parse_spec(&PublishInput {
+                volume_id: &state.volume_id,
+                target_path: &target,
+                readonly: true,
+                volume_mount_group: state.volume_mount_group.as_deref(),
+                context: &context,
+            })
+            .ok()
+            .and_then(|spec| spec.renew_before);
+        let plan = schedule::revalidate(
+            saved,
+            &issued,
+            requested,
+            &self.config.renewal,
+            state.short_certificates,
+            rand::random::<f64>(),
+        );
+        if plan.at != saved {
+            tracing::info!(
+                volume_id = %state.volume_id,
+                saved = %jiff::Timestamp::try_from(saved).map(|t| t.to_string()).unwrap_or_default(),
+                next_renewal = %to_timestamp(plan.at),
+                "a saved renewal time broke the renewal rules; rescheduled"
+            );
+        }
+        plan.at
     }
 
     /// Brings a recovered volume's series back: a restart must not make a
@@ -376,14 +442,10 @@ impl NodeService {
         self.tracker.forget(&namespace, &name);
         self.request_decided(&namespace, &name, &outcome);
         let issued = outcome?;
-        let leaf = pki::check_issued(
-            issued.chain_pem.as_bytes(),
-            key.public_key_der(),
-            SystemTime::now(),
-        )
-        .map_err(|e| PublishError::Issued(e.to_string()))?;
-        let next = self.renewal_time(&spec, &leaf);
-        {
+        let received = SystemTime::now();
+        let leaf = pki::check_issued(issued.chain_pem.as_bytes(), key.public_key_der(), received)
+            .map_err(|e| PublishError::Issued(e.to_string()))?;
+        let next = {
             let _guard = self.locks.lock(volume_id).await;
             if cancel.is_cancelled() {
                 return Ok(Renewal::Gone);
@@ -404,9 +466,12 @@ impl NodeService {
                 name: name.clone(),
                 phase: RequestPhase::Issued,
             });
+            let plan = self.plan_renewal(&spec, &leaf, received, state.short_certificates);
             state.not_before = Some(to_timestamp(leaf.not_before));
             state.not_after = Some(to_timestamp(leaf.not_after));
-            state.next_renewal = Some(to_timestamp(next));
+            state.next_renewal = Some(to_timestamp(plan.at));
+            state.received_at = Some(to_timestamp(received));
+            state.short_certificates = plan.short_streak;
             state.renewal_attempts = 0;
             let store = self.store.clone();
             let gid = spec.fs_group;
@@ -416,7 +481,8 @@ impl NodeService {
                 dir.clear_pending_key()
             })
             .await?;
-        }
+            plan.at
+        };
         drop(permit);
         self.metrics
             .observe_issuance(IssuanceKind::Renewal, started.elapsed());

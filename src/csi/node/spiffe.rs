@@ -241,8 +241,9 @@ pub fn parse(
         },
         pod,
         duration: config.duration,
-        // Renew at two thirds of the lifetime, as csi-driver-spiffe does.
-        renew_before: Some(config.duration / 3),
+        // Renew at two thirds of the lifetime the issuer actually gave, as
+        // csi-driver-spiffe does (the schedule's default when unset).
+        renew_before: None,
         is_ca: false,
         usages: spiffe::USAGES.to_vec(),
         key: KeySpec {
@@ -571,7 +572,7 @@ mod tests {
         assert_eq!(spec.key.algorithm, KeyAlgorithm::Ecdsa(Curve::P256));
         assert_eq!(spec.key.encoding, KeyEncoding::Pkcs8);
         assert_eq!(spec.duration, Duration::from_secs(3600));
-        assert_eq!(spec.renew_before, Some(Duration::from_secs(1200)));
+        assert_eq!(spec.renew_before, None, "a third of the issued lifetime");
         assert_eq!(spec.issuer.name, "spiffe-ca");
         assert_eq!(
             (
