@@ -2,6 +2,10 @@
 //! against the sandbox API server with a real kube::Client. Issued chains
 //! are checked with the openssl CLI.
 
+/// The backend switch (sandbox or the real control plane) of the test kit.
+#[path = "common/real.rs"]
+mod real;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +21,6 @@ use cert_csi::pki::{
     CsrOptions, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SignParams, SubjectSpec,
     Usage,
 };
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::shutdown::CancellationToken;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -32,20 +35,12 @@ struct Env {
     client: kube::Client,
     token: CancellationToken,
     controller: Option<tokio::task::JoinHandle<()>>,
-    _sandbox: Sandbox,
+    _sandbox: real::ApiServer,
 }
 
 impl Env {
     async fn start(controllers: &str) -> Env {
-        let sandbox = Sandbox::start(SandboxConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            kubeconfig: None,
-            crds: cert_csi::api::crds(),
-            watch_window: 10_000,
-        })
-        .await
-        .expect("sandbox starts");
-        let client = sandbox.client();
+        let (sandbox, client) = real::ApiServer::start(10_000).await;
         for ns in [CLUSTER_NS, "team"] {
             let namespace = Namespace {
                 metadata: ObjectMeta {

@@ -4,6 +4,11 @@
 //! HTTPS through a Service route, and the controller approves (and, with a
 //! CA ClusterIssuer, signs) or denies. Issued certificates are read with
 //! the openssl CLI.
+//!
+//! Sandbox only, even under `CERT_CSI_TEST_API=real`: the sandbox routes
+//! the webhook Service to the in-process controller. On the real server the
+//! webhook must be registered through a MutatingWebhookConfiguration the
+//! API server calls (issue 14, item 6), which is still to be done.
 
 use std::process::Command;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cert_csi::volume::keys;
 use common::{Env, Options, PodReader, Policy, mounts_under, served_leaf};
 
-const OUTAGE: Duration = Duration::from_secs(13);
+const OUTAGE: Duration = Duration::from_secs(18);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
@@ -40,13 +40,15 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
     )
     .await;
     let pod = env.create_pod("outage", "svc-0", "svc").await;
-    // Valid for 30 s and renewed 20 s before expiry: the renewal falls due
-    // 10 s after issuance, inside the 13 s outage.
+    // Valid for 60 s and renewed 45 s before expiry: the renewal falls due
+    // 15 s after issuance, inside the 18 s outage. The real kube-apiserver
+    // takes seconds to come back, so the certificate must outlive the
+    // outage, the restart and the retries with room to spare.
     let attrs = [
         (keys::ISSUER_NAME, "ca"),
         (keys::KEY_ALGORITHM, "ECDSA"),
-        (keys::DURATION, "30s"),
-        (keys::RENEW_BEFORE, "20s"),
+        (keys::DURATION, "60s"),
+        (keys::RENEW_BEFORE, "45s"),
     ];
     let served = env.volume(&pod, "tls", &attrs);
     env.publish_ok(&served).await;
@@ -79,7 +81,7 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
     let remaining = OUTAGE.saturating_sub(outage_started.elapsed());
     tokio::time::sleep(remaining).await;
     assert!(
-        issued_at.elapsed() > Duration::from_secs(11),
+        issued_at.elapsed() > Duration::from_secs(16),
         "the outage must cover the renewal time"
     );
     assert_eq!(
@@ -90,12 +92,13 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
     env.start_api(snapshot).await;
     let api_back = Instant::now();
 
-    // The renewal completes once the API is back, well before expiry.
-    let deadline = Instant::now() + Duration::from_secs(14);
+    // The renewal completes once the API is back, before expiry.
+    let deadline = issued_at + Duration::from_secs(55);
     while served_leaf(&served, "tls.crt").serial_hex == first.serial_hex {
         assert!(
             Instant::now() < deadline,
-            "not renewed within 14s of the API's return; log:\n{}",
+            "not renewed within {:?} of the API's return, 5 s before expiry; log:\n{}",
+            api_back.elapsed(),
             env.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -108,13 +111,15 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
     let seen = reader.finish();
     assert!(
         seen.problems.is_empty(),
-        "the pod saw an expired or torn certificate: {:?}",
-        seen.problems
+        "the pod saw an expired or torn certificate in {} reads, first: {:?}",
+        seen.problems.len(),
+        &seen.problems[..seen.problems.len().min(3)]
     );
     assert!(seen.serials.len() >= 2, "{:?}", seen.serials);
 
     // Retries were paced by the backoff: the renewal failed from its due
-    // time (~10 s) to the API's return (~13 s), with retries 0.5–2 s apart.
+    // time (~15 s) to the API's return (18 s, plus the real server's
+    // restart), with retries 0.5–2 s apart: tens at most, never a loop.
     let log = env.log();
     let failures = log
         .lines()
@@ -122,7 +127,7 @@ async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
         .count();
     println!("failed renewal attempts logged: {failures}");
     assert!(
-        (1..=8).contains(&failures),
+        (1..=25).contains(&failures),
         "{failures} failed attempts: an error loop? log:\n{log}"
     );
 

@@ -88,8 +88,9 @@ async fn short_lived_certificates_rotate_in_place_without_a_torn_read() {
     for (name, seen) in [("fresh", &fresh_seen), ("reuse", &reuse_seen)] {
         assert!(
             seen.problems.is_empty(),
-            "{name}: the reader saw a torn or expired state: {:?}",
-            seen.problems
+            "{name}: the reader saw a torn or expired state in {} reads, first: {:?}",
+            seen.problems.len(),
+            &seen.problems[..seen.problems.len().min(3)]
         );
         assert!(seen.reads > 100, "{name}: only {} reads", seen.reads);
         let mut distinct = seen.serials.clone();

@@ -9,6 +9,15 @@
 
 mod common;
 
+/// Why these tests run on the sandbox even under `CERT_CSI_TEST_API=real`:
+/// the SPIFFE flows need cert-manager's requester-identity webhook, which
+/// the sandbox plays itself, and some read who created each request from
+/// the sandbox's request log. On the real server that needs the
+/// controller's webhook registered through a MutatingWebhookConfiguration
+/// (issue 14, item 6), which is still to be done.
+const ON_SANDBOX: &str =
+    "SPIFFE needs the requester-identity webhook, not yet registered on the real server";
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -174,7 +183,8 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
     if !common::require_root("pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod") {
         return;
     }
-    let env = Env::start_with_args(Options::default(), &spiffe_args("pod-token")).await;
+    let env =
+        Env::start_on_sandbox(Options::default(), &spiffe_args("pod-token"), ON_SANDBOX).await;
     let (pod, volume, tokens) = spiffe_pod(
         &env,
         "shop",
@@ -274,7 +284,8 @@ async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
     if !common::require_root("node_account_mode_gives_the_same_id_and_names_pod_and_node") {
         return;
     }
-    let env = Env::start_with_args(Options::default(), &spiffe_args("node-account")).await;
+    let env =
+        Env::start_on_sandbox(Options::default(), &spiffe_args("node-account"), ON_SANDBOX).await;
     // No token: the kubelet need not request one in this mode.
     let (pod, volume, _) = spiffe_pod(&env, "shop", "billing-1", "billing", false, &[]).await;
     env.publish_ok(&volume).await;
@@ -307,7 +318,8 @@ async fn the_spiffe_driver_refuses_what_a_pod_may_not_choose() {
     if !common::require_root("the_spiffe_driver_refuses_what_a_pod_may_not_choose") {
         return;
     }
-    let env = Env::start_with_args(Options::default(), &spiffe_args("pod-token")).await;
+    let env =
+        Env::start_on_sandbox(Options::default(), &spiffe_args("pod-token"), ON_SANDBOX).await;
     let (_pod, volume, _) = spiffe_pod(&env, "shop", "billing-2", "billing", true, &[]).await;
 
     let mut no_token = volume.clone();
@@ -591,7 +603,8 @@ async fn spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing() {
     if !common::require_root("spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing") {
         return;
     }
-    let env = Env::start_with_args(Options::default(), &spiffe_args("node-account")).await;
+    let env =
+        Env::start_on_sandbox(Options::default(), &spiffe_args("node-account"), ON_SANDBOX).await;
     let (_, ledger, _) = spiffe_pod(&env, "shop", "ledger-0", "ledger", false, &[]).await;
     let (_, billing, _) = spiffe_pod(&env, "shop", "billing-0", "billing", false, &[]).await;
     let (_, intruder, _) = spiffe_pod(&env, "shop", "web-0", "web", false, &[]).await;
@@ -640,7 +653,7 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
     let mut args = spiffe_args("pod-token");
     // Renewal at two thirds of 12s, so it falls after the first token died.
     args.extend(["--spiffe-duration", "12s", "--renewal-jitter", "0"]);
-    let env = Env::start_with_args(Options::default(), &args).await;
+    let env = Env::start_on_sandbox(Options::default(), &args, ON_SANDBOX).await;
     let (pod, mut volume, _) = spiffe_pod(&env, "shop", "billing-3", "billing", false, &[]).await;
     let short = env
         .sandbox()

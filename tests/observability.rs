@@ -297,16 +297,37 @@ impl Drop for ControllerProcess {
 async fn controller_metrics_events_and_json_logs() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let sandbox = Sandbox::start(SandboxConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        kubeconfig: Some(kubeconfig.clone()),
-        crds: cert_csi::api::crds(),
-        watch_window: 10_000,
-    })
-    .await
-    .unwrap();
-    let client = sandbox.client();
+    let (server, client, kubeconfig) = match common::Backend::from_env() {
+        common::Backend::Sandbox => {
+            let kubeconfig = dir.path().join("kubeconfig");
+            let sandbox = Sandbox::start(SandboxConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                kubeconfig: Some(kubeconfig.clone()),
+                crds: cert_csi::api::crds(),
+                watch_window: 10_000,
+            })
+            .await
+            .unwrap();
+            let client = sandbox.client();
+            (
+                common::real::ApiServer::Sandbox(sandbox),
+                client,
+                kubeconfig,
+            )
+        }
+        common::Backend::Real => {
+            let real = common::RealCluster::up(&dir.path().join("kube"));
+            let client = real.client().await;
+            common::real::install_crds(&client, &cert_csi::api::crds()).await;
+            let kubeconfig = real.kubeconfig.clone();
+            let other = tempfile::tempdir().unwrap();
+            (
+                common::real::ApiServer::Real(real, other),
+                client,
+                kubeconfig,
+            )
+        }
+    };
     for ns in ["cert-manager", "team"] {
         let namespace: Namespace =
             serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
@@ -483,5 +504,7 @@ async fn controller_metrics_events_and_json_logs() {
     controller.stop();
     assert_json_lines(&controller.log);
     common::assert_no_secrets_in_log(&controller.log);
-    sandbox.shutdown().await;
+    if let common::real::ApiServer::Sandbox(sandbox) = server {
+        sandbox.shutdown().await;
+    }
 }

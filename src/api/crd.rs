@@ -34,6 +34,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// Declares `apiVersion`, `kind` and `metadata` at the root of each schema, as
 /// upstream's CRDs do. The API server would accept them undeclared, but
 /// `kubectl explain` and schema-driven tools only show declared fields.
+///
+/// `metadata` is exactly `{type: object}`: the API server owns its schema
+/// and refuses a CRD whose root `metadata` says anything more, a
+/// description included ("must not specify anything other than name and
+/// generateName").
 fn declare_type_meta(crd: &mut CustomResourceDefinition) {
     let typed = |type_: &str, description: &str| JSONSchemaProps {
         type_: Some(type_.to_owned()),
@@ -62,7 +67,10 @@ fn declare_type_meta(crd: &mut CustomResourceDefinition) {
             .or_insert_with(|| typed("string", "The REST resource this object represents."));
         properties
             .entry("metadata".to_owned())
-            .or_insert_with(|| typed("object", "Standard object metadata."));
+            .or_insert_with(|| JSONSchemaProps {
+                type_: Some("object".to_owned()),
+                ..Default::default()
+            });
     }
 }
 

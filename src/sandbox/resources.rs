@@ -421,6 +421,28 @@ pub fn from_crd(crd: &Value) -> Result<ResourceDef, Vec<FieldError>> {
         if v.get("storage").and_then(Value::as_bool).unwrap_or(false) {
             storage.push(vname.clone());
         }
+        // The real server owns the schema of metadata: at the root it may
+        // say nothing but its type, and properties only for name and
+        // generateName (found when the real kube-apiserver refused every
+        // CRD this project generated with a description on metadata).
+        if let Some(meta) = v.pointer("/schema/openAPIV3Schema/properties/metadata")
+            && let Some(obj) = meta.as_object()
+        {
+            let props_ok = obj
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_none_or(|p| p.keys().all(|k| k == "name" || k == "generateName"));
+            let only_allowed = obj.keys().all(|k| k == "type" || k == "properties")
+                && obj.get("type").is_none_or(|t| t == "object");
+            if !(props_ok && only_allowed) {
+                errs.push(FieldError::forbidden(
+                    format!(
+                        "spec.versions[{i}].schema.openAPIV3Schema.properties[metadata]"
+                    ),
+                    "must not specify anything other than name and generateName, but metadata is implicitly specified",
+                ));
+            }
+        }
         if v.pointer("/subresources/status").is_some() {
             status_subresource = true;
         }
@@ -637,5 +659,19 @@ mod tests {
         let mut c = crd();
         c["spec"]["group"] = json!("nodot");
         assert_eq!(from_crd(&c).unwrap_err()[0].field, "spec.group");
+        // The real server's rule for the root metadata schema.
+        let mut c = crd();
+        c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"] =
+            json!({"metadata": {"type": "object", "description": "Standard object metadata."}});
+        let errs = from_crd(&c).unwrap_err();
+        assert_eq!(
+            errs[0].field,
+            "spec.versions[1].schema.openAPIV3Schema.properties[metadata]"
+        );
+        let mut c = crd();
+        c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"] = json!({
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}}
+        });
+        from_crd(&c).unwrap();
     }
 }

@@ -13,6 +13,9 @@
 //! helper.
 #![allow(dead_code)]
 
+pub mod real;
+pub use real::{Backend, RealCluster};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -674,6 +677,10 @@ impl Default for Options {
 
 /// What [`Env::stop_api`] kept of the API server's objects.
 pub struct ApiSnapshot {
+    /// With the real backend: the stopped kube-apiserver, to start again
+    /// with the same command line. etcd keeps every object, so the fields
+    /// below stay empty.
+    pub stopped: Option<real::Stopped>,
     pub addr: std::net::SocketAddr,
     /// The resourceVersion when the snapshot was taken.
     pub resource_version: u64,
@@ -806,6 +813,8 @@ pub struct Env {
     /// [`Env::restart_plugin_as`]).
     plugin_kubeconfig: Option<PathBuf>,
     sandbox: Option<Sandbox>,
+    /// The real control plane when `CERT_CSI_TEST_API=real`.
+    real: Option<RealCluster>,
     _dir: tempfile::TempDir,
 }
 
@@ -821,19 +830,44 @@ impl Env {
     /// Like [`Env::start_with`], passing `extra_args` to `cert-csi node`
     /// (e.g. `--max-request-rate 100`).
     pub async fn start_with_args(options: Options, extra_args: &[&str]) -> Env {
+        Env::start_on(Backend::from_env(), options, extra_args).await
+    }
+
+    /// Like [`Env::start_with_args`], always on the sandbox: for a test that
+    /// cannot run on the real server yet. `why` says why; it is printed, so
+    /// a run shows what the real server did not judge.
+    pub async fn start_on_sandbox(options: Options, extra_args: &[&str], why: &str) -> Env {
+        if Backend::from_env() == Backend::Real {
+            eprintln!("on the sandbox, not the real API server: {why}");
+        }
+        Env::start_on(Backend::Sandbox, options, extra_args).await
+    }
+
+    async fn start_on(backend: Backend, options: Options, extra_args: &[&str]) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().canonicalize().expect("canonical tempdir");
-        let kubeconfig = base.join("kubeconfig");
-        let sandbox = Sandbox::start(SandboxConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            kubeconfig: Some(kubeconfig.clone()),
-            crds: cert_csi::api::crds(),
-            watch_window: 10_000,
-        })
-        .await
-        .expect("sandbox starts");
-        let client = sandbox.client();
+        let (kubeconfig, client, sandbox, real) = match backend {
+            Backend::Sandbox => {
+                let kubeconfig = base.join("kubeconfig");
+                let sandbox = Sandbox::start(SandboxConfig {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    kubeconfig: Some(kubeconfig.clone()),
+                    crds: cert_csi::api::crds(),
+                    watch_window: 10_000,
+                })
+                .await
+                .expect("sandbox starts");
+                let client = sandbox.client();
+                (kubeconfig, client, Some(sandbox), None)
+            }
+            Backend::Real => {
+                let real = RealCluster::up(&base.join("kube"));
+                let client = real.client().await;
+                real::install_crds(&client, &cert_csi::api::crds()).await;
+                (real.kubeconfig.clone(), client, None, Some(real))
+            }
+        };
         let cluster = Cluster::start(client.clone(), options.policy, options.controller).await;
 
         let socket = base.join("plugin").join("csi.sock");
@@ -863,7 +897,8 @@ impl Env {
             publish_timeout: options.publish_timeout,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             plugin_kubeconfig: None,
-            sandbox: Some(sandbox),
+            sandbox,
+            real,
             _dir: dir,
         };
         env.plugin = Some(env.spawn_plugin());
@@ -974,6 +1009,19 @@ impl Env {
     /// status survive; uids, resourceVersions and creation times are new,
     /// as after an etcd restore.
     pub async fn stop_api(&mut self) -> ApiSnapshot {
+        if let Some(real) = &self.real {
+            return ApiSnapshot {
+                stopped: Some(real.stop_apiserver()),
+                addr: "127.0.0.1:0".parse().unwrap(),
+                resource_version: 0,
+                namespaces: Vec::new(),
+                pods: Vec::new(),
+                requests: Vec::new(),
+                secrets: Vec::new(),
+                issuers: Vec::new(),
+                cluster_issuers: Vec::new(),
+            };
+        }
         let namespaces: Vec<Namespace> = Api::<Namespace>::all(self.client.clone())
             .list(&ListParams::default())
             .await
@@ -1014,6 +1062,7 @@ impl Env {
         let addr = sandbox.addr();
         sandbox.shutdown().await;
         ApiSnapshot {
+            stopped: None,
             addr,
             resource_version,
             namespaces,
@@ -1028,6 +1077,14 @@ impl Env {
     /// Starts the API server again on the same address and restores the
     /// snapshot (see [`Env::stop_api`]).
     pub async fn start_api(&mut self, snapshot: ApiSnapshot) {
+        if let Some(stopped) = snapshot.stopped {
+            self.real
+                .as_ref()
+                .expect("a real snapshot comes from a real backend")
+                .start_apiserver(stopped)
+                .await;
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let sandbox = loop {
             match Sandbox::start(SandboxConfig {
@@ -1209,7 +1266,9 @@ impl Env {
     }
 
     pub fn sandbox(&self) -> &Sandbox {
-        self.sandbox.as_ref().expect("sandbox runs until finish")
+        self.sandbox.as_ref().expect(
+            "this test reads the sandbox's own records; run it with CERT_CSI_TEST_API=sandbox",
+        )
     }
 
     // -- the simulated kubelet ---------------------------------------------
@@ -1228,6 +1287,10 @@ impl Env {
             Err(e) => panic!("creating namespace {namespace}: {e}"),
         }
         self.cluster.prepare_namespace(namespace).await;
+        // The real API server's ServiceAccount admission refuses a pod
+        // whose ServiceAccount does not exist.
+        self.create_service_account(namespace, service_account)
+            .await;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -1527,6 +1590,17 @@ impl Env {
         self.cluster.stop().await;
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.shutdown().await;
+        }
+        // Dropping it runs hack/kube down.
+        self.real.take();
+    }
+
+    /// Which API server this environment runs against.
+    pub fn backend(&self) -> Backend {
+        if self.real.is_some() {
+            Backend::Real
+        } else {
+            Backend::Sandbox
         }
     }
 

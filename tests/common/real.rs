@@ -1,0 +1,324 @@
+//! The real Kubernetes control plane under the tests: `hack/kube up` (etcd,
+//! kube-apiserver and kube-controller-manager v1.37, built from Go modules
+//! by `hack/build-tools`) in a directory of the test's own, torn down with
+//! `hack/kube down` when dropped.
+//!
+//! `CERT_CSI_TEST_API=real` makes the harness use it; `hack/test` sets
+//! that, so CI judges with the real server. `sandbox` (the default for a
+//! bare `cargo test`) keeps the in-process sandbox for quick local runs.
+//!
+//! Test files that need only an API server include this file alone (by
+//! `#[path]`), so not every one uses every item.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Which API server the harness runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-process sandbox (`cert-csi sandbox`).
+    Sandbox,
+    /// The real control plane (`hack/kube`).
+    Real,
+}
+
+impl Backend {
+    /// From `CERT_CSI_TEST_API` (`real` or `sandbox`, default sandbox). Any
+    /// other value is a mistake that must not silently pick one.
+    pub fn from_env() -> Backend {
+        match std::env::var("CERT_CSI_TEST_API").as_deref() {
+            Ok("real") => Backend::Real,
+            Ok("sandbox") | Ok("") | Err(_) => Backend::Sandbox,
+            Ok(other) => panic!(
+                "CERT_CSI_TEST_API={other:?}: use real (hack/kube's control plane) or sandbox"
+            ),
+        }
+    }
+}
+
+/// The repository root (tests run from the package directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `hack/kube` control plane. Dropping it stops exactly its
+/// processes and removes its directory.
+pub struct RealCluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    /// `DIR/env` of `hack/kube up`: API URL, CA path, ports, kubectl.
+    pub facts: HashMap<String, String>,
+}
+
+impl RealCluster {
+    /// Starts a control plane in `dir`, which must not exist yet. The tools
+    /// must be built already (`hack/build-tools`; `hack/test` does it):
+    /// building them inside a test would take minutes and hide the cost.
+    pub fn up(dir: &Path) -> RealCluster {
+        let started = Instant::now();
+        let out = Command::new(repo_root().join("hack/kube"))
+            .arg("up")
+            .arg(dir)
+            .env("CERT_CSI_KUBE_NO_BUILD", "1")
+            .output()
+            .expect("running hack/kube up");
+        assert!(
+            out.status.success(),
+            "hack/kube up {} failed ({}); build the tools with hack/build-tools.\nstdout:\n{}\nstderr:\n{}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let facts = std::fs::read_to_string(dir.join("env"))
+            .expect("hack/kube up writes DIR/env")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), unquote(v)))
+            .collect();
+        eprintln!(
+            "real control plane up in {:.1} s at {}",
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        RealCluster {
+            dir: dir.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+            facts,
+        }
+    }
+
+    /// A client with the admin kubeconfig (`system:masters`).
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig parses");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig loads");
+        Client::try_from(config).expect("client")
+    }
+
+    /// The kubectl that `hack/build-tools` built, at the server's version.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(
+            self.facts
+                .get("KUBECTL")
+                .cloned()
+                .unwrap_or_else(|| repo_root().join(".tools/bin/kubectl").display().to_string()),
+        );
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    /// The server's pid, for tests that stop and restart it.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("pids").join(format!("{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+}
+
+/// A kube-apiserver stopped by [`RealCluster::stop_apiserver`].
+pub struct Stopped {
+    args: Vec<std::ffi::OsString>,
+}
+
+impl RealCluster {
+    /// Stops kube-apiserver (SIGTERM, then SIGKILL after 15 s), as an outage
+    /// does: clients get connection refused. etcd and the controller
+    /// manager keep running, so every object survives.
+    pub fn stop_apiserver(&self) -> Stopped {
+        let pid = self.pid_of("kube-apiserver").expect("kube-apiserver pid");
+        let args: Vec<std::ffi::OsString> = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .expect("kube-apiserver's command line")
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(a).to_os_string()
+            })
+            .collect();
+        let target = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+            if Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Stopped { args }
+    }
+
+    /// Starts kube-apiserver again with the same command line, in its own
+    /// session like `hack/kube` starts it, and waits for `/readyz`.
+    pub async fn start_apiserver(&self, stopped: Stopped) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::options()
+            .append(true)
+            .open(self.dir.join("logs/kube-apiserver.log"))
+            .expect("the apiserver log");
+        let mut cmd = Command::new(&stopped.args[0]);
+        cmd.args(&stopped.args[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("restart kube-apiserver");
+        std::fs::write(
+            self.dir.join("pids/kube-apiserver.pid"),
+            format!("{}\n", child.id()),
+        )
+        .unwrap();
+        // hack/kube down stops it by pid and waits for it to be gone; as
+        // its parent, this process must reap it or it stays a zombie.
+        let mut child = child;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let client = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = client
+                .request_text(http::Request::get("/readyz").body(Vec::new()).unwrap())
+                .await;
+            if matches!(ready.as_deref(), Ok("ok")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready 120 s after a restart: {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        let out = Command::new(repo_root().join("hack/kube"))
+            .arg("down")
+            .arg(&self.dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "hack/kube down {} failed: {}",
+                self.dir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("hack/kube down {}: {e}", self.dir.display()),
+        }
+    }
+}
+
+/// Undoes bash's `printf %q` for the simple values `hack/kube` writes.
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    if let Some(inner) = v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+        return inner.to_string();
+    }
+    v.replace('\\', "")
+}
+
+/// Creates `crds` on the server (an existing one is replaced by nothing:
+/// 409 is fine) and waits until each is Established, as `kubectl wait
+/// --for condition=Established` would.
+pub async fn install_crds(client: &Client, crds: &[CustomResourceDefinition]) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        match api.create(&PostParams::default(), crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!(
+                "the real API server refused CRD {}: {e}",
+                crd.metadata.name.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for crd in crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        loop {
+            let current = api.get(&name).await.expect("get CRD");
+            let established = current
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRD {name} not Established within 60 s: {:?}",
+                current.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The API server of a test that needs no node: the sandbox or the real
+/// control plane, by [`Backend::from_env`]. Dropping it stops it.
+pub enum ApiServer {
+    Sandbox(cert_csi::sandbox::Sandbox),
+    Real(RealCluster, tempfile::TempDir),
+}
+
+impl ApiServer {
+    /// Starts one with the cert-manager.io CRDs installed, and an admin
+    /// client for it. `watch_window` sizes the sandbox's event history.
+    pub async fn start(watch_window: usize) -> (ApiServer, Client) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        match Backend::from_env() {
+            Backend::Sandbox => {
+                let sandbox = cert_csi::sandbox::Sandbox::start(cert_csi::sandbox::SandboxConfig {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    kubeconfig: None,
+                    crds: cert_csi::api::crds(),
+                    watch_window,
+                })
+                .await
+                .expect("sandbox starts");
+                let client = sandbox.client();
+                (ApiServer::Sandbox(sandbox), client)
+            }
+            Backend::Real => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let real = RealCluster::up(&dir.path().join("kube"));
+                let client = real.client().await;
+                install_crds(&client, &cert_csi::api::crds()).await;
+                (ApiServer::Real(real, dir), client)
+            }
+        }
+    }
+}
