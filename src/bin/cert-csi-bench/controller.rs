@@ -70,9 +70,13 @@ pub async fn create_namespace(client: &kube::Client, name: &str) -> anyhow::Resu
     }
 }
 
+/// The bench CA's lifetime unless `--ca-duration` says otherwise: 90 days,
+/// the same as the volumes ask for.
+pub const DEFAULT_CA_DURATION: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// A P-256 CA made with cert-csi's pki, stored as a Secret, and a CA
 /// ClusterIssuer [`CA_ISSUER`] pointing at it.
-pub async fn ca_issuer(client: &kube::Client) -> anyhow::Result<()> {
+pub async fn ca_issuer(client: &kube::Client, duration: Duration) -> anyhow::Result<()> {
     let key = PrivateKey::generate(KeyAlgorithm::Ecdsa(cert_csi::pki::Curve::P256))?;
     let csr = cert_csi::pki::build_csr(
         &key,
@@ -88,6 +92,7 @@ pub async fn ca_issuer(client: &kube::Client) -> anyhow::Result<()> {
         &key,
         &SignParams {
             is_ca: true,
+            duration: Some(duration),
             ..Default::default()
         },
     )?;
@@ -173,7 +178,7 @@ pub struct IssueResult {
 pub async fn issue_many(n: usize, limit: Duration) -> anyhow::Result<IssueResult> {
     let sandbox = sandbox(None, &["bench"]).await?;
     let client = sandbox.client();
-    ca_issuer(&client).await?;
+    ca_issuer(&client, DEFAULT_CA_DURATION).await?;
     let token = CancellationToken::new();
     let controller = tokio::spawn(cert_csi::controller::run(
         client.clone(),
@@ -283,7 +288,7 @@ pub async fn memory_with_secrets(
         .buffer_unordered(32)
         .try_collect::<Vec<_>>()
         .await?;
-    ca_issuer(&client).await?;
+    ca_issuer(&client, DEFAULT_CA_DURATION).await?;
     let child = KillOnDrop(
         std::process::Command::new(exe)
             .args(["--log-level", "warn", "controller", "--kubeconfig"])

@@ -235,7 +235,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(dir: &Path, namespaces: &[&str]) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        dir: &Path,
+        namespaces: &[&str],
+        ca_duration: Duration,
+    ) -> anyhow::Result<Cluster> {
         let kubeconfig = dir.join("kubeconfig");
         let sandbox = controller::sandbox(Some(kubeconfig.clone()), namespaces).await?;
         let client = sandbox.client();
@@ -246,7 +250,7 @@ impl Cluster {
             cert_csi::controller::Health::default(),
             stop.clone(),
         ));
-        controller::ca_issuer(&client).await?;
+        controller::ca_issuer(&client, ca_duration).await?;
         controller::wait_issuer_ready(&client, Duration::from_secs(30)).await?;
         Ok(Cluster {
             sandbox: Some(sandbox),

@@ -51,6 +51,15 @@ struct Args {
     /// still detached.
     #[arg(long)]
     keep_scratch: bool,
+    /// Lifetime of the node measurements' CA (Go duration). The CA issuer
+    /// caps every leaf at its CA's expiry, so a CA younger than the
+    /// volumes' 90 days is an issuer that shortens lifetimes (issue 13).
+    #[arg(long, default_value = "2160h", value_parser = parse_go_duration)]
+    ca_duration: Duration,
+}
+
+fn parse_go_duration(value: &str) -> Result<Duration, String> {
+    cert_csi::volume::duration::parse_go(value).map_err(|e| e.to_string())
 }
 
 const NAMESPACES: [&str; 4] = ["p1", "p2", "scale", "p6"];
@@ -178,7 +187,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         .iter()
         .any(|p| wants(p))
     {
-        let cluster = env::Cluster::start(scratch.path(), &NAMESPACES).await?;
+        let cluster = env::Cluster::start(scratch.path(), &NAMESPACES, args.ca_duration).await?;
         let ctx = scenarios::Ctx {
             exe: &exe,
             dir: scratch.path(),
