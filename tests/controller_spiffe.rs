@@ -1,14 +1,18 @@
 //! The SPIFFE policy approver and the requester-identity webhook, in
-//! process against the sandbox: requests are created with real
-//! ServiceAccount tokens, the sandbox calls the controller's webhook over
-//! HTTPS through a Service route, and the controller approves (and, with a
-//! CA ClusterIssuer, signs) or denies. Issued certificates are read with
-//! the openssl CLI.
+//! process against the harness's API server (the real kube-apiserver under
+//! `CERT_CSI_TEST_API=real`, else the sandbox): requests are created with
+//! real ServiceAccount tokens, the API server calls the controller's
+//! webhook over HTTPS, and the controller approves (and, with a CA
+//! ClusterIssuer, signs) or denies. Issued certificates are read with the
+//! openssl CLI.
 //!
-//! Sandbox only, even under `CERT_CSI_TEST_API=real`: the sandbox routes
-//! the webhook Service to the in-process controller. On the real server the
-//! webhook must be registered through a MutatingWebhookConfiguration the
-//! API server calls (issue 14, item 6), which is still to be done.
+//! The webhook is registered as the controller's `--webhook-configure`
+//! writes it: by `clientConfig.url` (`--webhook-url`) on the real loopback
+//! control plane, which has no Services or kube-proxy, and by
+//! `clientConfig.service` on the sandbox, which routes that Service to the
+//! in-process webhook.
+
+mod common;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -23,9 +27,9 @@ use cert_csi::pki::{
     CsrOptions, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SignParams, SubjectSpec,
     build_csr,
 };
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::shutdown::CancellationToken;
 use cert_csi::spiffe;
+use common::real::ApiServer;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
@@ -40,9 +44,11 @@ const ISSUER: &str = "spiffe-ca";
 const BILLING_ID: &str = "spiffe://example.org/ns/shop/sa/billing";
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Sandbox, webhook and controller; stopped in `stop` (and aborted on drop).
+/// API server, webhook and controller; stopped in `stop` (and aborted on
+/// drop).
 struct Env {
-    sandbox: Option<Sandbox>,
+    server: Option<ApiServer>,
+    admin: kube::Client,
     token: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ca_pem: String,
@@ -66,16 +72,17 @@ fn key() -> PrivateKey {
 }
 
 impl Env {
+    /// API server, webhook and a running controller that has listed what
+    /// it watches.
     async fn start() -> Env {
-        let sandbox = Sandbox::start(SandboxConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            kubeconfig: None,
-            crds: cert_csi::api::crds(),
-            watch_window: 10_000,
-        })
-        .await
-        .expect("sandbox starts");
-        let admin = sandbox.client();
+        let mut env = Env::without_controller().await;
+        env.start_controller().await;
+        env
+    }
+
+    /// API server and webhook; the controller is not running yet.
+    async fn without_controller() -> Env {
+        let (server, admin) = ApiServer::start(10_000).await;
         let pp = PostParams::default();
         for ns in [CLUSTER_NS, NODE_NS, "shop"] {
             Api::<Namespace>::all(admin.clone())
@@ -142,20 +149,31 @@ impl Env {
         let token = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        // The webhook, reached through a Service route as in a cluster.
-        let target = Target::Service {
-            namespace: NODE_NS.into(),
-            name: "cert-csi-webhook".into(),
-            port: 443,
+        // The webhook: by URL on the real server, through a Service route
+        // (as in a cluster) on the sandbox.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = match &server {
+            ApiServer::Real(..) => Target::url(&format!(
+                "https://{}{}",
+                listener.local_addr().unwrap(),
+                webhook::PATH
+            ))
+            .unwrap(),
+            ApiServer::Sandbox(sandbox) => {
+                sandbox.route_service(
+                    NODE_NS,
+                    "cert-csi-webhook",
+                    443,
+                    listener.local_addr().unwrap(),
+                );
+                Target::Service {
+                    namespace: NODE_NS.into(),
+                    name: "cert-csi-webhook".into(),
+                    port: 443,
+                }
+            }
         };
         let cert = webhook::serving_cert(&target.names()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        sandbox.route_service(
-            NODE_NS,
-            "cert-csi-webhook",
-            443,
-            listener.local_addr().unwrap(),
-        );
         webhook::register(
             admin.clone(),
             &webhook::configuration(&target, &cert.ca_pem),
@@ -175,7 +193,26 @@ impl Env {
                 .await
                 .expect("webhook serves");
         }));
+        // A real API server applies a new configuration once its informer
+        // has it.
+        common::await_webhook(&admin).await;
+        if let ApiServer::Real(..) = &server {
+            // The chart's pod-token grant, so the ServiceAccounts below may
+            // create requests at all; the approver decides.
+            common::real::allow_service_accounts_to_request(&admin).await;
+        }
+        Env {
+            server: Some(server),
+            admin,
+            token,
+            tasks,
+            ca_pem: ca.certificate_pem,
+        }
+    }
 
+    /// Starts the controller (SPIFFE approver, issuers, signer) and returns
+    /// once every loop has listed its objects.
+    async fn start_controller(&mut self) {
         let policy = SpiffePolicy::from_flags(&SpiffeFlags {
             trust_domain: TD,
             id_template: spiffe::DEFAULT_ID_TEMPLATE,
@@ -188,26 +225,37 @@ impl Env {
         let mut options = ControllerOptions::new(CLUSTER_NS);
         options.enabled = EnabledControllers::parse("approver,issuers,signer").unwrap();
         options.spiffe = Some(Arc::new(policy));
-        tasks.push(tokio::spawn(cert_csi::controller::run(
-            admin,
+        let health = Health::default();
+        self.tasks.push(tokio::spawn(cert_csi::controller::run(
+            self.admin(),
             options,
-            Health::default(),
-            token.clone(),
+            health.clone(),
+            self.token.clone(),
         )));
-        Env {
-            sandbox: Some(sandbox),
-            token,
-            tasks,
-            ca_pem: ca.certificate_pem,
+        // The issuer turning Ready shows the controller runs (so `health`
+        // counts its loops); then wait until each loop has listed.
+        let issuers: Api<ClusterIssuer> = Api::all(self.admin());
+        tokio::time::timeout(
+            TIMEOUT,
+            await_condition(issuers, ISSUER, |i: Option<&ClusterIssuer>| {
+                i.is_some_and(ClusterIssuer::is_ready)
+            }),
+        )
+        .await
+        .expect("ClusterIssuer spiffe-ca Ready")
+        .unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !health.is_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller's loops had not listed within {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    fn sandbox(&self) -> &Sandbox {
-        self.sandbox.as_ref().unwrap()
-    }
-
     fn admin(&self) -> kube::Client {
-        self.sandbox().client()
+        self.admin.clone()
     }
 
     /// A client acting as ServiceAccount `ns/sa`, optionally pod-bound.
@@ -224,7 +272,10 @@ impl Env {
             .status
             .unwrap()
             .token;
-        self.sandbox().client_for_token(&token)
+        match self.server.as_ref().unwrap() {
+            ApiServer::Sandbox(sandbox) => sandbox.client_for_token(&token),
+            ApiServer::Real(real, _) => real.client_for_token(&token).await,
+        }
     }
 
     async fn create_pod(&self, ns: &str, name: &str, sa: &str, node: &str) -> Pod {
@@ -242,16 +293,20 @@ impl Env {
     /// Waits until the request is approved or denied and returns it.
     async fn decided(&self, ns: &str, name: &str) -> CertificateRequest {
         let api: Api<CertificateRequest> = Api::namespaced(self.admin(), ns);
-        tokio::time::timeout(
+        let decided = tokio::time::timeout(
             TIMEOUT,
-            await_condition(api, name, |r: Option<&CertificateRequest>| {
+            await_condition(api.clone(), name, |r: Option<&CertificateRequest>| {
                 r.is_some_and(|r| r.is_denied() || r.is_ready())
             }),
         )
-        .await
-        .unwrap_or_else(|_| panic!("{ns}/{name} was not decided and signed within {TIMEOUT:?}"))
-        .unwrap()
-        .unwrap()
+        .await;
+        match decided {
+            Ok(found) => found.unwrap().unwrap(),
+            Err(_) => panic!(
+                "{ns}/{name} was not decided and signed within {TIMEOUT:?}: {:?}",
+                api.get_opt(name).await
+            ),
+        }
     }
 
     async fn stop(mut self) {
@@ -262,7 +317,11 @@ impl Env {
                 .expect("controller and webhook stop within 10s")
                 .expect("no task panicked");
         }
-        self.sandbox.take().unwrap().shutdown().await;
+        match self.server.take().unwrap() {
+            ApiServer::Sandbox(sandbox) => sandbox.shutdown().await,
+            // Dropping it runs hack/kube down.
+            ApiServer::Real(real, dir) => drop((real, dir)),
+        }
     }
 }
 
@@ -596,5 +655,32 @@ async fn node_account_mode_binds_the_request_to_a_pod_on_the_callers_node() {
         message.contains("scheduled on node \"node-b\""),
         "{message}"
     );
+    env.stop().await;
+}
+
+/// A request made while the controller is down (or restarting) must be
+/// decided once it is up; it then arrives in the controller's first list,
+/// not as a watch event.
+///
+/// This failed until `controller::runner::watch_all` named the objects of
+/// a list only at its end: kube-runtime's reflector buffers the listed
+/// objects and moves them into the store at `InitDone`, so a reconcile
+/// started on each as it was listed found nothing, took it for deleted and
+/// dropped it. Seen on the real API server, where a request created while
+/// the controller was listing stayed undecided.
+#[tokio::test]
+async fn a_request_made_before_the_controller_starts_is_decided() {
+    let mut env = Env::without_controller().await;
+    let billing = env.as_service_account("shop", "billing", None).await;
+    create(
+        &billing,
+        "shop",
+        request("early", &spiffe_csr(&key(), &[BILLING_ID], &[], false)),
+    )
+    .await;
+    env.start_controller().await;
+    let done = env.decided("shop", "early").await;
+    assert!(done.is_approved(), "{:?}", done.status);
+    check_issued(&env, &done, BILLING_ID);
     env.stop().await;
 }

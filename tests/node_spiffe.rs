@@ -1,22 +1,19 @@
 //! The SPIFFE driver end to end (issue 9): the real `cert-csi node` binary
 //! under `--driver-name spiffe.csi.cert-manager.io`, driven over its socket
-//! by the simulated kubelet, against the sandbox API server.
+//! by the simulated kubelet, against the harness's API server (the real
+//! kube-apiserver under `CERT_CSI_TEST_API=real`, else the sandbox).
 //!
 //! The test signer approves everything; the approver's policy is tested on
 //! the controller side. What is checked here is what the node plugin
 //! controls: the identity it asks for, the CSR's shape, who creates the
 //! request, the files, and that the pod's token leaks nowhere.
+//!
+//! Who created a request is judged from outside the plugin: the controller's
+//! requester-identity webhook runs in process, registered by URL, and sets
+//! each request's `spec.username` and `groups` from the caller the API
+//! server authenticated. On the sandbox its request log is checked too.
 
 mod common;
-
-/// Why these tests run on the sandbox even under `CERT_CSI_TEST_API=real`:
-/// the SPIFFE flows need cert-manager's requester-identity webhook, which
-/// the sandbox plays itself, and some read who created each request from
-/// the sandbox's request log. On the real server that needs the
-/// controller's webhook registered through a MutatingWebhookConfiguration
-/// (issue 14, item 6), which is still to be done.
-const ON_SANDBOX: &str =
-    "SPIFFE needs the requester-identity webhook, not yet registered on the real server";
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +21,11 @@ use std::sync::Arc;
 use cert_csi::pki::inspect::parse_certificate;
 use cert_csi::spiffe;
 use cert_csi::volume::{CREDENTIAL_BUNDLE_FILE, kubelet};
-use common::{Env, Options, PodRef, VolumeRequest, assert_status, openssl_ok};
+use common::{Backend, Env, Options, PodRef, VolumeRequest, assert_status, openssl_ok};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -49,6 +50,44 @@ fn spiffe_args(mode: &str) -> Vec<&str> {
         "--spiffe-request-mode",
         mode,
     ]
+}
+
+/// The harness with the SPIFFE driver and what a cluster running it has:
+/// the controller's requester-identity webhook, and, on the real server in
+/// pod-token mode, RBAC letting every ServiceAccount create requests (the
+/// chart's `spiffe-requester` role; the sandbox authorizes everything).
+async fn start(args: &[&str]) -> Env {
+    let mut env = Env::start_with_args(Options::default(), args).await;
+    env.cluster.serve_webhook().await;
+    if env.backend() == Backend::Real && args.contains(&"pod-token") {
+        common::real::allow_service_accounts_to_request(&env.client).await;
+    }
+    env
+}
+
+/// Who the node plugin is to the API server: its kubeconfig's user, the
+/// admin certificate of `hack/kube` (CN=admin) or the sandbox's anonymous
+/// caller.
+fn plugin_user(env: &Env) -> &'static str {
+    match env.backend() {
+        Backend::Real => "admin",
+        Backend::Sandbox => "system:anonymous",
+    }
+}
+
+/// Users the sandbox logged creating requests outside the harness's own
+/// namespace, in order; `None` on the real server, which keeps no such log.
+fn sandbox_creators(env: &Env) -> Option<Vec<String>> {
+    (env.backend() == Backend::Sandbox).then(|| {
+        env.sandbox()
+            .request_log()
+            .into_iter()
+            // The harness's CA bootstrap made one in its own namespace.
+            .filter(|r| r.namespace.as_deref() != Some(common::CLUSTER_NS))
+            .filter(|r| r.verb == "create" && r.resource == "certificaterequests")
+            .map(|r| r.user)
+            .collect()
+    })
 }
 
 fn path_str(p: &Path) -> &str {
@@ -183,8 +222,7 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
     if !common::require_root("pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod") {
         return;
     }
-    let env =
-        Env::start_on_sandbox(Options::default(), &spiffe_args("pod-token"), ON_SANDBOX).await;
+    let env = start(&spiffe_args("pod-token")).await;
     let (pod, volume, tokens) = spiffe_pod(
         &env,
         "shop",
@@ -201,22 +239,33 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
     assert_eq!(volume.read_string("ca.crt"), env.cluster.ca_pem());
 
     // The request: created with the pod's token, so the API server
-    // recorded the pod's ServiceAccount as its creator.
+    // authenticated the pod's ServiceAccount, bound to the pod, as its
+    // creator, and the webhook wrote that into the requester fields.
     let request = env.only_request(&volume).await;
-    let name = kube::ResourceExt::name_any(&request);
-    let creators: Vec<String> = env
-        .sandbox()
-        .request_log()
-        .into_iter()
-        .filter(|r| {
-            r.verb == "create"
-                && r.resource == "certificaterequests"
-                && r.name.as_deref().is_none_or(|n| n == name)
-                && r.namespace.as_deref() == Some("shop")
-        })
-        .map(|r| r.user)
-        .collect();
-    assert_eq!(creators, ["system:serviceaccount:shop:billing"]);
+    assert_eq!(
+        request.spec.username.as_deref(),
+        Some("system:serviceaccount:shop:billing"),
+        "the request was not created with the pod's token"
+    );
+    let groups = request.spec.groups.clone().unwrap_or_default();
+    assert!(
+        groups.iter().any(|g| g == "system:serviceaccounts:shop"),
+        "{groups:?}"
+    );
+    let extra = request.spec.extra.clone().unwrap_or_default();
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-name"),
+        Some(&vec![pod.name.clone()]),
+        "the token is bound to the pod: {extra:?}"
+    );
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/pod-uid"),
+        Some(&vec![pod.uid.clone()]),
+        "{extra:?}"
+    );
+    if let Some(logged) = sandbox_creators(&env) {
+        assert_eq!(logged, ["system:serviceaccount:shop:billing"]);
+    }
     let annotations = common::annotations(&request);
     assert_eq!(annotations[spiffe::ANNOTATION_IDENTITY], want);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_NAME], pod.name);
@@ -284,8 +333,7 @@ async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
     if !common::require_root("node_account_mode_gives_the_same_id_and_names_pod_and_node") {
         return;
     }
-    let env =
-        Env::start_on_sandbox(Options::default(), &spiffe_args("node-account"), ON_SANDBOX).await;
+    let env = start(&spiffe_args("node-account")).await;
     // No token: the kubelet need not request one in this mode.
     let (pod, volume, _) = spiffe_pod(&env, "shop", "billing-1", "billing", false, &[]).await;
     env.publish_ok(&volume).await;
@@ -298,18 +346,12 @@ async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
     assert_eq!(annotations[spiffe::ANNOTATION_POD_NAME], pod.name);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_UID], pod.uid);
     assert_eq!(annotations[spiffe::ANNOTATION_NODE], env.node_id);
-    // Created with the plugin's own identity (anonymous in the harness),
-    // not the pod's.
-    let creators: Vec<String> = env
-        .sandbox()
-        .request_log()
-        .into_iter()
-        // The harness's CA bootstrap made one in its own namespace.
-        .filter(|r| r.namespace.as_deref() != Some(common::CLUSTER_NS))
-        .filter(|r| r.verb == "create" && r.resource == "certificaterequests")
-        .map(|r| r.user)
-        .collect();
-    assert_eq!(creators, ["system:anonymous"]);
+    // Created with the plugin's own identity, not the pod's.
+    assert_eq!(request.spec.username.as_deref(), Some(plugin_user(&env)));
+    assert_eq!(env.cluster.creators("shop").await, [plugin_user(&env)]);
+    if let Some(logged) = sandbox_creators(&env) {
+        assert_eq!(logged, ["system:anonymous"]);
+    }
     env.finish().await;
 }
 
@@ -318,8 +360,7 @@ async fn the_spiffe_driver_refuses_what_a_pod_may_not_choose() {
     if !common::require_root("the_spiffe_driver_refuses_what_a_pod_may_not_choose") {
         return;
     }
-    let env =
-        Env::start_on_sandbox(Options::default(), &spiffe_args("pod-token"), ON_SANDBOX).await;
+    let env = start(&spiffe_args("pod-token")).await;
     let (_pod, volume, _) = spiffe_pod(&env, "shop", "billing-2", "billing", true, &[]).await;
 
     let mut no_token = volume.clone();
@@ -603,8 +644,7 @@ async fn spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing() {
     if !common::require_root("spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing") {
         return;
     }
-    let env =
-        Env::start_on_sandbox(Options::default(), &spiffe_args("node-account"), ON_SANDBOX).await;
+    let env = start(&spiffe_args("node-account")).await;
     let (_, ledger, _) = spiffe_pod(&env, "shop", "ledger-0", "ledger", false, &[]).await;
     let (_, billing, _) = spiffe_pod(&env, "shop", "billing-0", "billing", false, &[]).await;
     let (_, intruder, _) = spiffe_pod(&env, "shop", "web-0", "web", false, &[]).await;
@@ -650,21 +690,41 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
     if !common::require_root("a_renewal_uses_the_token_of_the_latest_republish") {
         return;
     }
+    // The renewal, at two thirds of the lifetime, must fall after the first
+    // token stopped working. On the sandbox that token simply expires after
+    // 4 s. A real API server issues nothing below 10 minutes, so there the
+    // first token is bound to a Secret that is deleted once it was used,
+    // which revokes it; and as the API server remembers a token that
+    // authenticated for 10 s (its token cache), the lifetime is longer.
+    let backend = Backend::from_env();
+    let lifetime = match backend {
+        Backend::Real => "30s",
+        Backend::Sandbox => "12s",
+    };
     let mut args = spiffe_args("pod-token");
-    // Renewal at two thirds of 12s, so it falls after the first token died.
-    args.extend(["--spiffe-duration", "12s", "--renewal-jitter", "0"]);
-    let env = Env::start_on_sandbox(Options::default(), &args, ON_SANDBOX).await;
+    args.extend(["--spiffe-duration", lifetime, "--renewal-jitter", "0"]);
+    let env = start(&args).await;
     let (pod, mut volume, _) = spiffe_pod(&env, "shop", "billing-3", "billing", false, &[]).await;
-    let short = env
-        .sandbox()
-        .issue_token_for("shop", "billing", std::time::Duration::from_secs(4))
-        .unwrap();
-    volume.set(
-        kubelet::SERVICE_ACCOUNT_TOKENS,
-        &tokens_json(&short, std::time::Duration::from_secs(4)),
-    );
+    let (first_token, first_json) = match backend {
+        Backend::Sandbox => {
+            let short = env
+                .sandbox()
+                .issue_token_for("shop", "billing", std::time::Duration::from_secs(4))
+                .unwrap();
+            let json = tokens_json(&short, std::time::Duration::from_secs(4));
+            (short, json)
+        }
+        Backend::Real => revocable_token(&env, "shop", "billing", FIRST_TOKEN_SECRET).await,
+    };
+    volume.set(kubelet::SERVICE_ACCOUNT_TOKENS, &first_json);
     env.publish_ok(&volume).await;
     let first = common::served_leaf(&volume, "tls.crt").serial_hex;
+    if backend == Backend::Real {
+        Api::<Secret>::namespaced(env.client.clone(), "shop")
+            .delete(FIRST_TOKEN_SECRET, &DeleteParams::default())
+            .await
+            .expect("revoking the first token");
+    }
 
     // The kubelet's periodic republish brings a fresh token, which only
     // memory keeps.
@@ -673,11 +733,11 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
     again.set(kubelet::SERVICE_ACCOUNT_TOKENS, &fresh);
     env.publish_ok(&again).await;
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while common::served_leaf(&volume, "tls.crt").serial_hex == first {
         assert!(
             std::time::Instant::now() < deadline,
-            "no renewal within 30s; log:\n{}",
+            "no renewal within 60s; log:\n{}",
             env.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -687,27 +747,74 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
         &format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/billing"),
     );
     // Both requests were created as the pod's ServiceAccount: the renewal
-    // with the fresh token (the first one had expired by then).
-    let creators: Vec<String> = env
-        .sandbox()
-        .request_log()
-        .into_iter()
-        // The harness's CA bootstrap made one in its own namespace.
-        .filter(|r| r.namespace.as_deref() != Some(common::CLUSTER_NS))
-        .filter(|r| r.verb == "create" && r.resource == "certificaterequests")
-        .map(|r| r.user)
-        .collect();
-    assert_eq!(
-        creators,
-        [
-            "system:serviceaccount:shop:billing",
-            "system:serviceaccount:shop:billing"
-        ]
-    );
-    for token in [short, token_of(&fresh)] {
+    // with the fresh token, since the first one no longer authenticates.
+    let billing = [
+        "system:serviceaccount:shop:billing",
+        "system:serviceaccount:shop:billing",
+    ];
+    assert_eq!(env.cluster.creators("shop").await, billing);
+    if let Some(logged) = sandbox_creators(&env) {
+        assert_eq!(logged, billing);
+    }
+    if let Some(real) = env.real() {
+        let revoked = real.client_for_token(&first_token).await;
+        match Api::<SelfSubjectReview>::all(revoked)
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 401 => {}
+            other => panic!("the first token still authenticates: {other:?}"),
+        }
+    }
+    for token in [first_token, token_of(&fresh)] {
         assert_token_leaks_nowhere(&env, "shop", &token).await;
     }
     env.finish().await;
+}
+
+/// The Secret the real server's first token in
+/// [`a_renewal_uses_the_token_of_the_latest_republish`] is bound to.
+const FIRST_TOKEN_SECRET: &str = "first-token-binding";
+
+/// A token of `namespace/service_account` bound to a new Secret `secret`,
+/// so deleting the Secret revokes it, as the kubelet's JSON carries it.
+async fn revocable_token(
+    env: &Env,
+    namespace: &str,
+    service_account: &str,
+    secret: &str,
+) -> (String, String) {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), namespace);
+    let bound = secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": secret}})).unwrap(),
+        )
+        .await
+        .expect("the Secret a token is bound to");
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "audiences": [],
+            "expirationSeconds": 600,
+            "boundObjectRef": {
+                "apiVersion": "v1", "kind": "Secret",
+                "name": secret, "uid": kube::ResourceExt::uid(&bound),
+            },
+        },
+    }))
+    .unwrap();
+    let status = Api::<ServiceAccount>::namespaced(env.client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest bound to a Secret")
+        .status
+        .expect("a TokenRequest answer has a status");
+    let json = serde_json::json!({"": {
+        "token": status.token,
+        "expirationTimestamp": status.expiration_timestamp.0.to_string(),
+    }})
+    .to_string();
+    (status.token, json)
 }
 
 /// The leaf's only URI SAN.

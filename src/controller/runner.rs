@@ -140,6 +140,13 @@ pub async fn run<K, C, E, F, Fut, P>(
 /// Watches and caches every object of kind `K`, and marks `health` ready
 /// once the first list is cached. Returns the cache and a stream naming each
 /// object that changed, the two halves [`run`] takes.
+///
+/// Objects of a (re)list are named only once the whole list is in the
+/// cache: the reflector buffers a list and swaps it in at its end, so a
+/// reconcile started on an object as it was listed would find the cache
+/// without it, take it for deleted and drop it. That left every request
+/// made before the controller started undecided until it next changed
+/// (found on the real API server, whose watch lists before it streams).
 pub fn watch_all<K>(
     api: kube::Api<K>,
     who: &'static str,
@@ -151,29 +158,42 @@ where
 {
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     let (store, writer) = reflector::store();
+    let cached = store.clone();
     let changed = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
             .backoff(crate::issuance::tracker::WatchBackoff::default()),
     )
-    .touched_objects()
-    .filter_map(move |event| std::future::ready(object_of(event, who)));
+    .flat_map(move |event| futures::stream::iter(objects_of(event, &cached, who)));
     super::mark_ready_when_synced(store.clone(), health);
     (store, changed)
 }
 
-/// The object a watch event names; a watch error (retried by the watch's
-/// backoff) is only logged, as kube-runtime's Controller does.
-fn object_of<K>(event: Result<K, kube::runtime::watcher::Error>, who: &str) -> Option<ObjectRef<K>>
+/// The objects a watch event names: the object of an apply or delete, and
+/// at the end of a (re)list every object then cached (see [`watch_all`]).
+/// A watch error (retried by the watch's backoff) is only logged, as
+/// kube-runtime's Controller does.
+fn objects_of<K>(
+    event: Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+    cached: &Store<K>,
+    who: &str,
+) -> Vec<ObjectRef<K>>
 where
-    K: Resource,
-    K::DynamicType: Default,
+    K: Resource + Clone,
+    K::DynamicType: Eq + Hash + Clone + Default,
 {
+    use kube::runtime::watcher::Event;
     match event {
-        Ok(object) => Some(ObjectRef::from_obj(&object)),
+        Ok(Event::Apply(object) | Event::Delete(object)) => vec![ObjectRef::from_obj(&object)],
+        Ok(Event::InitDone) => cached
+            .state()
+            .iter()
+            .map(|object| ObjectRef::from_obj(object.as_ref()))
+            .collect(),
+        Ok(Event::Init | Event::InitApply(_)) => Vec::new(),
         Err(error) => {
             tracing::debug!(%error, "{who}: watch error; retrying");
-            None
+            Vec::new()
         }
     }
 }

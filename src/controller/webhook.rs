@@ -536,28 +536,52 @@ pub async fn serve(
         .map_err(WebhookError::Serve)
 }
 
-/// Makes the serving certificate, listens, registers the configuration
-/// (when asked) once the socket accepts, and serves until `shutdown`.
+/// Listens on `options.listen`, then does what [`run_on`] does.
 pub async fn run(
     client: kube::Client,
     options: WebhookOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    let cert = serving_cert(&options.target.names())?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| WebhookError::Listen {
             addr: options.listen,
             source,
         })?;
-    if options.configure {
-        register(client, &configuration(&options.target, &cert.ca_pem)).await?;
+    run_on(
+        client,
+        listener,
+        &options.target,
+        options.configure,
+        shutdown,
+    )
+    .await
+}
+
+/// Makes the serving certificate for `target`, registers the configuration
+/// (when `configure`) once `listener` accepts, and serves until `shutdown`.
+/// Taking a bound listener lets a caller listen on port 0 and then name the
+/// port it got in a `clientConfig.url` target.
+pub async fn run_on(
+    client: kube::Client,
+    listener: tokio::net::TcpListener,
+    target: &Target,
+    configure: bool,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
+    let cert = serving_cert(&target.names())?;
+    if configure {
+        register(client, &configuration(target, &cert.ca_pem)).await?;
         tracing::info!(
             configuration = CONFIGURATION_NAME,
             "registered the requester-identity webhook"
         );
     }
-    tracing::info!(address = %options.listen, path = PATH, "webhook serving");
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%address, path = PATH, "webhook serving");
     serve(listener, &cert, shutdown).await
 }
 

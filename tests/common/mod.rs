@@ -102,6 +102,14 @@ pub enum Policy {
     Ignore,
 }
 
+/// What [`Cluster::creators`] keeps of a request.
+struct Seen {
+    namespace: String,
+    created: Option<jiff::Timestamp>,
+    name: String,
+    username: Option<String>,
+}
+
 struct ClusterShared {
     client: Client,
     policy: Mutex<Policy>,
@@ -116,6 +124,10 @@ struct ClusterShared {
     delayed: Mutex<HashSet<String>>,
     /// uids seen with Ready=True reason Issued (signed by the controller).
     issued: Mutex<HashSet<String>>,
+    /// uid → a request outside [`CLUSTER_NS`] as first seen: where, when,
+    /// and who the API server recorded as its creator (see
+    /// [`Cluster::creators`]).
+    seen: Mutex<HashMap<String, Seen>>,
     errors: Mutex<Vec<String>>,
 }
 
@@ -133,6 +145,8 @@ pub struct Cluster {
     ca_pem: Option<String>,
     watch: tokio::task::JoinHandle<()>,
     controller: Option<tokio::task::JoinHandle<()>>,
+    /// The requester-identity webhook, once [`Cluster::serve_webhook`] ran.
+    webhook: Option<tokio::task::JoinHandle<()>>,
     token: cert_csi::shutdown::CancellationToken,
 }
 
@@ -149,6 +163,7 @@ impl Cluster {
             checked: Mutex::default(),
             delayed: Mutex::default(),
             issued: Mutex::default(),
+            seen: Mutex::default(),
             errors: Mutex::default(),
         });
         let watch = tokio::spawn(run_approver(shared.clone(), controller));
@@ -158,6 +173,7 @@ impl Cluster {
             ca_pem: None,
             watch,
             controller: None,
+            webhook: None,
             token,
         };
         if controller {
@@ -174,6 +190,34 @@ impl Cluster {
             cluster.ca_pem = Some(bootstrap_ca(&client).await);
         }
         cluster
+    }
+
+    /// Serves cert-csi's requester-identity webhook in process and
+    /// registers it by URL (see [`start_webhook`]), on either backend:
+    /// from then on every new request's `spec.username`, `uid`, `groups`
+    /// and `extra` are the API server's record of its creator. Stopped
+    /// with the controller.
+    pub async fn serve_webhook(&mut self) {
+        assert!(self.webhook.is_none(), "the webhook is already served");
+        self.webhook = Some(start_webhook(&self.shared.client, self.token.clone()).await);
+    }
+
+    /// `spec.username` of every request created in `namespace` that the
+    /// approver's watch saw, deleted ones included, oldest first: with
+    /// [`Cluster::serve_webhook`], the creator as the API server
+    /// authenticated it (`-` for a request without one). Lists first, so
+    /// none the watch has not delivered yet is missed.
+    pub async fn creators(&self, namespace: &str) -> Vec<String> {
+        for cr in self.list().await {
+            note_seen(&self.shared, &cr);
+        }
+        let seen = self.shared.seen.lock().unwrap();
+        let mut found: Vec<&Seen> = seen.values().filter(|s| s.namespace == namespace).collect();
+        found.sort_by_key(|s| (s.created, s.name.clone()));
+        found
+            .into_iter()
+            .map(|s| s.username.clone().unwrap_or_else(|| "-".into()))
+            .collect()
     }
 
     pub fn set_policy(&self, policy: Policy) {
@@ -304,6 +348,9 @@ impl Cluster {
         if let Some(controller) = self.controller.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
         }
+        if let Some(webhook) = self.webhook.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), webhook).await;
+        }
     }
 
     /// API errors the approver hit (other than a request deleted under it).
@@ -319,6 +366,90 @@ impl Drop for Cluster {
         if let Some(controller) = self.controller.take() {
             controller.abort();
         }
+        if let Some(webhook) = self.webhook.take() {
+            webhook.abort();
+        }
+    }
+}
+
+/// cert-csi's requester-identity webhook, as `cert-csi controller --webhook
+/// --webhook-configure --webhook-url https://127.0.0.1:PORT/...` runs it:
+/// served in process on a free loopback port and registered by URL with
+/// its CA bundle, since a loopback API server has no Services to route
+/// through. Returns once the API server applies it ([`await_webhook`]);
+/// serves until `shutdown`.
+pub async fn start_webhook(
+    client: &Client,
+    shutdown: cert_csi::shutdown::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use cert_csi::controller::webhook;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port for the webhook");
+    let url = format!(
+        "https://{}{}",
+        listener.local_addr().unwrap(),
+        webhook::PATH
+    );
+    let target = webhook::Target::url(&url).expect("a loopback https URL");
+    let task = tokio::spawn({
+        let client = client.clone();
+        async move {
+            if let Err(e) = webhook::run_on(client, listener, &target, true, shutdown).await {
+                panic!("the requester-identity webhook at {url} stopped: {e}");
+            }
+        }
+    });
+    let settled = await_webhook(client);
+    tokio::pin!(settled);
+    let mut task = task;
+    tokio::select! {
+        () = &mut settled => task,
+        ended = &mut task => match ended {
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            other => panic!("the webhook task ended before it was in effect: {other:?}"),
+        },
+    }
+}
+
+/// Waits until the API server applies the requester-identity webhook: a
+/// dry-run create of a request claiming a made-up `spec.username` (in
+/// [`CLUSTER_NS`], which this creates if needed) comes back with the
+/// caller's instead. A real API server picks a new configuration up from
+/// its informer, so the first creates after registering may miss it.
+pub async fn await_webhook(client: &Client) {
+    const CLAIMED: &str = "cert-csi-tests:made-up-requester";
+    ensure_namespace(client, CLUSTER_NS).await;
+    let api: Api<CertificateRequest> = Api::namespaced(client.clone(), CLUSTER_NS);
+    let probe: CertificateRequest = serde_json::from_value(json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "metadata": {"name": "webhook-probe"},
+        "spec": {
+            // Any bytes: a dry run stores nothing and signs nothing.
+            "request": "cHJvYmU=",
+            "issuerRef": {"name": "webhook-probe"},
+            "username": CLAIMED,
+        },
+    }))
+    .unwrap();
+    let params = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match api.create(&params, &probe).await {
+            Ok(cr) => match cr.spec.username.as_deref() {
+                Some(user) if user != CLAIMED => return,
+                other => format!("spec.username came back as {other:?}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the requester-identity webhook was not in effect 30 s after it was registered: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -514,7 +645,27 @@ fn is_external(cr: &CertificateRequest) -> bool {
         .is_some_and(|g| !g.is_empty() && g != "cert-manager.io")
 }
 
+fn note_seen(shared: &ClusterShared, cr: &CertificateRequest) {
+    if cr.namespace().as_deref() == Some(CLUSTER_NS) {
+        return;
+    }
+    if let Some(uid) = cr.uid() {
+        shared
+            .seen
+            .lock()
+            .unwrap()
+            .entry(uid)
+            .or_insert_with(|| Seen {
+                namespace: cr.namespace().unwrap_or_default(),
+                created: cr.creation_timestamp().map(|t| t.0),
+                name: cr.name_any(),
+                username: cr.spec.username.clone(),
+            });
+    }
+}
+
 async fn handle(shared: &Arc<ClusterShared>, cr: CertificateRequest, bootstrap: bool) {
+    note_seen(shared, &cr);
     // The harness's own CA bootstrap is approved whatever the test's
     // policy: it stands for a cluster set up before the test.
     if bootstrap && cr.namespace().as_deref() == Some(CLUSTER_NS) {
@@ -1602,6 +1753,11 @@ impl Env {
         } else {
             Backend::Sandbox
         }
+    }
+
+    /// The real control plane, when this environment runs on one.
+    pub fn real(&self) -> Option<&RealCluster> {
+        self.real.as_ref()
     }
 
     /// SIGTERM, a grace period, then SIGKILL; always reaped.

@@ -106,6 +106,20 @@ impl RealCluster {
         Client::try_from(config).expect("client")
     }
 
+    /// A client that authenticates with `token` alone (e.g. a
+    /// ServiceAccount's, from TokenRequest), as a pod would.
+    pub async fn client_for_token(&self, token: &str) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig parses");
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig loads");
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Client::try_from(config).expect("client")
+    }
+
     /// The kubectl that `hack/build-tools` built, at the server's version.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(
@@ -320,5 +334,79 @@ impl ApiServer {
                 (ApiServer::Real(real, dir), client)
             }
         }
+    }
+}
+
+/// Lets every ServiceAccount create CertificateRequests, as the chart's
+/// `spiffe-requester` ClusterRole does in pod-token mode (the approver, not
+/// RBAC, decides what is signed), and waits until the real authorizer
+/// agrees. The sandbox authorizes everything and serves no RBAC API.
+pub async fn allow_service_accounts_to_request(client: &Client) {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let name = "cert-csi-tests-spiffe-requester";
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "rules": [{
+            "apiGroups": ["cert-manager.io"],
+            "resources": ["certificaterequests"],
+            "verbs": ["create"],
+        }],
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{
+            "kind": "Group",
+            "apiGroup": "rbac.authorization.k8s.io",
+            "name": "system:serviceaccounts",
+        }],
+    }))
+    .unwrap();
+    for result in [
+        Api::<ClusterRole>::all(client.clone())
+            .create(&PostParams::default(), &role)
+            .await
+            .map(|_| ()),
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("granting ServiceAccounts create on certificaterequests: {e}"),
+        }
+    }
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": "system:serviceaccount:cert-csi-tests:probe",
+            "groups": ["system:serviceaccounts", "system:authenticated"],
+            "resourceAttributes": {
+                "group": "cert-manager.io",
+                "resource": "certificaterequests",
+                "verb": "create",
+                "namespace": "cert-csi-tests",
+            },
+        },
+    }))
+    .unwrap();
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("SubjectAccessReview");
+        if answer.status.is_some_and(|s| s.allowed) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the authorizer did not let ServiceAccounts create CertificateRequests within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
