@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use cert_csi::api::{Certificate, Issuer};
 use cert_csi::csi::proto::ProbeRequest;
 use cert_csi::csi::proto::identity_client::IdentityClient;
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::volume::keys;
 use common::{Env, Options, Policy, http_get, sample};
 use k8s_openapi::api::core::v1::Namespace;
@@ -297,37 +296,8 @@ impl Drop for ControllerProcess {
 async fn controller_metrics_events_and_json_logs() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let (server, client, kubeconfig) = match common::Backend::from_env() {
-        common::Backend::Sandbox => {
-            let kubeconfig = dir.path().join("kubeconfig");
-            let sandbox = Sandbox::start(SandboxConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                kubeconfig: Some(kubeconfig.clone()),
-                crds: cert_csi::api::crds(),
-                watch_window: 10_000,
-            })
-            .await
-            .unwrap();
-            let client = sandbox.client();
-            (
-                common::real::ApiServer::Sandbox(sandbox),
-                client,
-                kubeconfig,
-            )
-        }
-        common::Backend::Real => {
-            let real = common::RealCluster::up(&dir.path().join("kube"));
-            let client = real.client().await;
-            common::real::install_crds(&client, &cert_csi::api::crds()).await;
-            let kubeconfig = real.kubeconfig.clone();
-            let other = tempfile::tempdir().unwrap();
-            (
-                common::real::ApiServer::Real(real, other),
-                client,
-                kubeconfig,
-            )
-        }
-    };
+    let (server, client, kubeconfig) =
+        common::real::ApiServer::start_in(common::Backend::from_env(), dir.path(), 10_000).await;
     for ns in ["cert-manager", "team"] {
         let namespace: Namespace =
             serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
@@ -504,7 +474,5 @@ async fn controller_metrics_events_and_json_logs() {
     controller.stop();
     assert_json_lines(&controller.log);
     common::assert_no_secrets_in_log(&controller.log);
-    if let common::real::ApiServer::Sandbox(sandbox) = server {
-        sandbox.shutdown().await;
-    }
+    server.stop().await;
 }

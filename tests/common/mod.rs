@@ -998,26 +998,10 @@ impl Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().canonicalize().expect("canonical tempdir");
-        let (kubeconfig, client, sandbox, real) = match backend {
-            Backend::Sandbox => {
-                let kubeconfig = base.join("kubeconfig");
-                let sandbox = Sandbox::start(SandboxConfig {
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    kubeconfig: Some(kubeconfig.clone()),
-                    crds: cert_csi::api::crds(),
-                    watch_window: 10_000,
-                })
-                .await
-                .expect("sandbox starts");
-                let client = sandbox.client();
-                (kubeconfig, client, Some(sandbox), None)
-            }
-            Backend::Real => {
-                let real = RealCluster::up(&base.join("kube"));
-                let client = real.client().await;
-                real::install_crds(&client, &cert_csi::api::crds()).await;
-                (real.kubeconfig.clone(), client, None, Some(real))
-            }
+        let (server, client, kubeconfig) = real::ApiServer::start_in(backend, &base, 10_000).await;
+        let (sandbox, real) = match server {
+            real::ApiServer::Sandbox(sandbox) => (Some(sandbox), None),
+            real::ApiServer::Real(real, _) => (None, Some(real)),
         };
         let cluster = Cluster::start(client.clone(), options.policy, options.controller).await;
 

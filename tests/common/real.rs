@@ -312,27 +312,56 @@ impl ApiServer {
     /// Starts one with the cert-manager.io CRDs installed, and an admin
     /// client for it. `watch_window` sizes the sandbox's event history.
     pub async fn start(watch_window: usize) -> (ApiServer, Client) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (server, client, _) =
+            ApiServer::start_in(Backend::from_env(), dir.path(), watch_window).await;
+        let server = match server {
+            ApiServer::Real(real, _) => ApiServer::Real(real, dir),
+            sandbox => sandbox,
+        };
+        (server, client)
+    }
+
+    /// Starts `backend` with its files in `dir` (which must outlive it), the
+    /// CRDs installed. Returns it, an admin client, and the admin
+    /// kubeconfig a subprocess can use.
+    pub async fn start_in(
+        backend: Backend,
+        dir: &Path,
+        watch_window: usize,
+    ) -> (ApiServer, Client, PathBuf) {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        match Backend::from_env() {
+        match backend {
             Backend::Sandbox => {
+                let kubeconfig = dir.join("kubeconfig");
                 let sandbox = cert_csi::sandbox::Sandbox::start(cert_csi::sandbox::SandboxConfig {
                     listen: "127.0.0.1:0".parse().unwrap(),
-                    kubeconfig: None,
+                    kubeconfig: Some(kubeconfig.clone()),
                     crds: cert_csi::api::crds(),
                     watch_window,
                 })
                 .await
                 .expect("sandbox starts");
                 let client = sandbox.client();
-                (ApiServer::Sandbox(sandbox), client)
+                (ApiServer::Sandbox(sandbox), client, kubeconfig)
             }
             Backend::Real => {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let real = RealCluster::up(&dir.path().join("kube"));
+                let real = RealCluster::up(&dir.join("kube"));
                 let client = real.client().await;
                 install_crds(&client, &cert_csi::api::crds()).await;
-                (ApiServer::Real(real, dir), client)
+                let kubeconfig = real.kubeconfig.clone();
+                // The caller owns `dir`; this TempDir only keeps the shape.
+                let placeholder = tempfile::tempdir().expect("tempdir");
+                (ApiServer::Real(real, placeholder), client, kubeconfig)
             }
+        }
+    }
+
+    /// Stops it: the sandbox gracefully, the real one by `hack/kube down`.
+    pub async fn stop(self) {
+        match self {
+            ApiServer::Sandbox(sandbox) => sandbox.shutdown().await,
+            ApiServer::Real(real, _) => drop(real),
         }
     }
 }
