@@ -231,6 +231,11 @@ pub struct NodeArgs {
     /// each volume's keys live in a tmpfs mounted below it.
     #[arg(long, env = "DATA_ROOT", default_value = "/var/lib/cert-csi")]
     pub data_root: PathBuf,
+    /// The kubelet's root directory (its --root-dir). Publish and unpublish
+    /// act only on `<dir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`,
+    /// following no symlink below it.
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = crate::csi::node::DEFAULT_KUBELET_ROOT_DIR)]
+    pub kubelet_root_dir: PathBuf,
     /// kubeconfig to use; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -483,6 +488,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             },
             metrics_address: args.metrics_address.0,
             slow_issuance: args.slow_issuance_threshold,
+            kubelet_root_dir: args.kubelet_root_dir,
         },
     };
     crate::csi::run::run_with(options, extras, shutdown).await

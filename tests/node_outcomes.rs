@@ -461,3 +461,306 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
     );
     env.finish().await;
 }
+
+// -- target paths (issue 16) --------------------------------------------------
+
+/// A valid certificate volume's attributes for the target-path tests.
+const TARGET_BASE: [(&str, &str); 1] = [(keys::ISSUER_NAME, "ca")];
+
+/// Whether anything is mounted at or below `path`, read from
+/// /proc/self/mountinfo (the plugin shares the test's mount namespace).
+fn mounted_at_or_below(path: &std::path::Path) -> Vec<cert_csi::store::MountEntry> {
+    common::mounts_under(path)
+}
+
+/// A tmpfs cert-csi never made, holding one file, mounted at `path`.
+fn foreign_tmpfs(path: &std::path::Path) {
+    std::fs::create_dir_all(path).unwrap();
+    nix::mount::mount(
+        Some("foreign"),
+        path,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    std::fs::write(path.join("theirs"), "foreign data").unwrap();
+}
+
+fn unmount(path: &std::path::Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_over_a_non_empty_directory_outside_the_kubelet_tree_is_refused() {
+    if !common::require_root("publish_over_a_non_empty_directory_outside_the_kubelet_tree") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("outside", "outside-0", "default").await;
+    let outside = env.base.join("etc-like");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), "root:x:0:0").unwrap();
+
+    let mut v = env.volume(&pod, "tls", &TARGET_BASE);
+    v.target_path = outside.display().to_string();
+    let status = assert_status(
+        env.publish(&v).await,
+        Code::InvalidArgument,
+        "target_path",
+        "target outside the kubelet tree",
+    );
+    for fragment in ["is not below the kubelet root", "--kubelet-root-dir"] {
+        assert!(status.message().contains(fragment), "{}", status.message());
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("passwd")).unwrap(),
+        "root:x:0:0"
+    );
+    assert!(mounted_at_or_below(&outside).is_empty());
+
+    // Inside the tree too, a directory with someone's files is not hidden.
+    let inside = env.volume(&pod, "full", &TARGET_BASE);
+    std::fs::create_dir(inside.target()).unwrap();
+    std::fs::write(inside.target().join("keep"), "x").unwrap();
+    assert_status(
+        env.publish(&inside).await,
+        Code::FailedPrecondition,
+        "not empty",
+        "non-empty mount directory",
+    );
+    assert_eq!(
+        std::fs::read_to_string(inside.target().join("keep")).unwrap(),
+        "x"
+    );
+
+    // The pod uid in the path must be the pod's.
+    let other = env.create_pod("outside", "outside-1", "default").await;
+    let mut swapped = env.volume(&pod, "swapped", &TARGET_BASE);
+    swapped.target_path = env.volume(&other, "swapped", &TARGET_BASE).target_path;
+    assert_status(
+        env.publish(&swapped).await,
+        Code::InvalidArgument,
+        "csi.storage.k8s.io/pod.uid",
+        "another pod's directory",
+    );
+
+    // Nothing was created: no request, no state, no mount.
+    assert_eq!(env.count_requests("outside").await, 0);
+    assert!(env.volume_dirs().is_empty(), "{:?}", env.volume_dirs());
+    assert!(mounted_at_or_below(&env.kubelet_root).is_empty());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_in_the_target_path_is_refused_and_nothing_is_mounted_at_its_destination() {
+    if !common::require_root("a_symlink_in_the_target_path_is_refused") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("links", "links-0", "default").await;
+    let destination = env.base.join("destination");
+    std::fs::create_dir_all(&destination).unwrap();
+    std::fs::write(destination.join("keep"), "x").unwrap();
+
+    // The volume's own directory (the target's parent) is a symlink.
+    let v = env.volume(&pod, "tls", &TARGET_BASE);
+    let parent = v.target().parent().unwrap().to_path_buf();
+    std::fs::remove_dir(&parent).unwrap();
+    std::os::unix::fs::symlink(&destination, &parent).unwrap();
+    let status = assert_status(
+        env.publish(&v).await,
+        Code::InvalidArgument,
+        "target_path",
+        "symlink parent",
+    );
+    assert!(
+        status.message().contains("symbolic link"),
+        "{}",
+        status.message()
+    );
+
+    // A symlink higher up (the pod's volumes directory) is refused too.
+    let other = env.create_pod("links", "links-1", "default").await;
+    let w = env.volume(&other, "tls", &TARGET_BASE);
+    let volumes = w.target().ancestors().nth(3).unwrap().to_path_buf();
+    assert!(volumes.ends_with("volumes"), "{}", volumes.display());
+    std::fs::remove_dir_all(&volumes).unwrap();
+    let elsewhere = env.base.join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("kubernetes.io~csi").join("tls")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &volumes).unwrap();
+    assert_status(
+        env.publish(&w).await,
+        Code::InvalidArgument,
+        "symbolic link",
+        "symlink higher up",
+    );
+
+    // The target itself may not be a symlink either.
+    let third = env.volume(&pod, "direct", &TARGET_BASE);
+    std::os::unix::fs::symlink(&destination, third.target()).unwrap();
+    assert_status(
+        env.publish(&third).await,
+        Code::InvalidArgument,
+        "symbolic link",
+        "symlink target",
+    );
+
+    // Nothing was mounted at a destination, per the mount table, and
+    // nothing was created there.
+    for dir in [&destination, &elsewhere] {
+        let mounted = mounted_at_or_below(dir);
+        assert!(
+            mounted.is_empty(),
+            "mounted at {}: {mounted:?}",
+            dir.display()
+        );
+    }
+    assert!(!destination.join("mount").exists());
+    assert!(!elsewhere.join("kubernetes.io~csi/tls/mount").exists());
+    assert_eq!(
+        std::fs::read_to_string(destination.join("keep")).unwrap(),
+        "x"
+    );
+    assert!(mounted_at_or_below(&env.kubelet_root).is_empty());
+    assert_eq!(env.count_requests("links").await, 0);
+    assert!(env.volume_dirs().is_empty(), "{:?}", env.volume_dirs());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directories() {
+    if !common::require_root("unpublish_with_an_unrelated_volume_id") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("foreign", "foreign-0", "default").await;
+    let ours = env.volume(&pod, "tls", &TARGET_BASE);
+    env.publish_ok(&ours).await;
+
+    // Another driver's tmpfs in the kubelet tree, busy (a process holds a
+    // file open in it), and a directory with files next to it.
+    let theirs = env.volume(&pod, "other-driver", &TARGET_BASE);
+    foreign_tmpfs(&theirs.target());
+    let busy = std::fs::File::open(theirs.target().join("theirs")).unwrap();
+    let dir_only = env.volume(&pod, "plain", &TARGET_BASE);
+    std::fs::create_dir(dir_only.target()).unwrap();
+    std::fs::write(dir_only.target().join("file"), "x").unwrap();
+    let empty = env.volume(&pod, "empty", &TARGET_BASE);
+    std::fs::create_dir(empty.target()).unwrap();
+
+    let unrelated = common::kubelet_volume_id("no-such-pod", "no-such-volume");
+    for target in [&theirs, &dir_only, &empty, &ours] {
+        // Nothing of an unknown volume is there: success, nothing touched.
+        env.unpublish(&unrelated, &target.target_path)
+            .await
+            .unwrap_or_else(|s| panic!("{}: {}", target.volume_name, s.message()));
+    }
+    // A known volume id with another volume's target is refused.
+    for target in [&theirs, &dir_only, &empty] {
+        assert_status(
+            env.unpublish(&ours.volume_id, &target.target_path).await,
+            Code::InvalidArgument,
+            "published at another target path",
+            "known id, other target",
+        );
+    }
+
+    let mounted = common::mounts_at(&theirs.target());
+    assert_eq!(
+        mounted.len(),
+        1,
+        "the foreign tmpfs is still mounted: {mounted:?}"
+    );
+    assert_eq!(mounted[0].source, "foreign");
+    assert_eq!(
+        std::fs::read_to_string(theirs.target().join("theirs")).unwrap(),
+        "foreign data"
+    );
+    assert!(dir_only.target().join("file").exists());
+    assert!(
+        empty.target().is_dir(),
+        "an empty directory of nobody's stays"
+    );
+    assert_eq!(
+        common::mounts_at(&ours.target()).len(),
+        1,
+        "our volume stays"
+    );
+    assert!(ours.target().join("tls.crt").exists());
+
+    // The real unpublish still works, and touches only its own mount.
+    env.unpublish(&ours.volume_id, &ours.target_path)
+        .await
+        .unwrap();
+    assert!(common::mounts_at(&ours.target()).is_empty());
+    assert!(!ours.target().exists());
+    assert_eq!(common::mounts_at(&theirs.target()).len(), 1);
+
+    drop(busy);
+    unmount(&theirs.target());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_outside_the_kubelet_tree_removes_nothing() {
+    if !common::require_root("unpublish_outside_the_kubelet_tree_removes_nothing") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("away", "away-0", "default").await;
+    let ours = env.volume(&pod, "tls", &TARGET_BASE);
+    env.publish_ok(&ours).await;
+
+    let empty = env.base.join("some-empty-dir");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mounted = env.base.join("some-tmpfs");
+    foreign_tmpfs(&mounted);
+    // Outside the tree, and in the tree through a symlink to the outside.
+    let link = env.volume(&pod, "link", &TARGET_BASE);
+    let link_parent = link.target().parent().unwrap().to_path_buf();
+    std::fs::remove_dir(&link_parent).unwrap();
+    std::os::unix::fs::symlink(env.base.join("linked"), &link_parent).unwrap();
+    std::fs::create_dir_all(env.base.join("linked").join("mount")).unwrap();
+
+    for id in [
+        ours.volume_id.clone(),
+        common::kubelet_volume_id("nobody", "nothing"),
+    ] {
+        for path in [&empty, &mounted] {
+            let status = assert_status(
+                env.unpublish(&id, &path.display().to_string()).await,
+                Code::InvalidArgument,
+                "target_path",
+                "outside the tree",
+            );
+            assert!(
+                status.message().contains("is not below the kubelet root"),
+                "{}",
+                status.message()
+            );
+        }
+        // The symlinked path is never followed: nothing of ours is there.
+        let _ = env.unpublish(&id, &link.target_path).await;
+    }
+    assert!(empty.is_dir(), "the empty directory outside stays");
+    assert_eq!(
+        common::mounts_at(&mounted).len(),
+        1,
+        "the tmpfs outside stays"
+    );
+    assert!(mounted.join("theirs").exists());
+    assert!(env.base.join("linked").join("mount").is_dir());
+    assert_eq!(
+        common::mounts_at(&ours.target()).len(),
+        1,
+        "our volume stays"
+    );
+
+    env.unpublish(&ours.volume_id, &ours.target_path)
+        .await
+        .unwrap();
+    assert!(common::mounts_at(&ours.target()).is_empty());
+    unmount(&mounted);
+    env.finish().await;
+}

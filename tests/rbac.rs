@@ -1521,10 +1521,12 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
 
     // The node plugin runs with the DaemonSet's flags, except those the
     // harness must set for a test (socket, data root, kubeconfig, node id,
-    // a free metrics port, a shorter publish timeout, debug logs).
+    // a free metrics port, a shorter publish timeout, debug logs, and the
+    // simulated kubelet's root).
     let harness_flags = [
         "--endpoint",
         "--data-root",
+        "--kubelet-root-dir",
         "--kubeconfig",
         "--node-id",
         "--metrics-address",

@@ -7,6 +7,7 @@
 
 pub mod renew;
 pub mod spiffe;
+pub mod target;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ use crate::volume::{self, AttributeError, PublishInput, SecretString, VolumeSpec
 
 pub use renew::{Recovery, RetryPolicy};
 
+/// The kubelet's default `--root-dir`.
+pub const DEFAULT_KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
+
 /// Settings of the node service.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -57,6 +61,9 @@ pub struct NodeConfig {
     /// After this long without a decision, a publish records an
     /// `IssuanceSlow` Event on the pod (it keeps waiting).
     pub slow_issuance: Duration,
+    /// The kubelet's root directory: publish and unpublish act only on
+    /// `<root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`.
+    pub kubelet_root_dir: PathBuf,
 }
 
 impl NodeConfig {
@@ -73,6 +80,7 @@ impl NodeConfig {
             // not fight over a fixed port.
             metrics_address: None,
             slow_issuance: Duration::from_secs(10),
+            kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
         }
     }
 }
@@ -81,6 +89,7 @@ impl NodeConfig {
 /// renewal tasks and recovery.
 pub struct NodeService {
     config: NodeConfig,
+    kubelet_root: target::KubeletRoot,
     client: Client,
     store: Store,
     tracker: RequestTracker,
@@ -110,6 +119,8 @@ pub struct NodeService {
 pub enum PublishError {
     #[error("{0}")]
     Attribute(#[from] AttributeError),
+    #[error("{0}")]
+    Target(#[from] target::TargetError),
     #[error(
         "volume_capability: {0}. cert-csi serves filesystem (mount) volumes only; use a CSI inline volume"
     )]
@@ -154,7 +165,9 @@ impl PublishError {
 
     pub fn code(&self) -> Code {
         match self {
-            PublishError::Attribute(_) | PublishError::Capability(_) => Code::InvalidArgument,
+            PublishError::Attribute(_) | PublishError::Capability(_) | PublishError::Target(_) => {
+                Code::InvalidArgument
+            }
             PublishError::Incompatible { .. } => Code::AlreadyExists,
             PublishError::Key(_) => Code::Internal,
             PublishError::Csr(
@@ -219,6 +232,7 @@ impl PublishError {
             PublishError::Issued(_) => IssueErrorReason::Invalid,
             PublishError::Attribute(_)
             | PublishError::Capability(_)
+            | PublishError::Target(_)
             | PublishError::Incompatible { .. } => IssueErrorReason::Invalid,
             PublishError::Csr(
                 pki::CsrError::LiteralSubject { .. } | pki::CsrError::Field { .. },
@@ -281,6 +295,14 @@ pub enum UnpublishError {
     MissingVolumeId,
     #[error("target_path: must not be empty")]
     MissingTargetPath,
+    #[error("target_path: {0}")]
+    BadTargetPath(String),
+    #[error("{0}")]
+    Target(#[from] target::TargetError),
+    #[error(
+        "target_path: volume {volume_id} is published at another target path on this node; pass the target_path its NodePublishVolume was given. Nothing was unmounted"
+    )]
+    OtherTarget { volume_id: String },
     #[error("internal error: {0}")]
     Task(String),
 }
@@ -289,9 +311,11 @@ impl UnpublishError {
     pub fn code(&self) -> Code {
         match self {
             UnpublishError::Store(e) => store_code(e),
-            UnpublishError::MissingVolumeId | UnpublishError::MissingTargetPath => {
-                Code::InvalidArgument
-            }
+            UnpublishError::MissingVolumeId
+            | UnpublishError::MissingTargetPath
+            | UnpublishError::BadTargetPath(_)
+            | UnpublishError::Target(_)
+            | UnpublishError::OtherTarget { .. } => Code::InvalidArgument,
             UnpublishError::Task(_) => Code::Internal,
         }
     }
@@ -422,6 +446,7 @@ impl NodeService {
         shutdown: CancellationToken,
     ) -> Self {
         Self {
+            kubelet_root: target::KubeletRoot::new(&config.kubelet_root_dir),
             config,
             client,
             store,
@@ -563,7 +588,12 @@ impl NodeService {
             volume_mount_group: mount_group.as_deref(),
             context: &req.volume_context,
         };
-        let spec = self.parse_spec(&input)?;
+        let mut spec = self.parse_spec(&input)?;
+        // Only the kubelet's own mount directory of this pod's volume, and
+        // from here on in its resolved form, which the state records.
+        spec.target_path = self
+            .kubelet_root
+            .check(&req.target_path, Some(&spec.pod.uid))?;
         for warning in &spec.warnings {
             // Accepted for compatibility but worth fixing (e.g. subject
             // attributes that literal-subject overrides).
@@ -592,6 +622,14 @@ impl NodeService {
             // kubelet may have sent fresh tokens.
             self.remember_tokens(&spec);
             return Ok(());
+        }
+        // Before anything is created: the target is reached without a
+        // symlink, and is absent, empty or this volume's own mount.
+        {
+            let store = self.store.clone();
+            let id = spec.volume_id.clone();
+            let target = spec.target_path.clone();
+            blocking(move || store.check_target(&id, &target)).await?;
         }
         self.remember_tokens(&spec);
         let outcome = self
@@ -1026,6 +1064,18 @@ impl NodeService {
         if req.target_path.is_empty() {
             return Err(UnpublishError::MissingTargetPath);
         }
+        crate::store::validate_volume_id(&req.volume_id)?;
+        volume::check_target_path(&req.target_path).map_err(UnpublishError::BadTargetPath)?;
+        let target = self.kubelet_root.check(&req.target_path, None)?;
+        // A known volume is unpublished only from the target it was
+        // published at; nothing is stopped or touched otherwise.
+        if let Ok(state) = self.store.load_state(&req.volume_id)
+            && state.target_path != target
+        {
+            return Err(UnpublishError::OtherTarget {
+                volume_id: req.volume_id.clone(),
+            });
+        }
         // Stop the renewal first, then take the lock, so a renewal that is
         // about to record a failure sees the cancellation and writes nothing.
         self.scheduler.cancel(&req.volume_id);
@@ -1067,9 +1117,15 @@ impl NodeService {
                 tracing::warn!(volume_id = %req.volume_id, %error, "could not delete CertificateRequests on unpublish");
             }
         }
+        if let Some(state) = &state
+            && state.target_path != target
+        {
+            return Err(UnpublishError::OtherTarget {
+                volume_id: req.volume_id.clone(),
+            });
+        }
         let store = self.store.clone();
         let id = req.volume_id.clone();
-        let target = PathBuf::from(&req.target_path);
         tokio::task::spawn_blocking(move || store.remove(&id, &target))
             .await
             .map_err(|e| UnpublishError::Task(e.to_string()))??;

@@ -265,6 +265,8 @@ fn node_options(
                 min_interval: Duration::from_secs(1),
                 ..Default::default()
             },
+            // The simulated kubelet's root (see `Kubelet::connect`).
+            kubelet_root_dir: dir.join("kubelet"),
             ..crate::csi::node::NodeConfig::new(NODE_NAME)
         },
     }

@@ -60,6 +60,19 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The target path cannot be used as it is: a symlink or a file on the
+    /// way, or no clean absolute path. `path` is a short quoted prefix.
+    #[error("target_path {path}: {reason}")]
+    UnsafeTarget { path: String, reason: String },
+
+    /// The directory the kubelet creates before a publish is missing.
+    #[error(
+        "target_path {path}: its parent directory does not exist; the kubelet creates \
+         <kubelet root>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume name> before \
+         NodePublishVolume, so pass the target path of a volume the kubelet set up"
+    )]
+    TargetParentMissing { path: String },
+
     /// No state file exists for the volume.
     #[error(
         "load state of volume {volume_id}: {path} does not exist; \
@@ -145,8 +158,11 @@ impl StoreError {
             | StoreError::InvalidFileName { .. }
             | StoreError::InvalidOption { .. }
             | StoreError::SecretInState { .. }
-            | StoreError::InvalidState { .. } => StoreErrorKind::InvalidArgument,
-            StoreError::StateNotFound { .. } => StoreErrorKind::NotFound,
+            | StoreError::InvalidState { .. }
+            | StoreError::UnsafeTarget { .. } => StoreErrorKind::InvalidArgument,
+            StoreError::StateNotFound { .. } | StoreError::TargetParentMissing { .. } => {
+                StoreErrorKind::NotFound
+            }
             StoreError::Conflict { .. }
             | StoreError::CorruptState { .. }
             | StoreError::UnsupportedStateVersion { .. } => StoreErrorKind::FailedPrecondition,

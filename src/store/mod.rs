@@ -20,6 +20,7 @@ mod mounts;
 mod names;
 mod scan;
 mod state;
+mod target;
 
 use std::fs::{self, DirBuilder, Permissions};
 use std::io;
@@ -206,19 +207,25 @@ impl Store {
         })
     }
 
-    /// Unmounts `target_path` and the volume's tmpfs and deletes what the
-    /// store created. Whatever is already gone counts as done, so the
-    /// kubelet may retry freely.
+    /// Unmounts this volume's mount at `target_path`, then the volume's
+    /// tmpfs, and deletes what the store created. Whatever is already gone
+    /// counts as done, so the kubelet may retry freely.
+    ///
+    /// The target is reached without following a symlink (see
+    /// `target::open_parent`), and only what this volume put there is
+    /// touched: a bind mount of its own pod directory (or, in
+    /// [`MountMode::Files`], its own symlink), and then the empty directory
+    /// under it. A volume the store does not know leaves the target alone;
+    /// a mount of anyone else's stays, and so does a path with a symlink.
     pub fn remove(&self, volume_id: &str, target_path: &Path) -> Result<(), StoreError> {
         let dir = self.volume_path(volume_id)?;
         let _guard = self.guard();
 
+        if fs::symlink_metadata(&dir).is_ok() {
+            self.release_target(&dir.join(MNT_DIR).join(POD_DIR), target_path)?;
+        }
+
         if self.options.mount_mode == MountMode::Files {
-            // The target is our symlink; anything else there is not ours.
-            if fs::symlink_metadata(target_path).is_ok_and(|m| m.file_type().is_symlink()) {
-                fs::remove_file(target_path)
-                    .map_err(|e| StoreError::io("remove target link", target_path, e))?;
-            }
             return match fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     Err(StoreError::io("remove", &dir, e))
@@ -226,35 +233,89 @@ impl Store {
                 _ => Ok(()),
             };
         }
-
-        match target_path.canonicalize() {
-            Ok(target) => {
-                mounts::unmount_all(&target)?;
-                match fs::remove_dir(&target) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
-                        return Err(StoreError::Conflict {
-                            op: "remove target",
-                            path: target,
-                            reason: "the directory holds files cert-csi did not put there; \
-                                     it was left in place"
-                                .into(),
-                        });
-                    }
-                    Err(e) => return Err(StoreError::io("remove target", &target, e)),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("resolve target", target_path, e)),
-        }
-
         mounts::unmount_all(&dir.join(MNT_DIR))?;
         match fs::metadata(&dir) {
             Ok(meta) => remove_tree_on_device(&dir, meta.dev()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("inspect", &dir, e)),
         }
+    }
+
+    /// Takes the volume whose pod directory is `pod` away from `target_path`
+    /// (see [`Store::remove`]).
+    fn release_target(&self, pod: &Path, target_path: &Path) -> Result<(), StoreError> {
+        let parent = match target::open_parent(target_path) {
+            Ok(Some(parent)) => parent,
+            Ok(None) => return Ok(()),
+            Err(error) => {
+                // Nothing of ours can be there: the store never mounts
+                // through a symlink.
+                tracing::warn!(%error, "target path not usable; left untouched");
+                return Ok(());
+            }
+        };
+        if self.options.mount_mode == MountMode::Files {
+            if let target::Entry::Symlink(link) = parent.entry()?
+                && link == pod
+            {
+                parent.unlink()?;
+            }
+            return Ok(());
+        }
+        let ours = mounts::identity(pod)?;
+        let parent_dev = parent.identity()?.0;
+        let mut unmounted = false;
+        // Bounded, in case the kernel keeps reporting a mount it will not drop.
+        for _ in 0..16 {
+            let fd = match parent.entry()? {
+                target::Entry::Dir(fd) => fd,
+                // Gone, a symlink or a file: nothing of ours.
+                _ => return Ok(()),
+            };
+            let shown = target::fd_identity(&fd)
+                .map_err(|e| StoreError::mount("inspect", parent.path(), e))?;
+            drop(fd);
+            if shown.0 == parent_dev {
+                // A plain directory: ours to remove only once our mount is
+                // off it or if nothing was ever mounted (a publish that
+                // failed between creating it and mounting).
+                return parent.rmdir();
+            }
+            if Some(shown) != ours {
+                if unmounted {
+                    return Err(StoreError::Conflict {
+                        op: "unmount",
+                        path: parent.path().to_owned(),
+                        reason: "another filesystem is mounted over the volume's \
+                                 target; unmount it first"
+                            .into(),
+                    });
+                }
+                tracing::warn!(target = %parent.path().display(), "a mount cert-csi did not make for this volume is at the target; left in place");
+                return Ok(());
+            }
+            mounts::unmount_nofollow(&parent.name_path(), parent.path())?;
+            unmounted = true;
+        }
+        Err(StoreError::Conflict {
+            op: "unmount",
+            path: parent.path().to_owned(),
+            reason: "still mounted after 16 unmounts; inspect /proc/self/mountinfo".into(),
+        })
+    }
+
+    /// Checks, before a publish creates anything, that `target_path` can
+    /// take this volume: its parent exists and is reached without a
+    /// symlink, and the target is absent, an empty directory, or this
+    /// volume's own mount already.
+    pub fn check_target(&self, volume_id: &str, target_path: &Path) -> Result<(), StoreError> {
+        let dir = self.volume_path(volume_id)?;
+        let parent =
+            target::open_parent(target_path)?.ok_or_else(|| StoreError::TargetParentMissing {
+                path: target::quote(target_path.as_os_str()),
+            })?;
+        let pod = dir.join(MNT_DIR).join(POD_DIR);
+        check_target_entry(&parent, &pod, self.options.mount_mode).map(drop)
     }
 
     /// Writes the volume's state atomically (see `state::write_atomically`).
@@ -460,75 +521,92 @@ impl VolumeDir {
 
     /// Bind-mounts the pod directory read-only (and nodev, noexec, nosuid)
     /// at `target`, creating the directory. Does nothing if this volume is
-    /// already mounted there.
+    /// already mounted there. No symlink in `target` is followed, and a
+    /// directory that is not empty or has another mount is refused.
     pub fn mount_at(&self, target: &Path) -> Result<(), StoreError> {
         let _guard = self.guard();
         self.ensure_tmpfs("mount")?;
-        if self.mode == MountMode::Files {
-            return self.link_at(target);
-        }
-        match DirBuilder::new().mode(0o750).create(target) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::io("create target directory", target, e));
-            }
-            _ => {}
-        }
-        let target = target
-            .canonicalize()
-            .map_err(|e| StoreError::io("resolve target", target, e))?;
+        let parent =
+            target::open_parent(target)?.ok_or_else(|| StoreError::TargetParentMissing {
+                path: target::quote(target.as_os_str()),
+            })?;
         let pod = self.pod_path();
-        if mounts::identity(&target)? == mounts::identity(&pod)? {
-            // A crash between the two mount calls leaves a writable bind.
-            return if mounts::is_read_only(&target)? {
-                Ok(())
-            } else {
-                mounts::remount_read_only(&target)
-            };
+        match check_target_entry(&parent, &pod, self.mode)? {
+            TargetFound::Ours(None) => return Ok(()),
+            TargetFound::Ours(Some(fd)) => {
+                // A crash between the two mount calls leaves a writable bind.
+                let shown = target::fd_path(&fd);
+                return if mounts::is_read_only(&shown)? {
+                    Ok(())
+                } else {
+                    mounts::remount_read_only(&shown)
+                };
+            }
+            TargetFound::EmptyDir if self.mode == MountMode::Files => {
+                // The target becomes a symlink to the pod directory.
+                parent.rmdir()?;
+                return parent.symlink(&pod);
+            }
+            TargetFound::Absent if self.mode == MountMode::Files => {
+                return parent.symlink(&pod);
+            }
+            TargetFound::Absent => parent.mkdir(0o750)?,
+            TargetFound::EmptyDir => {}
         }
-        if mounts::is_foreign_device(&target)? {
+        let target::Entry::Dir(fd) = parent.entry()? else {
             return Err(StoreError::Conflict {
                 op: "mount",
-                path: target,
-                reason: "another filesystem is already mounted there; \
-                         unpublish the volume that owns it first"
-                    .into(),
+                path: target.to_owned(),
+                reason: "the directory changed while it was being mounted; retry".into(),
             });
-        }
-        mounts::bind_read_only(&pod, &target)
+        };
+        mounts::bind(&pod, &target::fd_path(&fd), target)?;
+        drop(fd);
+        // Reopened: the path now shows the new mount's root.
+        let bound = match parent.entry()? {
+            target::Entry::Dir(fd) => fd,
+            _ => {
+                return Err(StoreError::Conflict {
+                    op: "mount",
+                    path: target.to_owned(),
+                    reason: "the target vanished right after the mount".into(),
+                });
+            }
+        };
+        mounts::remount_read_only(&target::fd_path(&bound)).inspect_err(|_| {
+            // A writable bind must not stay behind for the pod to see.
+            drop(bound);
+            let _ = mounts::unmount_nofollow(&parent.name_path(), target);
+        })
     }
 
-    /// Whether `target` currently shows this volume's pod directory.
+    /// Whether `target` currently shows this volume's pod directory. A
+    /// path with a symlink never does.
     pub fn is_mounted_at(&self, target: &Path) -> Result<bool, StoreError> {
+        let parent = match target::open_parent(target) {
+            Ok(Some(parent)) => parent,
+            Ok(None) | Err(StoreError::UnsafeTarget { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let pod = self.pod_path();
         if self.mode == MountMode::Files {
-            return Ok(fs::read_link(target).is_ok_and(|t| t == pod));
+            return Ok(matches!(parent.entry()?, target::Entry::Symlink(link) if link == pod));
         }
-        let (Some(shown), Some(ours)) = (mounts::identity(target)?, mounts::identity(&pod)?) else {
+        let target::Entry::Dir(fd) = parent.entry()? else {
             return Ok(false);
         };
-        // Equal inodes through two different paths: a bind mount of ours.
-        Ok(shown == ours && target.canonicalize().is_ok_and(|t| t != pod))
+        let Some(ours) = mounts::identity(&pod)? else {
+            return Ok(false);
+        };
+        let shown =
+            target::fd_identity(&fd).map_err(|e| StoreError::mount("inspect", target, e))?;
+        // Equal inodes on another device than the parent's: a bind mount
+        // of ours.
+        Ok(shown == ours && shown.0 != parent.identity()?.0)
     }
 
     /// An error if the tmpfs vanished (node reboot, someone unmounted it):
     /// writing then would land on persistent disk.
-    /// `MountMode::Files`: the target becomes a symlink to the pod
-    /// directory (an empty directory left there by a kubelet is replaced).
-    fn link_at(&self, target: &Path) -> Result<(), StoreError> {
-        let pod = self.pod_path();
-        if fs::read_link(target).is_ok_and(|t| t == pod) {
-            return Ok(());
-        }
-        match fs::remove_dir(target) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(StoreError::io("replace target directory", target, e));
-            }
-            _ => {}
-        }
-        std::os::unix::fs::symlink(&pod, target)
-            .map_err(|e| StoreError::io("link target", target, e))
-    }
-
     fn ensure_tmpfs(&self, op: &'static str) -> Result<(), StoreError> {
         let mnt = self.tmpfs_path();
         if self.mode == MountMode::Files {
@@ -550,6 +628,68 @@ impl VolumeDir {
                 path: mnt,
                 reason: "the volume's tmpfs is not mounted; prepare the volume again".into(),
             })
+        }
+    }
+}
+
+/// What a publish finds at its target.
+enum TargetFound {
+    Absent,
+    EmptyDir,
+    /// This volume's own mount, open (`None`: its own symlink).
+    Ours(Option<std::os::fd::OwnedFd>),
+}
+
+/// Sorts out the target's current entry for the volume whose pod
+/// directory is `pod`; anything that is neither absent, empty nor ours is
+/// an error naming what is there.
+fn check_target_entry(
+    parent: &target::TargetParent,
+    pod: &Path,
+    mode: MountMode,
+) -> Result<TargetFound, StoreError> {
+    let path = parent.path();
+    let unusable = |what: &str| StoreError::UnsafeTarget {
+        path: target::quote(path.as_os_str()),
+        reason: format!(
+            "is {what}; cert-csi mounts only on a directory it creates or on an empty one"
+        ),
+    };
+    match parent.entry()? {
+        target::Entry::Absent => Ok(TargetFound::Absent),
+        target::Entry::Other => Err(unusable("not a directory")),
+        target::Entry::Symlink(link) => {
+            if mode == MountMode::Files && link == pod {
+                Ok(TargetFound::Ours(None))
+            } else {
+                Err(unusable("a symbolic link"))
+            }
+        }
+        target::Entry::Dir(fd) => {
+            let shown =
+                target::fd_identity(&fd).map_err(|e| StoreError::mount("inspect", path, e))?;
+            if mode == MountMode::Kernel && Some(shown) == mounts::identity(pod)? {
+                return Ok(TargetFound::Ours(Some(fd)));
+            }
+            if shown.0 != parent.identity()?.0 {
+                return Err(StoreError::Conflict {
+                    op: "mount",
+                    path: path.to_owned(),
+                    reason: "another filesystem is already mounted there; \
+                             unpublish the volume that owns it first"
+                        .into(),
+                });
+            }
+            if !target::is_empty_dir(&fd, path)? {
+                return Err(StoreError::Conflict {
+                    op: "mount",
+                    path: path.to_owned(),
+                    reason: "the directory is not empty; cert-csi mounts only over an \
+                             empty directory so that nothing there is hidden"
+                        .into(),
+                });
+            }
+            Ok(TargetFound::EmptyDir)
         }
     }
 }

@@ -34,9 +34,10 @@ pub(crate) fn mount_tmpfs(mnt: &Path, size_bytes: u64, max_inodes: u64) -> Resul
     .map_err(|e| StoreError::mount("mount tmpfs at", mnt, e))
 }
 
-/// Bind-mounts `src` at `target` and makes it read-only. The first
-/// `mount(MS_BIND)` ignores the other flags, so a second call applies them.
-pub(crate) fn bind_read_only(src: &Path, target: &Path) -> Result<(), StoreError> {
+/// Bind-mounts `src` at `target` (a `/proc/self/fd/<fd>` path of the
+/// opened target directory; `shown` names it in errors). The caller makes
+/// it read-only with [`remount_read_only`] on the new mount.
+pub(crate) fn bind(src: &Path, target: &Path, shown: &Path) -> Result<(), StoreError> {
     mount(
         Some(src),
         target,
@@ -44,11 +45,23 @@ pub(crate) fn bind_read_only(src: &Path, target: &Path) -> Result<(), StoreError
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| StoreError::mount("bind mount at", target, e))?;
-    remount_read_only(target).inspect_err(|_| {
-        // A writable bind must not stay behind for the pod to see.
-        let _ = umount2(target, MntFlags::MNT_DETACH);
-    })
+    .map_err(|e| StoreError::mount("bind mount at", shown, e))
+}
+
+/// Unmounts the mount on top at `path` without following a symlink in its
+/// last component; a busy mount is detached lazily, which frees it once
+/// the last user goes. `shown` names it in errors.
+pub(crate) fn unmount_nofollow(path: &Path, shown: &Path) -> Result<(), StoreError> {
+    match umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EBUSY) => {
+            match umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) | Err(Errno::EINVAL) => Ok(()),
+                Err(e) => Err(StoreError::mount("detach", shown, e)),
+            }
+        }
+        Err(e) => Err(StoreError::mount("unmount", shown, e)),
+    }
 }
 
 pub(crate) fn remount_read_only(target: &Path) -> Result<(), StoreError> {

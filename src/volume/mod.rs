@@ -24,6 +24,7 @@ pub mod attributes;
 pub mod duration;
 pub mod expand;
 mod rules;
+pub use rules::short_quote;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ use crate::pki::{Curve, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec
 pub use attributes::{ATTRIBUTES, AttributeDoc, CREDENTIAL_BUNDLE_FILE, keys, kubelet};
 use attributes::{KUBELET_GROUP, PREFIX, RESERVED_GROUP};
 use expand::{Variables, expand};
+pub(crate) use rules::check_target_path;
 
 /// The parts of a NodePublishVolumeRequest that decide what is issued.
 /// `Debug` shows the context's keys only: its values include the keystore

@@ -138,6 +138,8 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
 /// A kubelet target path: absolute and already clean, so that what is
 /// mounted is exactly the path the kubelet will look at.
 pub fn check_target_path(path: &str) -> Result<(), String> {
+    // The path is the caller's: quote only a short prefix of it.
+    let shown = short_quote(path);
     if path.is_empty() {
         return Err("is empty; the kubelet must pass the mount path".to_string());
     }
@@ -145,26 +147,40 @@ pub fn check_target_path(path: &str) -> Result<(), String> {
         return Err("contains a NUL byte".to_string());
     }
     if !path.starts_with('/') {
-        return Err(format!("{path:?} is not an absolute path"));
+        return Err(format!("{shown} is not an absolute path"));
     }
     if path == "/" {
         return Err("\"/\" cannot be a mount target".to_string());
     }
     if path.ends_with('/') {
-        return Err(format!("{path:?} ends with '/'; pass the path without it"));
+        return Err(format!("{shown} ends with '/'; pass the path without it"));
     }
     if path.contains("//") {
-        return Err(format!("{path:?} contains '//'; pass a clean path"));
+        return Err(format!("{shown} contains '//'; pass a clean path"));
     }
     if path.split('/').any(|c| c == "." || c == "..") {
         return Err(format!(
-            "{path:?} contains a '.' or '..' component; pass a clean path"
+            "{shown} contains a '.' or '..' component; pass a clean path"
         ));
     }
     if path.len() > 4096 {
         return Err(format!("is {} bytes long; the limit is 4096", path.len()));
     }
     Ok(())
+}
+
+/// `text` quoted, cut to its first 64 bytes: what an error message or log
+/// line may repeat of a value it was given.
+pub fn short_quote(text: &str) -> String {
+    const LIMIT: usize = 64;
+    if text.len() <= LIMIT {
+        return format!("{text:?}");
+    }
+    let mut end = LIMIT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}…", &text[..end])
 }
 
 /// A CSI volume id. The node plugin uses it as a directory name for the

@@ -1054,6 +1054,8 @@ impl Env {
             .args(["--node-id", &self.node_id])
             .arg("--data-root")
             .arg(&self.data_root)
+            .arg("--kubelet-root-dir")
+            .arg(&self.kubelet_root)
             .arg("--kubeconfig")
             .arg(self.plugin_kubeconfig.as_ref().unwrap_or(&self.kubeconfig))
             .args(["--publish-timeout", self.publish_timeout])

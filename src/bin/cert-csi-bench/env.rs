@@ -136,6 +136,9 @@ impl NodeProcess {
             .args(["--node-id", &self.node_id])
             .arg("--data-root")
             .arg(&self.data_root)
+            // The simulated kubelets' root (`Ctx::kubelet_root`).
+            .arg("--kubelet-root-dir")
+            .arg(self.data_root.with_file_name("kubelet"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(&self.args)
