@@ -385,6 +385,23 @@ pub struct SandboxArgs {
     /// resourceVersion; older versions answer 410 Gone.
     #[arg(long, env = "SANDBOX_WATCH_WINDOW", default_value_t = 10_000)]
     pub watch_window: usize,
+    /// Listen on an address other machines can reach. The sandbox is a
+    /// development server without authorization: anyone who reaches it may
+    /// read every Secret, CA keys included.
+    #[arg(long, env = "SANDBOX_ALLOW_REMOTE")]
+    pub allow_remote: bool,
+}
+
+/// Refuses a `--listen` address outside loopback unless `allow_remote`.
+pub fn check_sandbox_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), String> {
+    if listen.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(format!(
+        "--listen {listen}: the sandbox is a development server without authorization, \
+         so anyone who can reach it may read every Secret, CA keys included; \
+         listen on loopback (e.g. 127.0.0.1:6443), or pass --allow-remote if that is really meant"
+    ))
 }
 
 /// Runs the chosen mode until it finishes or `shutdown` fires.
@@ -414,6 +431,10 @@ pub async fn run(
 }
 
 async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    check_sandbox_listen(args.listen, args.allow_remote).map_err(anyhow::Error::msg)?;
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the sandbox listens beyond loopback, without authorization (--allow-remote)");
+    }
     let crds = if args.no_cert_manager_crds {
         Vec::new()
     } else {
@@ -558,4 +579,25 @@ pub async fn run_controller(
         webhook.await??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_sandbox_listen;
+
+    #[test]
+    fn the_sandbox_listens_beyond_loopback_only_when_told() {
+        for ok in ["127.0.0.1:6443", "127.0.0.2:0", "[::1]:6443"] {
+            check_sandbox_listen(ok.parse().unwrap(), false).unwrap();
+        }
+        for remote in ["0.0.0.0:6443", "[::]:6443", "10.1.2.3:6443"] {
+            let addr = remote.parse().unwrap();
+            let err = check_sandbox_listen(addr, false).unwrap_err();
+            assert!(
+                err.contains("--allow-remote") && err.contains("without authorization"),
+                "{err}"
+            );
+            check_sandbox_listen(addr, true).unwrap();
+        }
+    }
 }

@@ -360,3 +360,24 @@ fn kubectl_creates_service_account_tokens() {
     ]);
     assert!(out.trim().is_empty(), "{out}");
 }
+
+/// The sandbox has no authorization, so it refuses to listen beyond
+/// loopback unless told to, and writes nothing.
+#[test]
+fn the_sandbox_refuses_a_non_loopback_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let out = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+        .args(["sandbox", "--listen", "0.0.0.0:0", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cert-csi runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("without authorization") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+    assert!(!kubeconfig.exists(), "a kubeconfig was written");
+}
