@@ -191,25 +191,21 @@ pub const EVENT_RENEWAL_FAILED: &str = "RenewalFailed";
 pub const EVENT_RENEWAL_GUARDED: &str = "RenewalGuarded";
 
 /// The note of a `RenewalGuarded` Event: which issuer, what was asked, what
-/// was given. Whole seconds, so a repeating cause reads the same.
-fn guard_note(
-    spec: &VolumeSpec,
-    issued: &schedule::Issued,
-    min_interval: Duration,
-    wait: Duration,
-) -> String {
+/// was given. Whole seconds, and no random wait, so a repeating cause
+/// stays one Event series.
+fn guard_note(spec: &VolumeSpec, issued: &schedule::Issued, min_interval: Duration) -> String {
     let fmt = |d: Duration| crate::volume::duration::format_go(Duration::from_secs(d.as_secs()));
     format!(
         "{} {} issued a certificate with {} of life left, for {} requested; \
          that is too short to renew at least {} after it arrived, so the \
-         renewal waits {} (doubling while this repeats). Check the issuer: \
-         a CA near its own expiry caps every certificate it signs",
+         renewal waits at least that long, doubling while this repeats. \
+         Check the issuer: a CA near its own expiry caps every certificate \
+         it signs",
         spec.issuer.kind,
         spec.issuer.name,
         fmt(issued.lifetime()),
         fmt(spec.duration),
         fmt(min_interval),
-        fmt(wait),
     )
 }
 
@@ -911,8 +907,8 @@ impl NodeService {
         if plan.guarded() {
             self.metrics.renewal_guarded();
             let wait = plan.at.duration_since(received).unwrap_or_default();
-            let note = guard_note(spec, &issued, self.config.renewal.min_interval, wait);
-            tracing::warn!(volume_id = %spec.volume_id, streak = plan.short_streak, "{note}");
+            let note = guard_note(spec, &issued, self.config.renewal.min_interval);
+            tracing::warn!(volume_id = %spec.volume_id, streak = plan.short_streak, ?wait, "{note}");
             self.pod_event(
                 &spec.pod,
                 EventType::Warning,
