@@ -317,11 +317,7 @@ impl Env {
                 .expect("controller and webhook stop within 10s")
                 .expect("no task panicked");
         }
-        match self.server.take().unwrap() {
-            ApiServer::Sandbox(sandbox) => sandbox.shutdown().await,
-            // Dropping it runs hack/kube down.
-            ApiServer::Real(real, dir) => drop((real, dir)),
-        }
+        self.server.take().unwrap().stop().await;
     }
 }
 

@@ -305,7 +305,9 @@ pub async fn install_crds(client: &Client, crds: &[CustomResourceDefinition]) {
 /// control plane, by [`Backend::from_env`]. Dropping it stops it.
 pub enum ApiServer {
     Sandbox(cert_csi::sandbox::Sandbox),
-    Real(RealCluster, tempfile::TempDir),
+    /// The control plane, and the temporary directory holding it when
+    /// [`ApiServer::start`] made one (callers of `start_in` own theirs).
+    Real(RealCluster, Option<tempfile::TempDir>),
 }
 
 impl ApiServer {
@@ -316,7 +318,7 @@ impl ApiServer {
         let (server, client, _) =
             ApiServer::start_in(Backend::from_env(), dir.path(), watch_window).await;
         let server = match server {
-            ApiServer::Real(real, _) => ApiServer::Real(real, dir),
+            ApiServer::Real(real, _) => ApiServer::Real(real, Some(dir)),
             sandbox => sandbox,
         };
         (server, client)
@@ -350,9 +352,7 @@ impl ApiServer {
                 let client = real.client().await;
                 install_crds(&client, &cert_csi::api::crds()).await;
                 let kubeconfig = real.kubeconfig.clone();
-                // The caller owns `dir`; this TempDir only keeps the shape.
-                let placeholder = tempfile::tempdir().expect("tempdir");
-                (ApiServer::Real(real, placeholder), client, kubeconfig)
+                (ApiServer::Real(real, None), client, kubeconfig)
             }
         }
     }
