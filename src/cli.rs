@@ -128,7 +128,7 @@ pub struct ControllerArgs {
     pub spiffe_duration: std::time::Duration,
     /// SPIFFE approver: the ID path; only `{namespace}` and
     /// `{serviceaccount}` may appear.
-    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe::DEFAULT_ID_TEMPLATE)]
+    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe_id::DEFAULT_ID_TEMPLATE)]
     pub spiffe_id_template: String,
     /// SPIFFE approver: key types allowed, a comma list of P-256, P-384, Ed25519.
     #[arg(long, env = "SPIFFE_KEY_TYPES", default_value = "P-256,P-384,Ed25519")]
@@ -166,8 +166,9 @@ impl ControllerArgs {
     /// The SPIFFE approver's policy, or `None` when it is off.
     pub fn spiffe_policy(
         &self,
-    ) -> anyhow::Result<Option<std::sync::Arc<crate::controller::spiffe::SpiffePolicy>>> {
-        use crate::controller::spiffe::{SpiffeFlags, SpiffePolicy};
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::controller::spiffe_approver::SpiffePolicy>>>
+    {
+        use crate::controller::spiffe_approver::{SpiffeFlags, SpiffePolicy};
         let Some(trust_domain) = &self.spiffe_trust_domain else {
             return Ok(None);
         };
@@ -234,7 +235,7 @@ pub struct NodeArgs {
     /// The kubelet's root directory (its --root-dir). Publish and unpublish
     /// act only on `<dir>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`,
     /// following no symlink below it.
-    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = crate::csi::node::DEFAULT_KUBELET_ROOT_DIR)]
+    #[arg(long, env = "KUBELET_ROOT_DIR", default_value = crate::node::DEFAULT_KUBELET_ROOT_DIR)]
     pub kubelet_root_dir: PathBuf,
     /// kubeconfig to use; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
@@ -290,7 +291,7 @@ pub struct NodeArgs {
     pub spiffe_trust_domain: String,
     /// SPIFFE driver: the ID path; only `{namespace}` and `{serviceaccount}`
     /// may appear.
-    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe::DEFAULT_ID_TEMPLATE)]
+    #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe_id::DEFAULT_ID_TEMPLATE)]
     pub spiffe_id_template: String,
     /// SPIFFE driver: the key type, P-256, P-384 or Ed25519.
     #[arg(long, env = "SPIFFE_KEY_ALGORITHM", default_value = "P-256")]
@@ -310,8 +311,8 @@ pub struct NodeArgs {
     /// SPIFFE driver: who creates the CertificateRequest: `pod-token` (the
     /// pod's ServiceAccount token from the kubelet) or `node-account` (this
     /// plugin, naming the pod and node for the approver to check).
-    #[arg(long, env = "SPIFFE_REQUEST_MODE", default_value = "pod-token", value_parser = crate::csi::node::spiffe::RequestMode::parse)]
-    pub spiffe_request_mode: crate::csi::node::spiffe::RequestMode,
+    #[arg(long, env = "SPIFFE_REQUEST_MODE", default_value = "pod-token", value_parser = crate::volume::spiffe_attributes::RequestMode::parse)]
+    pub spiffe_request_mode: crate::volume::spiffe_attributes::RequestMode,
     /// SPIFFE driver, pod-token mode: the token audience to use from the
     /// CSIDriver's tokenRequests ("" is the API server's default).
     #[arg(long, env = "SPIFFE_TOKEN_AUDIENCE", default_value = "")]
@@ -349,7 +350,7 @@ fn parse_rate(value: &str) -> Result<crate::renewal::limiter::RequestRate, Strin
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    crate::volume::duration::parse_go(value)
+    crate::api::duration::parse_go(value)
         .map_err(|e| format!("{e} (use a Go duration such as 60s or 2m)"))
 }
 
@@ -462,8 +463,8 @@ async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::
 }
 
 async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spiffe = if args.driver_name == crate::spiffe::DRIVER_NAME {
-        use crate::csi::node::spiffe::{SpiffeConfig, SpiffeFlags};
+    let spiffe = if args.driver_name == crate::spiffe_id::DRIVER_NAME {
+        use crate::volume::spiffe_attributes::{SpiffeConfig, SpiffeFlags};
         Some(SpiffeConfig::from_flags(&SpiffeFlags {
             trust_domain: &args.spiffe_trust_domain,
             template: &args.spiffe_id_template,
@@ -478,7 +479,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
     } else {
         None
     };
-    let trust = crate::csi::node::trust::TrustSource::from_flags(
+    let trust = crate::node::trust::TrustSource::from_flags(
         args.trust_bundle_file.as_deref(),
         args.trust_bundle_configmap.as_deref(),
         args.trust_bundle_secret.as_deref(),
@@ -490,7 +491,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
         data_root: args.data_root,
         kubeconfig: args.kubeconfig,
         store: crate::store::StoreOptions::default(),
-        node: crate::csi::node::NodeConfig {
+        node: crate::node::NodeConfig {
             node_id: args.node_id,
             publish_timeout: args.publish_timeout,
             keep_requests: args.keep_requests as usize,
@@ -499,7 +500,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 min_interval: args.min_renewal_interval,
                 max_guard_backoff: args.max_guard_backoff,
             },
-            retry: crate::csi::node::RetryPolicy {
+            retry: crate::node::RetryPolicy {
                 base: args.renewal_retry_base,
                 max: args.renewal_retry_max.max(args.renewal_retry_base),
             },
@@ -539,7 +540,7 @@ pub async fn run_controller(
     };
     options.spiffe = args.spiffe_policy()?;
     let webhook_options = args.webhook_options()?;
-    let client = crate::csi::run::kube_client(args.kubeconfig.as_ref()).await?;
+    let client = crate::kubernetes::kube_client(args.kubeconfig.as_ref()).await?;
     // A webhook that cannot start stops the whole controller: running
     // without it would leave spec.username untrustworthy.
     let webhook = webhook_options.map(|w| {

@@ -1,13 +1,31 @@
 //! cert-csi: per-pod X.509 identities delivered through a CSI driver and
 //! signed through cert-manager.io/v1 CertificateRequests.
 //!
-//! Module map (one arrow of the data path each; see README "Architecture"):
-//! - [`api`]: the cert-manager.io/v1 types and their CRDs.
-//! - [`sandbox`]: an in-memory Kubernetes API server for demos and tests.
-//! - [`volume`]: volume attributes → a validated `VolumeSpec`, without side effects.
-//! - [`pki`]: keys, CSRs, certificate inspection and keystores.
-//! - [`telemetry`]: logging setup.
+//! Module map, in the order of a certificate's path from the kubelet's
+//! call to the pod's files and back through renewal; one line each:
+//! - [`cli`]: the flags of every mode (`main.rs` only calls it).
+//! - [`csi`]: the gRPC surface on the kubelet's unix socket (Identity,
+//!   Node); protobuf in, domain errors out as gRPC codes.
+//! - [`node`]: each volume's lifecycle: publish, unpublish, renewal,
+//!   recovery after a restart, and the trust bundle.
+//! - [`volume`]: volume attributes (of either driver) → a validated
+//!   `VolumeSpec`, without side effects.
+//! - [`pki`]: keys, CSRs, certificate checks, signing and keystores.
+//! - [`issuance`]: one CertificateRequest's life: build, create, one shared
+//!   watch for every waiter, and clean-up.
+//! - [`store`]: per-volume tmpfs, atomic file swaps, read-only bind mounts,
+//!   and node state without key material.
+//! - [`renewal`]: when to renew (pure), one timer for all volumes, and the
+//!   node-wide issuance limiter.
+//! - [`controller`]: the cluster side: approvers, issuer status, the
+//!   signer, Certificates and the webhook.
+//! - [`api`]: the cert-manager.io/v1 types, Go durations, and the CRDs.
+//! - [`spiffe_id`]: the SPIFFE ID rules the node and the approver share.
+//! - [`kubernetes`]: client configuration, watch backoff, Secret fields.
+//! - [`telemetry`]: logs, metrics, health endpoints and Events.
 //! - [`shutdown`]: the one shutdown signal every mode shares.
+//! - [`demo`]: `cert-csi demo`, the whole system on one machine.
+//! - [`sandbox`]: an in-memory Kubernetes API server for demos and tests.
 
 pub mod api;
 pub mod cli;
@@ -15,11 +33,13 @@ pub mod controller;
 pub mod csi;
 pub mod demo;
 pub mod issuance;
+pub mod kubernetes;
+pub mod node;
 pub mod pki;
 pub mod renewal;
 pub mod sandbox;
 pub mod shutdown;
-pub mod spiffe;
+pub mod spiffe_id;
 pub mod store;
 pub mod telemetry;
 pub mod volume;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use cert_csi::api::conditions::types;
 use cert_csi::api::{CertificateRequest, ClusterIssuer};
-use cert_csi::controller::spiffe::{SpiffeFlags, SpiffePolicy, reasons};
+use cert_csi::controller::spiffe_approver::{SpiffeFlags, SpiffePolicy, reasons};
 use cert_csi::controller::webhook::{self, Target};
 use cert_csi::controller::{ControllerOptions, EnabledControllers, Health};
 use cert_csi::pki::{
@@ -28,7 +28,7 @@ use cert_csi::pki::{
     build_csr,
 };
 use cert_csi::shutdown::CancellationToken;
-use cert_csi::spiffe;
+use cert_csi::spiffe_id as spiffe;
 use common::real::ApiServer;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};

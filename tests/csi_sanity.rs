@@ -438,7 +438,7 @@ async fn csi_sanity_passes_for_the_spiffe_driver() {
         Options::default(),
         &[
             "--driver-name",
-            cert_csi::spiffe::DRIVER_NAME,
+            cert_csi::spiffe_id::DRIVER_NAME,
             "--spiffe-trust-domain",
             "example.org",
             "--spiffe-issuer-name",
@@ -448,7 +448,7 @@ async fn csi_sanity_passes_for_the_spiffe_driver() {
         ],
     )
     .await;
-    run_sanity(&sanity, env, cert_csi::spiffe::DRIVER_NAME).await;
+    run_sanity(&sanity, env, cert_csi::spiffe_id::DRIVER_NAME).await;
 }
 
 #[test]

@@ -247,8 +247,7 @@ async fn subject_names_usages_and_ca_reach_request_and_certificate() {
     assert_eq!(cr.spec.issuer_ref.name, "ca");
     assert_eq!(cr.spec.issuer_ref.kind.as_deref(), Some("Issuer"));
     assert_eq!(cr.spec.issuer_ref.group.as_deref(), Some("cert-manager.io"));
-    let duration =
-        cert_csi::volume::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
+    let duration = cert_csi::api::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
     assert_eq!(duration, Duration::from_secs(2160 * 3600));
     assert_eq!(
         cr.spec.usages.as_deref(),
@@ -442,8 +441,7 @@ async fn files_keystore_lifetime_and_annotations() {
 
     // duration: on the request and in the certificate's validity.
     let cr = env.only_request(&lifetime).await;
-    let duration =
-        cert_csi::volume::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
+    let duration = cert_csi::api::duration::parse_go(cr.spec.duration.as_deref().unwrap()).unwrap();
     assert_eq!(duration, Duration::from_secs(3600));
     assert!(
         valid_for(&lifetime, "tls.crt", 50 * 60),

@@ -198,7 +198,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
             "{}: completed by another request than the pending one",
             v.volume_name
         );
-        let hash = cert_csi::issuance::id_hash(&v.volume_id);
+        let hash = cert_csi::store::id_hash(&v.volume_id);
         let names = per_volume.get(&hash).cloned().unwrap_or_default();
         assert_eq!(
             names,

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cert_csi::pki::inspect::parse_certificate;
-use cert_csi::spiffe;
+use cert_csi::spiffe_id as spiffe;
 use cert_csi::volume::{CREDENTIAL_BUNDLE_FILE, kubelet};
 use common::{Backend, Env, Options, PodRef, VolumeRequest, assert_status, openssl_ok};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};

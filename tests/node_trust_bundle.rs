@@ -274,7 +274,7 @@ async fn a_mounted_configmap_file_is_followed_by_the_spiffe_driver() {
         Options::default(),
         &[
             "--driver-name",
-            cert_csi::spiffe::DRIVER_NAME,
+            cert_csi::spiffe_id::DRIVER_NAME,
             "--spiffe-issuer-name",
             "spiffe-ca",
             "--spiffe-request-mode",

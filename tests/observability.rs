@@ -168,7 +168,7 @@ async fn node_metrics_readiness_events_and_json_logs() {
     // unpublished volume has no series left.
     for volume in &published {
         let leaf = common::served_leaf(volume, "tls.crt");
-        let hash = cert_csi::issuance::id_hash(&volume.volume_id);
+        let hash = cert_csi::store::id_hash(&volume.volume_id);
         let value = sample(
             &scrape,
             "certmanager_csi_certificate_request_expiration_timestamp_seconds",
@@ -180,7 +180,7 @@ async fn node_metrics_readiness_events_and_json_logs() {
             unix_seconds(leaf.not_after)
         );
     }
-    let gone_hash = cert_csi::issuance::id_hash(&gone.volume_id);
+    let gone_hash = cert_csi::store::id_hash(&gone.volume_id);
     assert!(
         !scrape.contains(&gone_hash),
         "the unpublished volume still has series:\n{scrape}"

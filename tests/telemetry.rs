@@ -341,7 +341,7 @@ async fn scrape_shows_node_and_controller_series_with_their_values() {
 
     let expiry = "certmanager_csi_certificate_request_expiration_timestamp_seconds";
     let renewal = "certmanager_csi_certificate_request_renewal_timestamp_seconds";
-    let kept_hash = cert_csi::issuance::id_hash(kept.volume_id);
+    let kept_hash = cert_csi::store::id_hash(kept.volume_id);
     let kept_labels = [
         ("volume_id_hash", kept_hash.as_str()),
         ("pod_namespace", "team-a"),

@@ -13,6 +13,7 @@ mod certificate;
 mod certificaterequest;
 pub mod conditions;
 mod crd;
+pub mod duration;
 mod error;
 mod issuer;
 mod issuer_ref;

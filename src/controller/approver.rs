@@ -11,7 +11,7 @@ use std::time::Duration;
 use kube::api::Api;
 
 use super::runner::{self, Action};
-use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
+use super::status::{self, Decided, ReconcileError, WriteOutcome};
 use super::{ControllerConfigError, ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition, IssuerRef};
@@ -159,54 +159,52 @@ async fn reconcile(
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut current = (*request).clone();
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let Some(condition) = decide(&current, &ctx.scope, ctx.policy.as_ref()) else {
-            return Ok(Action::await_change());
-        };
-        let kind = condition.type_.clone();
-        let message = condition.message.clone().unwrap_or_default();
-        current
-            .status
-            .get_or_insert_with(Default::default)
-            .set_condition(condition, status::now());
-        match status::replace_status(&api, &current).await? {
-            Write::Done(_) => {
-                tracing::info!(%namespace, %name, condition = %kind, "request decided");
-                let (outcome, type_, reason, action) = if kind == types::DENIED {
-                    (
-                        ApprovalOutcome::Denied,
-                        EventType::Warning,
-                        "Denied",
-                        "Deny",
-                    )
-                } else {
-                    (
-                        ApprovalOutcome::Approved,
-                        EventType::Normal,
-                        "Approved",
-                        "Approve",
-                    )
-                };
-                ctx.telemetry.metrics.approver_decided(outcome);
-                ctx.telemetry
-                    .event(&current, type_, reason, action, message);
-                return Ok(Action::await_change());
-            }
-            Write::Conflict => {
-                // Re-read: another approver may have decided meanwhile, and
-                // Approved/Denied must never be written twice.
-                match super::status::reread(&api, &name).await? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(Action::await_change()),
-                }
-            }
-        }
-    }
-    Err(ReconcileError::Contended {
-        what: format!("CertificateRequest {namespace}/{name}"),
-        attempts: CONFLICT_ATTEMPTS,
+    // After a conflict the request is decided again: another approver may
+    // have decided meanwhile, and Approved/Denied must never be written twice.
+    let decision = status::decide_and_write(&api, (*request).clone(), |mut current| {
+        let decided = decide(&current, &ctx.scope, ctx.policy.as_ref()).map(|condition| {
+            let kind = condition.type_.clone();
+            let message = condition.message.clone().unwrap_or_default();
+            current
+                .status
+                .get_or_insert_with(Default::default)
+                .set_condition(condition, status::now());
+            (kind, message)
+        });
+        std::future::ready(Ok(match decided {
+            Some(then) => Decided::Write {
+                object: current,
+                then,
+            },
+            None => Decided::Nothing(()),
+        }))
     })
+    .await?;
+    if let WriteOutcome::Written {
+        object,
+        then: (kind, message),
+    } = decision
+    {
+        tracing::info!(%namespace, %name, condition = %kind, "request decided");
+        let (outcome, type_, reason, action) = if kind == types::DENIED {
+            (
+                ApprovalOutcome::Denied,
+                EventType::Warning,
+                "Denied",
+                "Deny",
+            )
+        } else {
+            (
+                ApprovalOutcome::Approved,
+                EventType::Normal,
+                "Approved",
+                "Approve",
+            )
+        };
+        ctx.telemetry.metrics.approver_decided(outcome);
+        ctx.telemetry.event(&object, type_, reason, action, message);
+    }
+    Ok(Action::await_change())
 }
 
 fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {

@@ -40,6 +40,7 @@ use crate::api::{
     Certificate, CertificateCondition, CertificateRequest, CertificateRequestSpec,
     CertificateStatus, PemBytes, RotationPolicy,
 };
+use crate::kubernetes::secret_field as field;
 use crate::pki::{CsrOptions, KeyEncoding, PrivateKey};
 use crate::renewal::schedule::JitterPolicy;
 use crate::shutdown::CancellationToken;
@@ -164,15 +165,6 @@ enum Step {
     Conflict,
 }
 
-fn field<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.as_slice())
-        .filter(|b| !b.is_empty())
-}
-
 fn view(secret: &Secret) -> SecretView<'_> {
     let a = secret.metadata.annotations.as_ref();
     let get = |k: &str| a.and_then(|a| a.get(k)).map(String::as_str);
@@ -215,7 +207,7 @@ fn requested_of(request: &CertificateRequest) -> Requested {
         duration: s
             .duration
             .as_deref()
-            .and_then(|d| crate::volume::duration::parse_go(d).ok()),
+            .and_then(|d| crate::api::duration::parse_go(d).ok()),
         is_ca: s.is_ca.unwrap_or(false),
         usages: policy::usage_set(&usages, s.is_ca.unwrap_or(false)),
     }
@@ -1157,7 +1149,7 @@ pub async fn run(
 ) {
     let wc = watcher::Config::default;
     let controller = Controller::new(Api::<Certificate>::all(client.clone()), wc())
-        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
+        .trigger_backoff(crate::kubernetes::WatchBackoff::default());
     let certificates = controller.store();
 
     let fao = format!("{}={}", wk::FAO_LABEL, wk::FAO_LABEL_VALUE);
@@ -1166,7 +1158,7 @@ pub async fn run(
     let managed_events = reflector::reflector(
         secret_writer,
         watcher(Api::<Secret>::all(client.clone()), wc().labels(&fao))
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+            .backoff(crate::kubernetes::WatchBackoff::default()),
     )
     .touched_objects();
     // Everything else only as metadata: names matter (a Secret appearing
@@ -1175,13 +1167,13 @@ pub async fn run(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         wc().labels(&not_fao),
     )
-    .backoff(crate::issuance::tracker::WatchBackoff::default())
+    .backoff(crate::kubernetes::WatchBackoff::default())
     .touched_objects();
     let (requests, request_writer) = reflector::store::<CertificateRequest>();
     let request_events = reflector::reflector(
         request_writer,
         watcher(Api::<CertificateRequest>::all(client.clone()), wc())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+            .backoff(crate::kubernetes::WatchBackoff::default()),
     )
     .touched_objects();
 
@@ -1205,7 +1197,7 @@ pub async fn run(
             Api::<PartialObjectMeta<Certificate>>::all(client_for_deletions),
             wc(),
         )
-        .backoff(crate::issuance::tracker::WatchBackoff::default());
+        .backoff(crate::kubernetes::WatchBackoff::default());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut deletions = std::pin::pin!(deletions);

@@ -21,7 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
+use super::status::{self, Decided, ReconcileError};
 use super::{ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{ClusterIssuer, Issuer, IssuerCondition, IssuerSpec, IssuerStatus, IssuerType};
@@ -71,14 +71,7 @@ pub fn ca_ready(
         }
         SecretRead::Found(s) => s,
     };
-    let field = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| b.0.as_slice())
-            .filter(|b| !b.is_empty())
-    };
+    let field = |key: &str| crate::kubernetes::secret_field(secret, key);
     let (Some(crt), Some(key)) = (field("tls.crt"), field("tls.key")) else {
         return not_ready(
             reasons::ERR_GET_KEY_PAIR,
@@ -235,16 +228,17 @@ async fn reconcile<K: IssuerObject>(
     let namespace = issuer.meta().namespace.clone();
     let name = issuer.meta().name.clone().unwrap_or_default();
     let api = K::api(ctx.client.clone(), namespace.as_deref());
-    let mut current = (*issuer).clone();
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let Some(wanted) = wanted_condition(&current, &ctx).await else {
-            return Ok(Action::await_change());
+    let ctx = &ctx;
+    let (namespace, name) = (&namespace, &name);
+    status::decide_and_write(&api, (*issuer).clone(), |mut current| async move {
+        let Some(wanted) = wanted_condition(&current, ctx).await else {
+            return Ok(Decided::Nothing(()));
         };
         let existing = current
             .status()
             .and_then(|s| crate::api::conditions::find(s.conditions(), types::READY));
         if same_condition(existing, &wanted) {
-            return Ok(Action::await_change());
+            return Ok(Decided::Nothing(()));
         }
         tracing::info!(
             kind = K::KIND,
@@ -258,18 +252,13 @@ async fn reconcile<K: IssuerObject>(
             .status_mut()
             .get_or_insert_with(Default::default)
             .set_condition(wanted, status::now());
-        match status::replace_status(&api, &current).await? {
-            Write::Done(_) => return Ok(Action::await_change()),
-            Write::Conflict => match status::reread(&api, &name).await? {
-                Some(fresh) => current = fresh,
-                None => return Ok(Action::await_change()),
-            },
-        }
-    }
-    Err(ReconcileError::Contended {
-        what: format!("{} {name}", K::KIND),
-        attempts: CONFLICT_ATTEMPTS,
+        Ok(Decided::Write {
+            object: current,
+            then: (),
+        })
     })
+    .await?;
+    Ok(Action::await_change())
 }
 
 fn error_policy<K: IssuerObject>(_: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
@@ -285,7 +274,7 @@ async fn run_kind<K: IssuerObject>(
 ) {
     let cluster_ns = options.cluster_resource_namespace.clone();
     let controller = Controller::new(K::api(client.clone(), None), watcher::Config::default())
-        .trigger_backoff(crate::issuance::tracker::WatchBackoff::default());
+        .trigger_backoff(crate::kubernetes::WatchBackoff::default());
     let store = controller.store();
     let mapping_store = store.clone();
     // ClusterIssuer secrets live in one namespace; Issuer secrets anywhere.
@@ -295,7 +284,7 @@ async fn run_kind<K: IssuerObject>(
         Api::all(client.clone())
     };
     let secret_changes = watcher(secrets, watcher::Config::default())
-        .backoff(crate::issuance::tracker::WatchBackoff::default())
+        .backoff(crate::kubernetes::WatchBackoff::default())
         .touched_objects();
     let map_cluster_ns = cluster_ns.clone();
     let controller = controller.watches_stream(secret_changes, move |secret| {

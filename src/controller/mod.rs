@@ -14,7 +14,7 @@ pub mod certificates;
 pub mod issuers;
 mod runner;
 pub mod signer;
-pub mod spiffe;
+pub mod spiffe_approver;
 mod status;
 pub mod webhook;
 
@@ -166,7 +166,7 @@ pub struct ControllerOptions {
     /// [`run`] start one for its client.
     pub events: Option<EventRecorder>,
     /// The SPIFFE policy approver, run beside the approver when set.
-    pub spiffe: Option<Arc<spiffe::SpiffePolicy>>,
+    pub spiffe: Option<Arc<spiffe_approver::SpiffePolicy>>,
 }
 
 impl ControllerOptions {
@@ -287,16 +287,16 @@ pub async fn run(
         .map(|c| if *c == ControllerName::Issuers { 2 } else { 1 })
         .sum::<usize>();
     // The SPIFFE approver is one more loop, and the generic approver must
-    // leave SPIFFE requests to it (see spiffe::ExceptSpiffe).
+    // leave SPIFFE requests to it (see spiffe_approver::ExceptSpiffe).
     let loops = loops + usize::from(options.spiffe.is_some());
-    options.policy = Arc::new(spiffe::ExceptSpiffe {
+    options.policy = Arc::new(spiffe_approver::ExceptSpiffe {
         inner: options.policy.clone(),
         spiffe: options.spiffe.clone(),
     });
     health.expect(loops);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(policy) = options.spiffe.clone() {
-        tasks.spawn(spiffe::run(
+        tasks.spawn(spiffe_approver::run(
             client.clone(),
             policy,
             health.clone(),

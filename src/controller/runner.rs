@@ -162,7 +162,7 @@ where
     let changed = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+            .backoff(crate::kubernetes::WatchBackoff::default()),
     )
     .flat_map(move |event| futures::stream::iter(objects_of(event, &cached, who)));
     super::mark_ready_when_synced(store.clone(), health);

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::runner::{self, Action};
-use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
+use super::status::{self, Decided, ReconcileError, WriteOutcome};
 use super::{ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::well_known::PRIVATE_KEY_SECRET_NAME;
@@ -114,7 +114,7 @@ pub fn sign_params(request: &CertificateRequest) -> Result<SignParams, String> {
     }
     let duration = match spec.duration.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(crate::volume::duration::parse_go(text).map_err(|e| {
+        Some(text) => Some(crate::api::duration::parse_go(text).map_err(|e| {
             format!("spec.duration: {text:?} is not a Go duration ({e}); write e.g. 2160h")
         })?),
     };
@@ -178,15 +178,6 @@ async fn read_secret(
         .get_opt(name)
         .await
         .map_err(ReconcileError::api("reading a Secret"))
-}
-
-fn secret_field<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.as_slice())
-        .filter(|b| !b.is_empty())
 }
 
 /// Steps 6–10 and the signature itself.
@@ -284,8 +275,8 @@ async fn evaluate(request: &CertificateRequest, ctx: &Context) -> Result<Outcome
                 )));
             };
             let (Some(crt), Some(key_pem)) = (
-                secret_field(&secret, "tls.crt"),
-                secret_field(&secret, "tls.key"),
+                crate::kubernetes::secret_field(&secret, "tls.crt"),
+                crate::kubernetes::secret_field(&secret, "tls.key"),
             ) else {
                 return Ok(retry(format!(
                     "CA secret {secret_namespace}/{} lacks tls.crt or tls.key",
@@ -341,7 +332,9 @@ async fn evaluate(request: &CertificateRequest, ctx: &Context) -> Result<Outcome
                     retry: None,
                 });
             };
-            let key = match secret_field(&secret, "tls.key").map(PrivateKey::from_pem) {
+            let key = match crate::kubernetes::secret_field(&secret, "tls.key")
+                .map(PrivateKey::from_pem)
+            {
                 Some(Ok(k)) => k,
                 Some(Err(e)) => {
                     return Ok(Outcome::Failed {
@@ -465,9 +458,11 @@ async fn reconcile(
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut current = (*request).clone();
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let outcome = evaluate(&current, &ctx).await?;
+    let ctx = &ctx;
+    // After a conflict someone wrote first; if they issued it, the gate
+    // stops the second signature.
+    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
+        let outcome = evaluate(&current, ctx).await?;
         let retry_unchanged = match &outcome {
             Outcome::Ready {
                 retry: Some(after), ..
@@ -486,27 +481,26 @@ async fn reconcile(
             Outcome::Issued(signed) => issued_message(signed),
             Outcome::Nothing => String::new(),
         };
-        let Some((updated, action)) = apply(current.clone(), outcome) else {
-            return Ok(retry_unchanged.map_or(Action::await_change(), Action::requeue));
-        };
-        match status::replace_status(&api, &updated).await? {
-            Write::Done(_) => {
-                tracing::info!(%namespace, %name, ready = summary.as_deref().unwrap_or(""), "request updated");
-                record(&ctx.telemetry, &updated, summary.as_deref(), note);
-                return Ok(action);
-            }
-            Write::Conflict => {
-                // Someone wrote first; if they issued it, the gate stops.
-                match super::status::reread(&api, &name).await? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(Action::await_change()),
-                }
-            }
+        Ok(match apply(current, outcome) {
+            Some((updated, action)) => Decided::Write {
+                object: updated,
+                then: (action, summary, note),
+            },
+            None => Decided::Nothing(retry_unchanged),
+        })
+    })
+    .await?;
+    Ok(match decision {
+        WriteOutcome::Written {
+            object,
+            then: (action, summary, note),
+        } => {
+            tracing::info!(%namespace, %name, ready = summary.as_deref().unwrap_or(""), "request updated");
+            record(&ctx.telemetry, &object, summary.as_deref(), note);
+            action
         }
-    }
-    Err(ReconcileError::Contended {
-        what: format!("CertificateRequest {namespace}/{name}"),
-        attempts: CONFLICT_ATTEMPTS,
+        WriteOutcome::Nothing(retry) => retry.map_or(Action::await_change(), Action::requeue),
+        WriteOutcome::Gone => Action::await_change(),
     })
 }
 
@@ -590,8 +584,7 @@ pub async fn run(
     let (r1, r2, r3) = (requests.clone(), requests.clone(), requests.clone());
     let issuer_events = reflector::reflector(
         issuer_writer,
-        watcher(Api::all(client.clone()), wc())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+        watcher(Api::all(client.clone()), wc()).backoff(crate::kubernetes::WatchBackoff::default()),
     )
     .touched_objects()
     .filter_map(|event| std::future::ready(event.ok()))
@@ -607,8 +600,7 @@ pub async fn run(
     let (cluster_issuers, cluster_writer) = reflector::store::<ClusterIssuer>();
     let cluster_events = reflector::reflector(
         cluster_writer,
-        watcher(Api::all(client.clone()), wc())
-            .backoff(crate::issuance::tracker::WatchBackoff::default()),
+        watcher(Api::all(client.clone()), wc()).backoff(crate::kubernetes::WatchBackoff::default()),
     )
     .touched_objects()
     .filter_map(|event| std::future::ready(event.ok()))
@@ -624,7 +616,7 @@ pub async fn run(
     // Only names matter here (a SelfSigned key Secret appearing), so the
     // watch carries metadata and no key bytes are cached.
     let secret_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc())
-        .backoff(crate::issuance::tracker::WatchBackoff::default())
+        .backoff(crate::kubernetes::WatchBackoff::default())
         .touched_objects()
         .filter_map(|event| std::future::ready(event.ok()))
         .flat_map(move |secret| {

@@ -77,3 +77,69 @@ pub fn now() -> Time {
 
 /// How often a loop re-reads and retries after conflicts within one reconcile.
 pub const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// What a loop decided for the object as it read it.
+pub enum Decided<K, W, N> {
+    /// Write `object`, which carries the decision in its status; `then` is
+    /// handed back once the write succeeded.
+    Write { object: K, then: W },
+    /// Nothing to write.
+    Nothing(N),
+}
+
+/// How [`decide_and_write`] ended.
+pub enum WriteOutcome<K, W, N> {
+    /// The decision was written; `object` is what was written.
+    Written { object: K, then: W },
+    /// `decide` found nothing to write.
+    Nothing(N),
+    /// The object was deleted between a conflict and the re-read.
+    Gone,
+}
+
+/// Decides on `object` and writes the decision, guarded by its
+/// resourceVersion. After a conflict (another writer got there first) the
+/// object is read again and decided afresh, so a decision is never made
+/// from a stale read nor written twice; after [`CONFLICT_ATTEMPTS`] the
+/// reconcile fails as contended and the loop retries it later. Every loop
+/// that writes a status decision goes through here.
+pub async fn decide_and_write<K, W, N, D, F>(
+    api: &Api<K>,
+    object: K,
+    mut decide: D,
+) -> Result<WriteOutcome<K, W, N>, ReconcileError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    D: FnMut(K) -> F,
+    F: std::future::Future<Output = Result<Decided<K, W, N>, ReconcileError>>,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone();
+    let mut current = object;
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let (updated, then) = match decide(current).await? {
+            Decided::Write { object, then } => (object, then),
+            Decided::Nothing(then) => return Ok(WriteOutcome::Nothing(then)),
+        };
+        match replace_status(api, &updated).await? {
+            Write::Done(_) => {
+                return Ok(WriteOutcome::Written {
+                    object: updated,
+                    then,
+                });
+            }
+            Write::Conflict => match reread(api, &name).await? {
+                Some(fresh) => current = fresh,
+                None => return Ok(WriteOutcome::Gone),
+            },
+        }
+    }
+    let what = match namespace {
+        Some(namespace) => format!("{} {namespace}/{name}", K::kind(&())),
+        None => format!("{} {name}", K::kind(&())),
+    };
+    Err(ReconcileError::Contended {
+        what,
+        attempts: CONFLICT_ATTEMPTS,
+    })
+}

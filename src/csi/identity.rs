@@ -25,6 +25,16 @@ impl Readiness {
     }
 }
 
+impl crate::telemetry::ReadinessCheck for Readiness {
+    fn check(&self) -> Result<(), String> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err("node plugin still starting (node state recovery or API check not done)".into())
+        }
+    }
+}
+
 pub struct IdentityService {
     driver_name: String,
     readiness: Readiness,

@@ -10,10 +10,11 @@ use anyhow::Context;
 use tonic::transport::Server;
 
 use super::identity::{IdentityService, Readiness};
-use super::node::{NodeConfig, NodeService};
+use super::node::NodeService;
 use super::proto::identity_server::IdentityServer;
 use super::proto::node_server::NodeServer;
 use crate::issuance::{self, RequestTracker};
+use crate::node::{Driver, NodeConfig, VolumeManager};
 use crate::renewal::limiter::Limiter;
 use crate::renewal::scheduler::Scheduler;
 use crate::shutdown::CancellationToken;
@@ -36,31 +37,9 @@ pub struct NodeOptions {
 #[derive(Debug, Default)]
 pub struct NodeExtras {
     /// Serve the SPIFFE driver with these settings.
-    pub spiffe: Option<super::node::spiffe::SpiffeConfig>,
+    pub spiffe: Option<crate::volume::spiffe_attributes::SpiffeConfig>,
     /// Write this trust bundle as every volume's CA file.
-    pub trust: Option<super::node::trust::TrustSource>,
-}
-
-/// A client from `--kubeconfig`, or the in-cluster configuration.
-pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = kube_config(kubeconfig).await?;
-    kube::Client::try_from(config).context("building the Kubernetes client")
-}
-
-/// The configuration behind [`kube_client`].
-pub async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
-    Ok(match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .with_context(|| format!("using --kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::incluster().context(
-            "no --kubeconfig given and not running in a cluster (KUBERNETES_SERVICE_HOST unset)",
-        )?,
-    })
+    pub trust: Option<crate::node::trust::TrustSource>,
 }
 
 pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -73,7 +52,7 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let socket = super::server::socket_path(&options.endpoint)?;
-    let config = kube_config(options.kubeconfig.as_ref()).await?;
+    let config = crate::kubernetes::kube_config(options.kubeconfig.as_ref()).await?;
     let client =
         kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
     let store = Store::open_with(&options.data_root, options.store)
@@ -96,7 +75,7 @@ pub async fn run_with(
         EventLimits::default(),
     );
     let node = Arc::new(with_extras(
-        NodeService::new(
+        VolumeManager::new(
             options.node,
             client.clone(),
             store,
@@ -105,9 +84,9 @@ pub async fn run_with(
             scheduler,
             shutdown.clone(),
         )
-        .with_telemetry(metrics.clone(), events.clone())
-        .with_request_config(config),
+        .with_telemetry(metrics.clone(), events.clone()),
         extras,
+        config,
         &client,
         &shutdown,
     ));
@@ -142,7 +121,7 @@ pub async fn run_with(
             options.driver_name.clone(),
             readiness,
         )))
-        .add_service(NodeServer::from_arc(node));
+        .add_service(NodeServer::new(NodeService::new(node)));
     super::server::serve(router, listener, shutdown.clone()).await?;
     let _ = std::fs::remove_file(&socket);
     // Repeats held back by the rate cap still reach their Events' counts.
@@ -199,11 +178,12 @@ async fn serve_telemetry(
 
 /// The SPIFFE driver and the trust bundle, when asked for.
 fn with_extras(
-    mut service: NodeService,
+    mut service: VolumeManager,
     extras: NodeExtras,
+    api: kube::Config,
     client: &kube::Client,
     shutdown: &CancellationToken,
-) -> NodeService {
+) -> VolumeManager {
     if let Some(spiffe) = extras.spiffe {
         tracing::info!(
             trust_domain = %spiffe.trust_domain,
@@ -212,11 +192,11 @@ fn with_extras(
             issuer = %spiffe.issuer.name,
             "serving SPIFFE identities"
         );
-        service = service.with_spiffe(spiffe);
+        service = service.with_driver(Driver::spiffe(spiffe, Some(api)));
     }
     if let Some(source) = extras.trust {
         tracing::info!(%source, "following the trust bundle");
-        service = service.with_trust_bundle(super::node::trust::TrustBundle::spawn(
+        service = service.with_trust_bundle(crate::node::trust::TrustBundle::spawn(
             source,
             client.clone(),
             shutdown.clone(),
@@ -229,7 +209,7 @@ fn with_extras(
 /// reports ready only after both, so a kubelet never publishes into a
 /// plugin that has not re-adopted its volumes.
 async fn recover_then_ready(
-    node: Arc<NodeService>,
+    node: Arc<VolumeManager>,
     due: tokio::sync::mpsc::UnboundedReceiver<String>,
     client: kube::Client,
     readiness: Readiness,

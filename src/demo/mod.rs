@@ -141,8 +141,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
 
     let mut kubelet =
         Kubelet::connect(client.clone(), &socket, dir.join("kubelet"), NODE_NAME).await?;
-    let duration = crate::volume::duration::format_go(options.duration);
-    let renew_before = crate::volume::duration::format_go(options.duration * 2 / 3);
+    let duration = crate::api::duration::format_go(options.duration);
+    let renew_before = crate::api::duration::format_go(options.duration * 2 / 3);
     let attributes = [
         ("csi.cert-manager.io/issuer-name", "demo-ca"),
         ("csi.cert-manager.io/issuer-kind", "ClusterIssuer"),
@@ -258,7 +258,7 @@ fn node_options(
         driver_name: "csi.cert-manager.io".to_string(),
         data_root: dir.join("node"),
         kubeconfig: Some(kubeconfig.to_path_buf()),
-        node: crate::csi::node::NodeConfig {
+        node: crate::node::NodeConfig {
             // The demo squeezes a rotation into seconds; the guard's
             // one-minute default would hold it back.
             renewal: crate::renewal::schedule::RenewalPolicy {
@@ -267,7 +267,7 @@ fn node_options(
             },
             // The simulated kubelet's root (see `Kubelet::connect`).
             kubelet_root_dir: dir.join("kubelet"),
-            ..crate::csi::node::NodeConfig::new(NODE_NAME)
+            ..crate::node::NodeConfig::new(NODE_NAME)
         },
     }
 }

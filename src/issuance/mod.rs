@@ -13,6 +13,8 @@ use thiserror::Error;
 
 use crate::api::{CertificateRequest, CertificateRequestSpec, IssuerRef, PemBytes};
 use crate::pki::Usage;
+use crate::store::id_hash;
+use crate::telemetry::metrics::IssueErrorReason;
 pub use tracker::{RequestTracker, Seen, Subscription};
 
 /// Label carrying a hash of the node id: the node plugin watches only its own
@@ -20,12 +22,6 @@ pub use tracker::{RequestTracker, Seen, Subscription};
 pub const NODE_LABEL: &str = "csi.cert-manager.io/node-id-hash";
 /// Label carrying a hash of the volume id (a kubelet volume id is 68 chars).
 pub const VOLUME_LABEL: &str = "csi.cert-manager.io/volume-id-hash";
-
-/// A short, label-safe hash of an id: 16 hex characters of SHA-256.
-pub fn id_hash(id: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
-    hex::encode(&digest.as_ref()[..8])
-}
 
 pub fn node_selector(node_id: &str) -> String {
     format!("{NODE_LABEL}={}", id_hash(node_id))
@@ -99,6 +95,19 @@ pub enum IssuanceError {
 }
 
 impl IssuanceError {
+    /// The `reason` label this failure counts under.
+    pub fn metric_reason(&self) -> IssueErrorReason {
+        match self {
+            IssuanceError::Denied { .. } => IssueErrorReason::Denied,
+            IssuanceError::Failed { .. } | IssuanceError::Vanished { .. } => {
+                IssueErrorReason::Failed
+            }
+            IssuanceError::Timeout { .. } => IssueErrorReason::Timeout,
+            IssuanceError::Api { .. } => IssueErrorReason::Api,
+            IssuanceError::BadCertificate { .. } => IssueErrorReason::Invalid,
+        }
+    }
+
     fn api(action: impl Into<String>, source: kube::Error) -> Self {
         IssuanceError::Api {
             action: action.into(),
@@ -157,7 +166,7 @@ pub fn build_request(name: &str, params: &RequestParams<'_>) -> CertificateReque
         spec: CertificateRequestSpec {
             request: PemBytes(params.csr_pem.as_bytes().to_vec()),
             issuer_ref: params.issuer_ref.clone(),
-            duration: Some(crate::volume::duration::format_go(params.duration)),
+            duration: Some(crate::api::duration::format_go(params.duration)),
             is_ca: Some(params.is_ca),
             usages: Some(params.usages.iter().map(|u| u.name().to_string()).collect()),
             username: None,
@@ -398,25 +407,49 @@ pub async fn list_for_volume(
     Ok(items)
 }
 
-/// Deletes this volume's requests except the names in `keep`.
+/// Which of a volume's requests survive a clean-up.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep<'a> {
+    /// None: the volume is gone.
+    Nothing,
+    /// Request hygiene after an issuance: the newest `count` (at least
+    /// one), always including `current`, the request just issued.
+    Newest { count: usize, current: &'a str },
+}
+
+/// The names `keep` spares among `names`, which are oldest first.
+pub fn names_to_keep(names: &[String], keep: Keep<'_>) -> Vec<String> {
+    let Keep::Newest { count, current } = keep else {
+        return Vec::new();
+    };
+    let mut kept: Vec<String> = names.iter().rev().take(count.max(1)).cloned().collect();
+    if !kept.iter().any(|n| n == current) {
+        kept.pop();
+        kept.push(current.to_string());
+    }
+    kept
+}
+
+/// Deletes a volume's requests except those `keep` spares, one at a time,
+/// calling `deleted` after each so metrics follow the API exactly even when
+/// a later delete fails.
 pub async fn delete_for_volume(
     client: &Client,
     namespace: &str,
     node_id: &str,
     volume_id: &str,
-    keep: &[&str],
-) -> Result<usize, IssuanceError> {
+    keep: Keep<'_>,
+    mut deleted: impl FnMut(&str),
+) -> Result<(), IssuanceError> {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
-    let mut deleted = 0;
-    for request in list_for_volume(client, namespace, node_id, volume_id).await? {
-        let name = request.name_any();
-        if keep.contains(&name.as_str()) {
-            continue;
-        }
-        delete(&api, namespace, &name).await?;
-        deleted += 1;
+    let requests = list_for_volume(client, namespace, node_id, volume_id).await?;
+    let names: Vec<String> = requests.iter().map(ResourceExt::name_any).collect();
+    let kept = names_to_keep(&names, keep);
+    for name in names.iter().filter(|n| !kept.contains(n)) {
+        delete(&api, namespace, name).await?;
+        deleted(name);
     }
-    Ok(deleted)
+    Ok(())
 }
 
 pub async fn delete_one(client: &Client, namespace: &str, name: &str) -> Result<(), IssuanceError> {
@@ -442,6 +475,44 @@ async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuance_errors_map_to_bounded_reasons() {
+        let denied = IssuanceError::Denied {
+            namespace: "n".into(),
+            name: "r".into(),
+            issuer: "i".into(),
+            reason: "Denied".into(),
+            message: "no".into(),
+        };
+        assert_eq!(denied.metric_reason(), IssueErrorReason::Denied);
+        let timeout = IssuanceError::Timeout {
+            namespace: "n".into(),
+            name: "r".into(),
+            waited: Duration::from_secs(1),
+            waiting_for: "approval".into(),
+        };
+        assert_eq!(timeout.metric_reason(), IssueErrorReason::Timeout);
+        let vanished = IssuanceError::Vanished {
+            namespace: "n".into(),
+            name: "r".into(),
+        };
+        assert_eq!(vanished.metric_reason(), IssueErrorReason::Failed);
+    }
+
+    #[test]
+    fn hygiene_keeps_the_newest_and_always_the_current_request() {
+        let names: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let keep = |count, current| names_to_keep(&names, Keep::Newest { count, current });
+        assert_eq!(keep(1, "d"), ["d"]);
+        assert_eq!(keep(2, "d"), ["d", "c"]);
+        // The current request is kept even when it is not the newest.
+        assert_eq!(keep(1, "b"), ["b"]);
+        assert_eq!(keep(2, "a"), ["d", "a"]);
+        // Zero still keeps the current one.
+        assert_eq!(keep(0, "d"), ["d"]);
+        assert!(names_to_keep(&names, Keep::Nothing).is_empty());
+    }
 
     #[test]
     fn hashes_fit_label_values() {

@@ -45,7 +45,7 @@ pub struct Subscription {
 
 impl RequestTracker {
     /// Starts watching requests carrying `label_selector` in all namespaces.
-    /// The watcher backs off ([`WatchBackoff`]) and resumes on API errors,
+    /// The watcher backs off ([`crate::kubernetes::WatchBackoff`]) and resumes on API errors,
     /// relisting after a 410 Gone or a restarted API server, so an outage
     /// delays decisions but never loses one.
     pub fn spawn(client: Client, label_selector: String, shutdown: CancellationToken) -> Self {
@@ -55,7 +55,7 @@ impl RequestTracker {
             let api: Api<CertificateRequest> = Api::all(client);
             let config = watcher::Config::default().labels(&label_selector);
             let mut stream = watcher::watcher(api, config)
-                .backoff(WatchBackoff::default())
+                .backoff(crate::kubernetes::WatchBackoff::default())
                 .boxed();
             loop {
                 let event = tokio::select! {
@@ -138,63 +138,6 @@ impl RequestTracker {
     }
 }
 
-/// Retry delays of the shared watch after an API error: from 1 s doubling
-/// to at most 5 s, with jitter. kube's default climbs to 30 s, which after an
-/// API outage would leave every renewal waiting up to half a minute for a
-/// decision that is already made; one watch per node is cheap to resume.
-/// The controller's watches use it too: a watcher without any backoff
-/// would retry in a tight loop while the API is down.
-#[derive(Debug, Default)]
-pub struct WatchBackoff {
-    attempt: u32,
-}
-
-impl WatchBackoff {
-    pub const BASE: std::time::Duration = std::time::Duration::from_secs(1);
-    pub const MAX: std::time::Duration = std::time::Duration::from_secs(5);
-}
-
-impl Iterator for WatchBackoff {
-    type Item = std::time::Duration;
-
-    fn next(&mut self) -> Option<std::time::Duration> {
-        self.attempt = self.attempt.saturating_add(1);
-        Some(crate::renewal::schedule::backoff(
-            self.attempt,
-            Self::BASE,
-            Self::MAX,
-            rand::random::<f64>(),
-        ))
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 fn key_of(request: &CertificateRequest) -> Key {
     (request.namespace().unwrap_or_default(), request.name_any())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::runtime::utils::Backoff;
-
-    #[test]
-    fn watch_backoff_is_short_and_resets() {
-        let mut backoff = WatchBackoff::default();
-        let delays: Vec<_> = (&mut backoff).take(12).collect();
-        assert!(
-            delays
-                .iter()
-                .all(|d| *d >= WatchBackoff::BASE / 2 && *d <= WatchBackoff::MAX)
-        );
-        assert!(delays[0] <= WatchBackoff::BASE);
-        assert!(delays[11] >= WatchBackoff::MAX / 2);
-        backoff.reset();
-        assert!(backoff.next().unwrap() <= WatchBackoff::BASE);
-    }
 }

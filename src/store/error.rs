@@ -60,6 +60,11 @@ pub enum StoreError {
         reason: String,
     },
 
+    /// The blocking task that ran a store operation panicked or was
+    /// cancelled (the async callers run every store call on a thread pool).
+    #[error("{op}: the store task failed: {reason}")]
+    Task { op: &'static str, reason: String },
+
     /// The target path cannot be used as it is: a symlink or a file on the
     /// way, or no clean absolute path. `path` is a short quoted prefix.
     #[error("target_path {path}: {reason}")]
@@ -172,6 +177,7 @@ impl StoreError {
                 None => StoreErrorKind::Internal,
             },
             StoreError::Mount { source, .. } => errno_kind(*source),
+            StoreError::Task { .. } => StoreErrorKind::Internal,
         }
     }
 

@@ -35,7 +35,7 @@ pub use atomic::{
 pub use error::{StoreError, StoreErrorKind};
 pub use mountinfo::{MountEntry, mounts_at, parse_mountinfo, read_mountinfo};
 pub use mounts::TMPFS_SOURCE;
-pub use names::{validate_file_name, validate_volume_id};
+pub use names::{id_hash, validate_file_name, validate_volume_id};
 pub use scan::assert_no_key_material_outside_tmpfs;
 pub use state::{RequestPhase, RequestRef, STATE_VERSION, VolumeState};
 

@@ -6,6 +6,14 @@
 
 use super::StoreError;
 
+/// A short, label-safe hash of an id: 16 hex characters of SHA-256. Node
+/// and volume ids name requests' labels and metric series, whose values are
+/// limited to 63 characters (a kubelet volume id has 68).
+pub fn id_hash(id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
+    hex::encode(&digest.as_ref()[..8])
+}
+
 /// Longest name most Linux filesystems accept for one directory entry.
 const NAME_MAX: usize = 255;
 

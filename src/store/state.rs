@@ -169,7 +169,7 @@ impl VolumeState {
 /// (power loss, kernel crash), takes the tmpfs with it, so a durable
 /// `state.json` would describe a volume that no longer exists; publish treats
 /// an unreadable state of a volume without its tmpfs as absent (see
-/// `NodeService::current_state`). Measured with `hack/bench`: the four
+/// `node::volumes::Volumes::current_state`). Measured with `hack/bench`: the four
 /// fsyncs of a publish (file and directory, twice) cost about 1.2 ms of a
 /// 6 ms P-256 publish on this machine, and tied a burst of publishes to the
 /// disk's write-back.

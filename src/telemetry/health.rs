@@ -10,27 +10,16 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-use crate::csi::identity::Readiness;
 use crate::shutdown::CancellationToken;
 
 /// Something that can say whether the process is ready to do its job, and if
-/// not, why. The node answers with the same [`Readiness`] its CSI Probe
-/// reads, so Probe and `/readyz` never disagree. Any
+/// not, why. The node answers with the same readiness its CSI Probe reads
+/// (`csi::identity::Readiness`), so Probe and `/readyz` never disagree. Any
 /// `Fn() -> Result<(), String>` works too, which is how the controller
 /// plugs in its own notion (every watch synced).
 pub trait ReadinessCheck: Send + Sync + 'static {
     /// `Ok` when ready; otherwise a short reason shown in the 503 body.
     fn check(&self) -> Result<(), String>;
-}
-
-impl ReadinessCheck for Readiness {
-    fn check(&self) -> Result<(), String> {
-        if self.is_ready() {
-            Ok(())
-        } else {
-            Err("node plugin still starting (node state recovery or API check not done)".into())
-        }
-    }
 }
 
 impl<F> ReadinessCheck for F

@@ -119,23 +119,6 @@ impl IssueErrorReason {
     ];
 }
 
-impl From<&crate::issuance::IssuanceError> for IssueErrorReason {
-    fn from(error: &crate::issuance::IssuanceError) -> Self {
-        use crate::issuance::IssuanceError as E;
-        // The wildcard keeps this compiling when the issuance module grows a
-        // variant; a new variant lands in `internal` until mapped here.
-        #[allow(unreachable_patterns)]
-        match error {
-            E::Denied { .. } => Self::Denied,
-            E::Failed { .. } | E::Vanished { .. } => Self::Failed,
-            E::Timeout { .. } => Self::Timeout,
-            E::Api { .. } => Self::Api,
-            E::BadCertificate { .. } => Self::Invalid,
-            _ => Self::Internal,
-        }
-    }
-}
-
 /// First issuance of a volume, or a renewal; the `kind` label of the latency
 /// histogram.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -351,7 +334,7 @@ impl NodeMetrics {
         renew_at: jiff::Timestamp,
     ) {
         self.series.set_volume(
-            &crate::issuance::id_hash(volume.volume_id),
+            &crate::store::id_hash(volume.volume_id),
             volume.pod_namespace,
             volume.pod_name,
             seconds(not_after),
@@ -362,8 +345,7 @@ impl NodeMetrics {
     /// The volume was unpublished: its per-volume series are removed.
     /// Unknown ids are ignored (unpublish is retried by the kubelet).
     pub fn volume_unpublished(&self, volume_id: &str) {
-        self.series
-            .remove_volume(&crate::issuance::id_hash(volume_id));
+        self.series.remove_volume(&crate::store::id_hash(volume_id));
     }
 
     /// How many issuances wait for the node-wide rate limit right now.
@@ -647,7 +629,7 @@ mod tests {
             pod_namespace: "team",
             pod_name: "web-0",
         };
-        let hash = crate::issuance::id_hash("csi-abc");
+        let hash = crate::store::id_hash("csi-abc");
         metrics.volume_published(
             &volume,
             jiff::Timestamp::from_second(2_000).unwrap(),
@@ -740,30 +722,5 @@ mod tests {
             lines(&registry, "certmanager_certificate_expiration").is_empty(),
             "no certificate yet, so no expiry series"
         );
-    }
-
-    #[test]
-    fn issuance_errors_map_to_bounded_reasons() {
-        use crate::issuance::IssuanceError;
-        let denied = IssuanceError::Denied {
-            namespace: "n".into(),
-            name: "r".into(),
-            issuer: "i".into(),
-            reason: "Denied".into(),
-            message: "no".into(),
-        };
-        assert_eq!(IssueErrorReason::from(&denied), IssueErrorReason::Denied);
-        let timeout = IssuanceError::Timeout {
-            namespace: "n".into(),
-            name: "r".into(),
-            waited: Duration::from_secs(1),
-            waiting_for: "approval".into(),
-        };
-        assert_eq!(IssueErrorReason::from(&timeout), IssueErrorReason::Timeout);
-        let vanished = IssuanceError::Vanished {
-            namespace: "n".into(),
-            name: "r".into(),
-        };
-        assert_eq!(IssueErrorReason::from(&vanished), IssueErrorReason::Failed);
     }
 }

@@ -21,9 +21,9 @@
 //! - RSA sizes are limited to what aws-lc can generate (2048, 3072, 4096, 8192).
 
 pub mod attributes;
-pub mod duration;
 pub mod expand;
 mod rules;
+pub mod spiffe_attributes;
 pub use rules::short_quote;
 
 #[cfg(test)]
@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::api::duration;
 use crate::pki::{Curve, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec, Usage};
 pub use attributes::{ATTRIBUTES, AttributeDoc, CREDENTIAL_BUNDLE_FILE, keys, kubelet};
 use attributes::{KUBELET_GROUP, PREFIX, RESERVED_GROUP};

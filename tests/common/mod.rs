@@ -570,7 +570,7 @@ async fn run_approver(shared: Arc<ClusterShared>, bootstrap: bool) {
     // The node plugin's watch backoff (1 s to 5 s), so after an API
     // outage the approver is back as soon as the plugin is.
     let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
-        .backoff(cert_csi::issuance::tracker::WatchBackoff::default())
+        .backoff(cert_csi::kubernetes::WatchBackoff::default())
         .boxed();
     loop {
         tokio::select! {
@@ -1618,7 +1618,7 @@ impl Env {
 
     /// The requests labelled with this volume's id hash.
     pub async fn requests_for(&self, volume: &VolumeRequest) -> Vec<CertificateRequest> {
-        let hash = cert_csi::issuance::id_hash(&volume.volume_id);
+        let hash = cert_csi::store::id_hash(&volume.volume_id);
         self.requests(&volume.pod.namespace)
             .await
             .into_iter()

@@ -59,7 +59,7 @@ struct Args {
 }
 
 fn parse_go_duration(value: &str) -> Result<Duration, String> {
-    cert_csi::volume::duration::parse_go(value).map_err(|e| e.to_string())
+    cert_csi::api::duration::parse_go(value).map_err(|e| e.to_string())
 }
 
 const NAMESPACES: [&str; 4] = ["p1", "p2", "scale", "p6"];

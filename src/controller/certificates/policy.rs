@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use der::Decode;
 use thiserror::Error;
 
+use crate::api::duration::{format_go, parse_go};
 use crate::api::{CertificateSpec, IssuerRef, PrivateKeyAlgorithm, RotationPolicy};
 use crate::pki::rules::EncodedUsages;
 use crate::pki::sign::CLOCK_SKEW_BACKDATE;
@@ -19,7 +20,6 @@ use crate::pki::{
     CertInfo, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SubjectSpec, Usage,
 };
 use crate::renewal::schedule::{self, JitterPolicy};
-use crate::volume::duration::{format_go, parse_go};
 
 /// cert-manager's default `spec.duration`.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(90 * 24 * 3600);

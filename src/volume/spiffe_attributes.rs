@@ -1,29 +1,24 @@
-//! The SPIFFE driver (`spiffe.csi.cert-manager.io`): the volume spec and
-//! how its CertificateRequest is made.
+//! The SPIFFE driver's volumes (`spiffe.csi.cert-manager.io`), node side:
+//! its flags, its one attribute, and the pod token it may create requests
+//! with.
 //!
 //! Unlike `csi.cert-manager.io`, a pod chooses nothing about its identity:
 //! the ID comes from the pod's namespace and ServiceAccount (as the kubelet
 //! reports them) and the node plugin's flags, and everything else is fixed.
 //! The result is an ordinary [`VolumeSpec`], so publish, renewal, recovery
-//! and the trust bundle work exactly as for the other driver; only three
-//! things differ, and they are decided here:
-//! - [`parse`]: the volume spec (one attribute, `fs-group`);
-//! - the CSR carries a critical URI SAN and the usages (see `csr_options`
-//!   in the node service);
-//! - which identity creates the request: the pod's own ServiceAccount token
-//!   ([`RequestMode::PodToken`], via [`pod_token`] and [`client_for_token`])
-//!   or the node plugin's ([`RequestMode::NodeAccount`]).
+//! and the trust bundle work exactly as for the other driver. What else
+//! differs (the CSR's extensions, which client creates the request) is
+//! decided in `node::driver`; the ID rules both sides share are in
+//! `spiffe_id`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
-use super::{NodeService, PublishError};
-use crate::pki::{CsrOptions, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec};
-use crate::spiffe::{self, IdTemplate, SpiffeError, TrustDomain};
+use crate::pki::{KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec};
+use crate::spiffe_id::{self as spiffe, IdTemplate, SpiffeError, TrustDomain};
 use crate::volume::{
     self, AttributeError, AttributeWarning, IssuerRef, PublishInput, SecretString, VolumeSpec,
     kubelet,
@@ -412,101 +407,6 @@ pub fn pod_token(
         }
     }
     Ok(SecretString::new(entry.token.clone()))
-}
-
-/// A client that talks to the same API server as `base` but authenticates
-/// only with `token`: every other credential of `base` (client certificate,
-/// token file, exec plugin) is dropped, so the request is the pod's alone.
-pub fn client_for_token(
-    base: &kube::Config,
-    token: &SecretString,
-) -> Result<kube::Client, kube::Error> {
-    let mut config = base.clone();
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.expose().to_string().into()),
-        ..Default::default()
-    };
-    kube::Client::try_from(config)
-}
-
-impl NodeService {
-    /// Serves the SPIFFE driver with `config` instead of csi.cert-manager.io.
-    pub fn with_spiffe(mut self, config: SpiffeConfig) -> Self {
-        self.spiffe = Some(Arc::new(config));
-        self
-    }
-
-    /// The API server settings that clients for pod tokens are built from
-    /// (the node plugin's own configuration, minus its credentials).
-    pub fn with_request_config(mut self, config: kube::Config) -> Self {
-        self.request_config = Some(config);
-        self
-    }
-
-    /// The volume's spec under the driver this plugin serves.
-    pub(super) fn parse_spec(&self, input: &PublishInput<'_>) -> Result<VolumeSpec, PublishError> {
-        Ok(match &self.spiffe {
-            Some(config) => parse(input, config, &self.config.node_id)?,
-            None => volume::parse(input)?,
-        })
-    }
-
-    /// SPIFFE CSRs carry their usages and, having no subject, a critical
-    /// SAN extension (RFC 5280 4.2.1.6), as csi-driver-spiffe's do; the
-    /// approver checks exactly these extensions.
-    pub(super) fn csr_options<'a>(&self, spec: &'a VolumeSpec) -> CsrOptions<'a> {
-        match &self.spiffe {
-            Some(_) => CsrOptions {
-                encode_usages: Some((&spec.usages, spec.is_ca)),
-                critical_san_when_subject_empty: true,
-            },
-            None => CsrOptions::default(),
-        }
-    }
-
-    /// Fails a publish before any key or request exists when the request
-    /// could not be made anyway: no usable pod token in pod-token mode, or
-    /// a trust bundle that has not been loaded.
-    pub(super) fn check_request_credentials(&self, spec: &VolumeSpec) -> Result<(), PublishError> {
-        if let Some(config) = &self.spiffe
-            && config.mode == RequestMode::PodToken
-        {
-            pod_token(spec.tokens.as_ref(), &config.audience, SystemTime::now())
-                .map_err(token_error)?;
-        }
-        self.bundle_ca()?;
-        Ok(())
-    }
-
-    /// The client that creates this volume's request: the pod's own token
-    /// in pod-token mode, else the node plugin's client. The token is used
-    /// for this one call and dropped; it is never stored or logged.
-    pub(super) fn request_client(&self, spec: &VolumeSpec) -> Result<kube::Client, PublishError> {
-        let Some(config) = &self.spiffe else {
-            return Ok(self.client.clone());
-        };
-        if config.mode == RequestMode::NodeAccount {
-            return Ok(self.client.clone());
-        }
-        let token = pod_token(spec.tokens.as_ref(), &config.audience, SystemTime::now())
-            .map_err(token_error)?;
-        let base = self.request_config.as_ref().ok_or_else(|| {
-            PublishError::Internal(
-                "pod-token mode needs the API server settings (NodeService::with_request_config)"
-                    .into(),
-            )
-        })?;
-        client_for_token(base, &token).map_err(|e| {
-            PublishError::Internal(format!("building a client for the pod's token: {e}"))
-        })
-    }
-}
-
-fn token_error(e: TokenError) -> PublishError {
-    PublishError::Attribute(AttributeError {
-        attribute: kubelet::SERVICE_ACCOUNT_TOKENS.to_string(),
-        message: e.to_string(),
-    })
 }
 
 #[cfg(test)]

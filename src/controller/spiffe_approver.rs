@@ -43,14 +43,14 @@ use thiserror::Error;
 
 use super::approver::{ApproveScope, Decision, Policy};
 use super::runner::{self, Action};
-use super::status::{self, CONFLICT_ATTEMPTS, ReconcileError, Write};
+use super::status::{self, Decided, ReconcileError, WriteOutcome};
 use super::{ControllerConfigError, Health};
 use crate::api::conditions::{ConditionStatus, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition};
 use crate::pki::rules::{OID_BC, OID_EKU, OID_KU, OID_SAN};
 use crate::pki::{EncodedUsages, KeyAlgorithm, Usage};
 use crate::shutdown::CancellationToken;
-use crate::spiffe::{self, IdTemplate, TrustDomain};
+use crate::spiffe_id::{self as spiffe, IdTemplate, TrustDomain};
 
 /// The reason on an Approved condition this approver writes.
 pub const APPROVED_REASON: &str = "spiffe.csi.cert-manager.io";
@@ -350,9 +350,9 @@ impl SpiffePolicy {
 
     /// Checks on the request's spec: duration, isCA, usages.
     fn check_spec(&self, request: &CertificateRequest) -> Result<(), Decision> {
-        let want = crate::volume::duration::format_go(self.duration);
+        let want = crate::api::duration::format_go(self.duration);
         let duration = request.spec.duration.as_deref();
-        let parsed = duration.and_then(|d| crate::volume::duration::parse_go(d).ok());
+        let parsed = duration.and_then(|d| crate::api::duration::parse_go(d).ok());
         if parsed != Some(self.duration) {
             return Err(deny(
                 reasons::DURATION,
@@ -593,33 +593,34 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut current = (*request).clone();
-    for _ in 0..CONFLICT_ATTEMPTS {
-        let pod = fetch_pod(&ctx, &current).await?;
+    let ctx = &ctx;
+    let decision = status::decide_and_write(&api, (*request).clone(), |mut current| async move {
+        let pod = fetch_pod(ctx, &current).await?;
         let Some(condition) = decide(&ctx.policy, &current, pod.as_ref()) else {
-            return Ok(Action::await_change());
+            return Ok(Decided::Nothing(()));
         };
-        let kind = condition.type_.clone();
-        let reason = condition.reason.clone().unwrap_or_default();
+        let then = (
+            condition.type_.clone(),
+            condition.reason.clone().unwrap_or_default(),
+        );
         current
             .status
             .get_or_insert_with(Default::default)
             .set_condition(condition, status::now());
-        match status::replace_status(&api, &current).await? {
-            Write::Done(_) => {
-                tracing::info!(%namespace, %name, condition = %kind, %reason, "SPIFFE request decided");
-                return Ok(Action::await_change());
-            }
-            Write::Conflict => match super::status::reread(&api, &name).await? {
-                Some(fresh) => current = fresh,
-                None => return Ok(Action::await_change()),
-            },
-        }
-    }
-    Err(ReconcileError::Contended {
-        what: format!("CertificateRequest {namespace}/{name}"),
-        attempts: CONFLICT_ATTEMPTS,
+        Ok(Decided::Write {
+            object: current,
+            then,
+        })
     })
+    .await?;
+    if let WriteOutcome::Written {
+        then: (kind, reason),
+        ..
+    } = decision
+    {
+        tracing::info!(%namespace, %name, condition = %kind, %reason, "SPIFFE request decided");
+    }
+    Ok(Action::await_change())
 }
 
 fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {

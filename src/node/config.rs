@@ -1,0 +1,73 @@
+//! The node lifecycle's settings, as `cert-csi node` fills them from flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::renewal::limiter::LimiterConfig;
+use crate::renewal::schedule::RenewalPolicy;
+
+/// The kubelet's default `--root-dir`.
+pub const DEFAULT_KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
+
+/// Settings of the node service.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// How long NodePublishVolume waits for a decision on its request before
+    /// answering DeadlineExceeded (the kubelet allows about two minutes).
+    pub publish_timeout: Duration,
+    /// Requests kept per volume after issuance; older ones are deleted.
+    pub keep_requests: usize,
+    /// When renewals happen: jitter, the minimum interval between two
+    /// certificates of a volume, and the guard's longest back-off.
+    pub renewal: RenewalPolicy,
+    /// How long to wait before retrying a failed renewal.
+    pub retry: RetryPolicy,
+    /// The node-wide issuance limit (in flight, and new requests per second).
+    pub limits: LimiterConfig,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (see
+    /// `csi::run`); `None` serves none of them.
+    pub metrics_address: Option<std::net::SocketAddr>,
+    /// After this long without a decision, a publish records an
+    /// `IssuanceSlow` Event on the pod (it keeps waiting).
+    pub slow_issuance: Duration,
+    /// The kubelet's root directory: publish and unpublish act only on
+    /// `<root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`.
+    pub kubelet_root_dir: PathBuf,
+}
+
+impl NodeConfig {
+    /// The defaults of `cert-csi node` for `node_id`.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        NodeConfig {
+            node_id: node_id.into(),
+            publish_timeout: Duration::from_secs(60),
+            keep_requests: 1,
+            renewal: RenewalPolicy::default(),
+            retry: RetryPolicy::default(),
+            limits: LimiterConfig::default(),
+            // Off unless asked for: in-process users (the demo, tests) must
+            // not fight over a fixed port.
+            metrics_address: None,
+            slow_issuance: Duration::from_secs(10),
+            kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
+        }
+    }
+}
+
+/// Delay before retrying a failed renewal: doubling from `base` to `max`,
+/// with jitter (see [`crate::renewal::schedule::backoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(30),
+            max: Duration::from_secs(300),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The two drivers one node plugin can serve, and everything that differs
+//! between them: how a volume's spec is read, which extensions its CSR
+//! carries, which credentials a request needs, and which client creates it.
+//! Everything else (publish, renewal, recovery, trust) is the same code.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::error::PublishError;
+use crate::pki::CsrOptions;
+use crate::volume::spiffe_attributes::{self, RequestMode, SpiffeConfig, TokenError};
+use crate::volume::{self, AttributeError, PublishInput, SecretString, VolumeSpec, kubelet};
+
+/// Which driver this node plugin serves.
+#[derive(Clone, Default)]
+pub enum Driver {
+    /// `csi.cert-manager.io`: the pod describes its certificate in volume
+    /// attributes, and the node plugin's own identity creates the request.
+    #[default]
+    CertManager,
+    /// `spiffe.csi.cert-manager.io`: the identity comes from the pod's
+    /// ServiceAccount.
+    Spiffe(Spiffe),
+}
+
+/// The SPIFFE driver's settings, and what it needs to act as the pod.
+#[derive(Clone)]
+pub struct Spiffe {
+    pub config: Arc<SpiffeConfig>,
+    /// The API server settings that pod-token clients are built from (the
+    /// node plugin's own configuration, whose credentials are dropped).
+    pub api: Option<Arc<kube::Config>>,
+}
+
+impl Driver {
+    /// The SPIFFE driver with `config`; `api` is needed in pod-token mode.
+    pub fn spiffe(config: SpiffeConfig, api: Option<kube::Config>) -> Driver {
+        Driver::Spiffe(Spiffe {
+            config: Arc::new(config),
+            api: api.map(Arc::new),
+        })
+    }
+
+    /// The volume's spec under this driver.
+    pub fn parse(
+        &self,
+        input: &PublishInput<'_>,
+        node_id: &str,
+    ) -> Result<VolumeSpec, AttributeError> {
+        match self {
+            Driver::CertManager => volume::parse(input),
+            Driver::Spiffe(s) => spiffe_attributes::parse(input, &s.config, node_id),
+        }
+    }
+
+    /// SPIFFE CSRs carry their usages and, having no subject, a critical
+    /// SAN extension (RFC 5280 4.2.1.6), as csi-driver-spiffe's do; the
+    /// approver checks exactly these extensions.
+    pub fn csr_options<'a>(&self, spec: &'a VolumeSpec) -> CsrOptions<'a> {
+        match self {
+            Driver::CertManager => CsrOptions::default(),
+            Driver::Spiffe(_) => CsrOptions {
+                encode_usages: Some((&spec.usages, spec.is_ca)),
+                critical_san_when_subject_empty: true,
+            },
+        }
+    }
+
+    /// Fails before any key or request exists when the request could not
+    /// be made anyway: no usable pod token in pod-token mode.
+    pub fn check_credentials(&self, spec: &VolumeSpec) -> Result<(), PublishError> {
+        self.pod_token(spec).map(drop)
+    }
+
+    /// The client that creates this volume's request: the pod's own token
+    /// in pod-token mode, else `own` (the node plugin's client). The token
+    /// is used for this one call and dropped; it is never stored or logged.
+    pub fn request_client(
+        &self,
+        spec: &VolumeSpec,
+        own: &kube::Client,
+    ) -> Result<kube::Client, PublishError> {
+        let Some(token) = self.pod_token(spec)? else {
+            return Ok(own.clone());
+        };
+        let Driver::Spiffe(Spiffe { api: Some(api), .. }) = self else {
+            return Err(PublishError::Internal(
+                "pod-token mode needs the API server settings (Driver::spiffe with an api config)"
+                    .into(),
+            ));
+        };
+        client_for_token(api, &token).map_err(|e| {
+            PublishError::Internal(format!("building a client for the pod's token: {e}"))
+        })
+    }
+
+    /// The pod's token when this driver creates requests with it.
+    fn pod_token(&self, spec: &VolumeSpec) -> Result<Option<SecretString>, PublishError> {
+        match self {
+            Driver::Spiffe(s) if s.config.mode == RequestMode::PodToken => {
+                spiffe_attributes::pod_token(
+                    spec.tokens.as_ref(),
+                    &s.config.audience,
+                    SystemTime::now(),
+                )
+                .map(Some)
+                .map_err(token_error)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A client that talks to the same API server as `base` but authenticates
+/// only with `token`: every other credential of `base` (client certificate,
+/// token file, exec plugin) is dropped, so the request is the pod's alone.
+pub fn client_for_token(
+    base: &kube::Config,
+    token: &SecretString,
+) -> Result<kube::Client, kube::Error> {
+    let mut config = base.clone();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.expose().to_string().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config)
+}
+
+fn token_error(e: TokenError) -> PublishError {
+    PublishError::Attribute(AttributeError {
+        attribute: kubelet::SERVICE_ACCOUNT_TOKENS.to_string(),
+        message: e.to_string(),
+    })
+}

@@ -1,0 +1,194 @@
+//! The request step of a publish or a renewal: resume the volume's pending
+//! CertificateRequest, or make a key, a CSR and a new request; then take
+//! the decision and check what the issuer returned.
+
+use super::error::{PublishError, encoding_error};
+use super::service::VolumeManager;
+use crate::api::IssuerRef;
+use crate::issuance::{self, IssuanceError, Issued, RequestParams, Subscription};
+use crate::pki::{self, CertInfo, KeyEncoding, PrivateKey};
+use crate::store::{RequestPhase, RequestRef, VolumeDir, VolumeState};
+use crate::telemetry::metrics::RequestKey;
+use crate::volume::VolumeSpec;
+
+/// A request being waited on, with the key it was made for.
+pub(super) struct OpenRequest {
+    pub key: PrivateKey,
+    pub namespace: String,
+    pub name: String,
+    pub sub: Subscription,
+    /// Whether this is a request that existed before (a timed-out publish,
+    /// a restart), not a new one.
+    pub resumed: bool,
+}
+
+impl OpenRequest {
+    /// `namespace/name`, for logs.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl VolumeManager {
+    /// Resumes `pending` when its key survived in `dir`: same key, same
+    /// request, no second CertificateRequest. Otherwise makes a key (or, with
+    /// `reuse_key`, reads back the one the pod has), keeps it as the pending
+    /// key, records the request as pending in `state` and creates it.
+    pub(super) async fn open_request(
+        &self,
+        spec: &VolumeSpec,
+        dir: &VolumeDir,
+        pending: Option<RequestRef>,
+        state: VolumeState,
+        reuse_key: bool,
+    ) -> Result<OpenRequest, PublishError> {
+        if let Some(request) = pending
+            && let Some(open) = self.resume(dir, request).await?
+        {
+            return Ok(open);
+        }
+        let key = if reuse_key {
+            let pem = self
+                .volumes
+                .read_published(dir, &spec.private_key_file)
+                .await?;
+            PrivateKey::from_pem(pem.expose())?
+        } else {
+            new_key(spec).await?
+        };
+        let csr = pki::build_csr(
+            &key,
+            &spec.subject,
+            &spec.sans,
+            &self.driver.csr_options(spec),
+        )
+        .map_err(encoding_error)?;
+        self.volumes
+            .write_pending_key(dir, key.to_pem(KeyEncoding::Pkcs8)?)
+            .await?;
+        let namespace = spec.pod.namespace.clone();
+        let name = issuance::new_request_name(&spec.pod.name);
+        let sub = self.tracker.subscribe(&namespace, &name);
+        if let Err(e) = self.create_request(spec, &csr.pem, &name, state).await {
+            self.tracker.forget(&namespace, &name);
+            return Err(e);
+        }
+        Ok(OpenRequest {
+            key,
+            namespace,
+            name,
+            sub,
+            resumed: false,
+        })
+    }
+
+    /// Picks up a request left pending. `None` when there is nothing usable
+    /// to resume (the key or the request is gone).
+    async fn resume(
+        &self,
+        dir: &VolumeDir,
+        request: RequestRef,
+    ) -> Result<Option<OpenRequest>, PublishError> {
+        let Some(pem) = self.volumes.read_pending_key(dir).await? else {
+            return Ok(None);
+        };
+        let key = PrivateKey::from_pem(pem.expose())?;
+        let RequestRef {
+            namespace, name, ..
+        } = request;
+        let sub = self.tracker.subscribe(&namespace, &name);
+        match issuance::get(&self.client, &namespace, &name).await {
+            Ok(Some(existing)) => {
+                self.tracker.seed(existing);
+                Ok(Some(OpenRequest {
+                    key,
+                    namespace,
+                    name,
+                    sub,
+                    resumed: true,
+                }))
+            }
+            Ok(None) => {
+                // Deleted meanwhile (by hand, or collected): start afresh.
+                self.tracker.forget(&namespace, &name);
+                Ok(None)
+            }
+            Err(e) => {
+                self.tracker.forget(&namespace, &name);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Saves `state` with this request as pending, then creates it: a crash
+    /// right after the create then resumes this request instead of making a
+    /// second one.
+    async fn create_request(
+        &self,
+        spec: &VolumeSpec,
+        csr_pem: &str,
+        name: &str,
+        mut state: VolumeState,
+    ) -> Result<(), PublishError> {
+        let params = RequestParams {
+            node_id: &self.config.node_id,
+            volume_id: &spec.volume_id,
+            pod_namespace: &spec.pod.namespace,
+            pod_name: &spec.pod.name,
+            pod_uid: &spec.pod.uid,
+            csr_pem,
+            issuer_ref: IssuerRef {
+                name: spec.issuer.name.clone(),
+                kind: Some(spec.issuer.kind.clone()),
+                group: Some(spec.issuer.group.clone()),
+            },
+            duration: spec.duration,
+            is_ca: spec.is_ca,
+            usages: &spec.usages,
+            annotations: &spec.annotations,
+        };
+        let request = issuance::build_request(name, &params);
+        state.node_id = Some(self.config.node_id.clone());
+        state.request = Some(RequestRef {
+            namespace: spec.pod.namespace.clone(),
+            name: name.to_string(),
+            phase: RequestPhase::Pending,
+        });
+        self.volumes.save_state(state).await?;
+        let client = self.driver.request_client(spec, &self.client)?;
+        issuance::create(&client, &request).await?;
+        self.metrics
+            .request_created(&RequestKey::new(&spec.pod.namespace, name));
+        Ok(())
+    }
+
+    /// Ends the wait on `open`: stops following it, counts the decision,
+    /// and checks that the certificate belongs to the key and is valid now.
+    pub(super) fn close_request(
+        &self,
+        open: &OpenRequest,
+        outcome: Result<Issued, IssuanceError>,
+        received: std::time::SystemTime,
+    ) -> Result<(Issued, CertInfo), PublishError> {
+        self.tracker.forget(&open.namespace, &open.name);
+        self.request_decided(&open.namespace, &open.name, &outcome);
+        let issued = outcome?;
+        let leaf = pki::check_issued(
+            issued.chain_pem.as_bytes(),
+            open.key.public_key_der(),
+            received,
+        )
+        .map_err(|e| PublishError::Issued(e.to_string()))?;
+        Ok((issued, leaf))
+    }
+}
+
+/// A fresh key of the volume's algorithm, made off the async threads (RSA
+/// generation takes a while).
+async fn new_key(spec: &VolumeSpec) -> Result<PrivateKey, PublishError> {
+    let algorithm = spec.key.algorithm;
+    tokio::task::spawn_blocking(move || PrivateKey::generate(algorithm))
+        .await
+        .map_err(|e| PublishError::Internal(format!("key generation task failed: {e}")))?
+        .map_err(PublishError::from)
+}
