@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod kubelet;
 pub mod node;
 
 pub mod run;

@@ -1,13 +1,12 @@
 //! `cert-csi demo`: the whole system on one machine, in one process.
 //!
 //! It starts the sandbox API server, the controller and the node plugin,
-//! plays the kubelet, bootstraps a CA the way cert-manager users do, gives
+//! plays the kubelet (`csi::kubelet`), bootstraps a CA the way cert-manager users do, gives
 //! two pods identities, runs mutual TLS between them with only their mounted
 //! files, waits for an in-place rotation while traffic keeps flowing, and
 //! cleans up.
 
 pub mod isolation;
-pub mod kubelet;
 pub mod mtls;
 mod report;
 
@@ -21,11 +20,11 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
 
 use crate::api::{Certificate, ClusterIssuer};
+use crate::csi::kubelet::{Kubelet, Volume};
 use crate::pki::inspect::parse_chain;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::shutdown::CancellationToken;
 use crate::store::{MountMode, StoreOptions};
-use kubelet::{Kubelet, Volume};
 use report::Report;
 
 /// Where ClusterIssuer Secrets live in the demo (the chart uses the release
@@ -171,7 +170,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             "pod {POD_NAMESPACE}/{name} got its identity in {} ms",
             started.elapsed().as_millis()
         ));
-        report.certificate(name, &volume.target_path)?;
+        report.certificate(name, &volume.target())?;
         volumes.push(volume);
     }
 
@@ -334,14 +333,14 @@ async fn bootstrap_ca(client: &Client) -> anyhow::Result<()> {
 }
 
 async fn handshake(client: &Volume, server: &Volume) -> anyhow::Result<mtls::Exchange> {
-    let client_id = mtls::Identity::load(&client.target_path)?;
-    let server_id = mtls::Identity::load(&server.target_path)?;
+    let client_id = mtls::Identity::load(&client.target())?;
+    let server_id = mtls::Identity::load(&server.target())?;
     let name = format!("{}.{}.svc", server.pod.name, server.pod.namespace);
     mtls::exchange(&server_id, &client_id, &name).await
 }
 
 fn serial(volume: &Volume) -> anyhow::Result<String> {
-    let pem = std::fs::read(volume.target_path.join("tls.crt"))?;
+    let pem = std::fs::read(volume.file("tls.crt"))?;
     let chain = parse_chain(&pem)?;
     Ok(chain
         .first()

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cert_csi::demo::kubelet::{Kubelet, PodRef, Volume};
+use cert_csi::csi::kubelet::{Kubelet, PodRef, Volume};
 use cert_csi::sandbox::Sandbox;
 use cert_csi::shutdown::CancellationToken;
 use futures::{StreamExt, TryStreamExt};

@@ -44,9 +44,13 @@ impl Backend {
     }
 }
 
-/// The repository root (tests run from the package directory).
+/// The repository root: two levels above this crate (`crates/test-kit`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/test-kit lies two levels below the repository root")
+        .to_path_buf()
 }
 
 /// A running `hack/kube` control plane. Dropping it stops exactly its

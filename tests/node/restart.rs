@@ -2,16 +2,14 @@
 //! request made twice, keep renewing afterwards, and renewals that were
 //! pending at the kill complete with the very request that was pending.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cert_csi::store::{RequestPhase, VolumeState};
 use cert_csi::volume::keys;
-use common::{Env, Options, Policy, VolumeRequest, volume_state};
 use futures::StreamExt;
 use kube::ResourceExt;
+use test_kit::{Env, Options, Policy, VolumeRequest, volume_state};
 
 const PODS: usize = 10;
 const VOLUMES_PER_POD: usize = 20;
@@ -72,7 +70,7 @@ fn phase(state: &VolumeState) -> Option<RequestPhase> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
-    if !common::require_root("two_hundred_volumes_survive_sigkill_without_new_requests") {
+    if !test_kit::require_root("two_hundred_volumes_survive_sigkill_without_new_requests") {
         return;
     }
     // Limits wide enough that 200 pending renewals can be in flight at once.
@@ -206,7 +204,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
             "{}: exactly one request should be left",
             v.volume_name
         );
-        let leaf = common::served_leaf(v, "tls.crt");
+        let leaf = test_kit::served_leaf(v, "tls.crt");
         assert!(leaf.is_valid_at(std::time::SystemTime::now()));
     }
     env.finish().await;

@@ -1,14 +1,12 @@
 //! Volume attributes reach the key, the CertificateRequest and the issued
 //! certificate, checked independently with the openssl CLI.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use cert_csi::volume::keys;
-use common::{Env, PodRef, VolumeRequest, annotations, cert_text, openssl, openssl_ok};
 use kube::ResourceExt;
+use test_kit::{Env, PodFiles, PodRef, VolumeRequest, annotations, cert_text, openssl, openssl_ok};
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -86,7 +84,7 @@ fn vol(env: &Env, pod: &PodRef, name: &str, extra: &[(&str, &str)]) -> VolumeReq
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_algorithms_sizes_and_encodings() {
-    if !common::require_root("key_algorithms_sizes_and_encodings") {
+    if !test_kit::require_root("key_algorithms_sizes_and_encodings") {
         return;
     }
     let env = Env::start().await;
@@ -192,7 +190,7 @@ async fn key_algorithms_sizes_and_encodings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_names_usages_and_ca_reach_request_and_certificate() {
-    if !common::require_root("subject_names_usages_and_ca_reach_request_and_certificate") {
+    if !test_kit::require_root("subject_names_usages_and_ca_reach_request_and_certificate") {
         return;
     }
     let env = Env::start().await;
@@ -343,7 +341,7 @@ async fn subject_names_usages_and_ca_reach_request_and_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_keystore_lifetime_and_annotations() {
-    if !common::require_root("files_keystore_lifetime_and_annotations") {
+    if !test_kit::require_root("files_keystore_lifetime_and_annotations") {
         return;
     }
     let env = Env::start().await;

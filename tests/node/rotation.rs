@@ -2,14 +2,12 @@
 //! renewed on the same mount while a reader in the "pod" checks that key and
 //! certificate always belong together; republish is a no-op.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use cert_csi::volume::{keys, kubelet};
-use common::{Env, Options, PodReader, Policy, mounts_at, served_leaf};
 use kube::ResourceExt;
+use test_kit::{Env, Options, PodReader, Policy, mounts_at, served_leaf};
 
 /// Waits until `reader` has seen `count` distinct serials, or panics.
 async fn wait_for_serials(
@@ -34,7 +32,7 @@ async fn wait_for_serials(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_rotate_in_place_without_a_torn_read() {
-    if !common::require_root("short_lived_certificates_rotate_in_place_without_a_torn_read") {
+    if !test_kit::require_root("short_lived_certificates_rotate_in_place_without_a_torn_read") {
         return;
     }
     let env = Env::start_with(Options {
@@ -59,7 +57,7 @@ async fn short_lived_certificates_rotate_in_place_without_a_torn_read() {
     env.publish_ok(&fresh).await;
     env.publish_ok(&reuse).await;
 
-    let mount_of = |v: &common::VolumeRequest| {
+    let mount_of = |v: &test_kit::VolumeRequest| {
         let mounts = mounts_at(&v.target());
         assert_eq!(mounts.len(), 1, "{mounts:?}");
         let meta = std::fs::metadata(v.target()).unwrap();
@@ -137,7 +135,7 @@ async fn short_lived_certificates_rotate_in_place_without_a_torn_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republish_is_a_no_op_and_new_tokens_stay_in_memory() {
-    if !common::require_root("republish_is_a_no_op_and_new_tokens_stay_in_memory") {
+    if !test_kit::require_root("republish_is_a_no_op_and_new_tokens_stay_in_memory") {
         return;
     }
     let env = Env::start().await;
@@ -235,7 +233,7 @@ async fn requests_created_during(env: &Env, namespace: &str, window: Duration) -
 
 /// `next_renewal` minus `received_at` in the volume's node state, and the
 /// guard's streak.
-fn planned(env: &Env, volume: &common::VolumeRequest) -> (Duration, u64) {
+fn planned(env: &Env, volume: &test_kit::VolumeRequest) -> (Duration, u64) {
     let state = env.state_json(volume).expect("node state");
     let ts = |k: &str| -> jiff::Timestamp {
         state[k]
@@ -253,8 +251,8 @@ fn planned(env: &Env, volume: &common::VolumeRequest) -> (Duration, u64) {
 
 /// Whether `openssl x509 -checkend` says the served certificate is still
 /// valid `seconds` from now.
-fn valid_in(volume: &common::VolumeRequest, seconds: u64) -> bool {
-    let out = common::openssl(&[
+fn valid_in(volume: &test_kit::VolumeRequest, seconds: u64) -> bool {
+    let out = test_kit::openssl(&[
         "x509",
         "-noout",
         "-in",
@@ -275,7 +273,7 @@ const DAY: u64 = 86_400;
 /// keeps that after a restart, even from a state saved under the old rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuers_that_shorten_lifetimes_never_start_a_renewal_loop() {
-    if !common::require_root("issuers_that_shorten_lifetimes_never_start_a_renewal_loop") {
+    if !test_kit::require_root("issuers_that_shorten_lifetimes_never_start_a_renewal_loop") {
         return;
     }
     // The node's default minimum interval, not the harness's 1 s.
@@ -397,7 +395,7 @@ async fn issuers_that_shorten_lifetimes_never_start_a_renewal_loop() {
 /// the pod that names the issuer and the lifetimes, and a metric.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_too_short_for_the_minimum_interval_is_guarded_not_looped() {
-    if !common::require_root(
+    if !test_kit::require_root(
         "a_certificate_too_short_for_the_minimum_interval_is_guarded_not_looped",
     ) {
         return;
@@ -430,10 +428,10 @@ async fn a_certificate_too_short_for_the_minimum_interval_is_guarded_not_looped(
     let hours = |h: f64| Duration::from_secs_f64(h * 3600.0);
     assert!(gap >= hours(2.0) && gap <= hours(2.2), "{gap:?}");
 
-    let (code, scrape) = common::http_get(&env.metrics_url(), "/metrics").await;
+    let (code, scrape) = test_kit::http_get(&env.metrics_url(), "/metrics").await;
     assert_eq!(code, 200);
     assert_eq!(
-        common::sample(&scrape, "cert_csi_renewals_guarded_total", &[]),
+        test_kit::sample(&scrape, "cert_csi_renewals_guarded_total", &[]),
         1.0
     );
 

@@ -43,8 +43,6 @@
 //! authorizer (CEL `authorizer`), and the `signers approve` rule is proven
 //! like the others.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -52,7 +50,6 @@ use std::time::{Duration, Instant};
 
 use cert_csi::api::{Certificate, CertificateRequest, ClusterIssuer, Issuer};
 use cert_csi::volume::keys;
-use common::{Backend, Env, Options, Policy, VolumeRequest};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -68,6 +65,7 @@ use kube::{Client, Resource};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use test_kit::{Backend, Env, Options, Policy, VolumeRequest};
 
 /// The release and namespace of the default install (as in tests/chart.rs).
 const NAMESPACE: &str = "cert-csi";
@@ -695,7 +693,7 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn start(args: &[String], kubeconfig: &Path, label: &str) -> ControllerProcess {
-        let log = common::test_log_path(&format!("rbac-controller-{label}"));
+        let log = test_kit::test_log_path(&format!("rbac-controller-{label}"));
         let file = std::fs::File::options().append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
             .args(args)
@@ -1037,7 +1035,7 @@ impl Flows<'_> {
     }
 
     /// Publish → at least one renewal in place → unpublish, nothing left.
-    async fn publish(&self, pod: &common::PodRef) -> Flow {
+    async fn publish(&self, pod: &test_kit::PodRef) -> Flow {
         let volume = self.env.volume(
             pod,
             "tls",
@@ -1071,7 +1069,7 @@ impl Flows<'_> {
             .unpublish(&volume.volume_id, &volume.target_path)
             .await
             .map_err(|s| format!("unpublish: {}", status_text(&s)))?;
-        let mounts = common::mounts_under(volume.target().parent().unwrap());
+        let mounts = test_kit::mounts_under(volume.target().parent().unwrap());
         if !mounts.is_empty() {
             return Err(format!("still mounted after unpublish: {mounts:?}"));
         }
@@ -1086,7 +1084,7 @@ impl Flows<'_> {
     /// controller fails the request, the plugin fails the publish and
     /// says why on the pod. The kubelet retries; the repeat goes to the
     /// same Event (its series).
-    async fn events(&self, pod: &common::PodRef) -> Flow {
+    async fn events(&self, pod: &test_kit::PodRef) -> Flow {
         let volume = self.env.volume(
             pod,
             "unsignable",
@@ -1132,7 +1130,7 @@ impl Flows<'_> {
     /// resumes that request (reading it back) instead of making another.
     /// Nobody approves requests for an issuer group the controller does
     /// not serve.
-    async fn resume(&self, pod: &common::PodRef) -> Flow {
+    async fn resume(&self, pod: &test_kit::PodRef) -> Flow {
         let volume = self.env.volume(
             pod,
             "pending",
@@ -1486,7 +1484,7 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
         return;
     }
     let test = "every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server";
-    if !common::require_root(test) {
+    if !test_kit::require_root(test) {
         return;
     }
     let Some(docs) = render_default_chart() else {

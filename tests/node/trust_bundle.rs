@@ -2,8 +2,6 @@
 //! is every volume's CA file, and a change of the source reaches every
 //! mounted volume atomically within seconds, without a new request.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,11 +9,11 @@ use cert_csi::pki::{
     CsrOptions, Curve, KeyAlgorithm, PrivateKey, SanSpec, SignParams, SubjectSpec,
 };
 use cert_csi::volume::{CREDENTIAL_BUNDLE_FILE, keys};
-use common::{Env, Options, VolumeRequest, openssl_ok};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
+use test_kit::{Env, Options, PodFiles, VolumeRequest, openssl_ok};
 
 /// A self-signed CA certificate (PEM) that is not the signer's.
 fn other_ca(name: &str) -> String {
@@ -107,8 +105,9 @@ fn path_str(p: &Path) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_change_reaches_50_volumes_within_5s_with_no_new_request() {
-    if !common::require_root("a_configmap_change_reaches_50_volumes_within_5s_with_no_new_request")
-    {
+    if !test_kit::require_root(
+        "a_configmap_change_reaches_50_volumes_within_5s_with_no_new_request",
+    ) {
         return;
     }
     let env = Env::start_with_args(
@@ -159,7 +158,7 @@ async fn a_configmap_change_reaches_50_volumes_within_5s_with_no_new_request() {
 
     // A pod reading its volume during the swap sees either the old or the
     // new bundle, whole, with its own certificate.
-    let reader = common::PodReader::start(&volumes[3], "tls.crt", "tls.key");
+    let reader = test_kit::PodReader::start(&volumes[3], "tls.crt", "tls.key");
     let second = format!("{}{}", env.cluster.ca_pem(), other_ca("newer root"));
     apply_configmap(&env, &second).await;
     let took = wait_for_bundle(&volumes, &second, Duration::from_secs(5)).await;
@@ -188,7 +187,7 @@ async fn a_configmap_change_reaches_50_volumes_within_5s_with_no_new_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_bundle_is_the_ca_of_new_and_renewed_files() {
-    if !common::require_root("a_secret_bundle_is_the_ca_of_new_and_renewed_files") {
+    if !test_kit::require_root("a_secret_bundle_is_the_ca_of_new_and_renewed_files") {
         return;
     }
     let env = Env::start_with_args(
@@ -222,11 +221,11 @@ async fn a_secret_bundle_is_the_ca_of_new_and_renewed_files() {
     );
     publish_when_loaded(&env, &volume).await;
     assert_eq!(volume.read_string("ca.crt"), bundle);
-    let first_serial = common::served_leaf(&volume, "tls.crt").serial_hex;
+    let first_serial = test_kit::served_leaf(&volume, "tls.crt").serial_hex;
 
     // The renewal writes the bundle too, not the request's status.ca.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while common::served_leaf(&volume, "tls.crt").serial_hex == first_serial {
+    while test_kit::served_leaf(&volume, "tls.crt").serial_hex == first_serial {
         assert!(
             Instant::now() < deadline,
             "no renewal within 20s\n{}",
@@ -253,7 +252,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mounted_configmap_file_is_followed_by_the_spiffe_driver() {
-    if !common::require_root("a_mounted_configmap_file_is_followed_by_the_spiffe_driver") {
+    if !test_kit::require_root("a_mounted_configmap_file_is_followed_by_the_spiffe_driver") {
         return;
     }
     // The kubelet's layout of a ConfigMap volume: ca.crt -> ..data/ca.crt,

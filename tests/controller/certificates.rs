@@ -4,8 +4,7 @@
 //! keytool.
 
 /// The backend switch (sandbox or the real control plane) of the test kit.
-#[path = "common/real.rs"]
-mod real;
+use test_kit::ControllerEnv;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -21,12 +20,10 @@ use cert_csi::api::{
     SelfSignedIssuer,
 };
 use cert_csi::controller::certificates::CertificatesOptions;
-use cert_csi::controller::{ControllerOptions, Health};
 use cert_csi::pki::{KeyEncoding, PrivateKey, Usage};
-use cert_csi::shutdown::CancellationToken;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
@@ -45,46 +42,23 @@ struct Seen {
 }
 
 struct Env {
+    inner: ControllerEnv,
     client: kube::Client,
-    token: CancellationToken,
-    controllers: Vec<tokio::task::JoinHandle<()>>,
     seen: Arc<Mutex<Seen>>,
     watcher: tokio::task::JoinHandle<()>,
-    _sandbox: real::ApiServer,
 }
 
 impl Env {
     async fn start(instances: usize) -> Env {
-        let (sandbox, client) = real::ApiServer::start(100_000).await;
-        for ns in [CLUSTER_NS, NS] {
-            let namespace = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &namespace)
-                .await
-                .unwrap();
-        }
-        let token = CancellationToken::new();
-        let mut controllers = Vec::new();
-        for _ in 0..instances {
-            let mut options = ControllerOptions::new(CLUSTER_NS);
-            options.certificates = CertificatesOptions {
+        let inner = ControllerEnv::start(CLUSTER_NS, &[CLUSTER_NS, NS], instances, 100_000, |o| {
+            o.certificates = CertificatesOptions {
                 backoff_base: Duration::from_secs(2),
                 backoff_max: Duration::from_secs(8),
                 ..Default::default()
             };
-            controllers.push(tokio::spawn(cert_csi::controller::run(
-                client.clone(),
-                options,
-                Health::default(),
-                token.clone(),
-            )));
-        }
+        })
+        .await;
+        let client = inner.client.clone();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let record = seen.clone();
         let stream = watcher(
@@ -114,12 +88,10 @@ impl Env {
             }
         });
         Env {
+            inner,
             client,
-            token,
-            controllers,
             seen,
             watcher,
-            _sandbox: sandbox,
         }
     }
 
@@ -160,14 +132,8 @@ impl Env {
                 );
             }
         }
-        self.token.cancel();
-        for c in self.controllers {
-            tokio::time::timeout(Duration::from_secs(10), c)
-                .await
-                .expect("controller stops")
-                .expect("no panic");
-        }
         self.watcher.abort();
+        self.inner.stop().await;
     }
 
     fn certs(&self, ns: &str) -> Api<Certificate> {

@@ -2,15 +2,13 @@
 //! modes and groups are right, and the kubelet's repeated, concurrent and
 //! unpublish calls behave (issue "Node plugin: a certificate on every mount").
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cert_csi::volume::{keys, kubelet};
-use common::{Env, Policy, VolumeRequest, assert_status, mounts_at, openssl_ok};
 use kube::ResourceExt;
+use test_kit::{Env, PodFiles, Policy, VolumeRequest, assert_status, mounts_at, openssl_ok};
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("test paths are UTF-8")
@@ -46,7 +44,8 @@ fn assert_verifies(volume: &VolumeRequest, ca: &str, cert: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
-    if !common::require_root("a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount") {
+    if !test_kit::require_root("a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount")
+    {
         return;
     }
     let env = Env::start().await;
@@ -134,7 +133,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
             (keys::FS_GROUP, "2000"),
         ],
     );
-    with_attr.capability = common::Capability::Mount {
+    with_attr.capability = test_kit::Capability::Mount {
         mount_group: Some(3000),
     };
     let mut with_mount_group = env.volume(
@@ -142,7 +141,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
         "tls-group-kubelet",
         &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "ECDSA")],
     );
-    with_mount_group.capability = common::Capability::Mount {
+    with_mount_group.capability = test_kit::Capability::Mount {
         mount_group: Some(3000),
     };
     env.publish_ok(&with_attr).await;
@@ -179,7 +178,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
 /// names the CA ClusterIssuer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_ca() {
-    if !common::require_root(
+    if !test_kit::require_root(
         "a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_ca",
     ) {
         return;
@@ -220,7 +219,7 @@ async fn a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_c
     assert!(out.contains(": OK"), "{out}");
     assert_verifies(&volume, "ca.crt", "tls.crt");
     assert_key_matches(&volume, "tls.crt", "tls.key");
-    let text = common::cert_text(&volume.file("tls.crt"));
+    let text = test_kit::cert_text(&volume.file("tls.crt"));
     assert!(
         text.contains("Issuer: O = cert-csi tests, CN = cert-csi test root CA"),
         "not signed by the bootstrapped CA: {text}"
@@ -231,7 +230,7 @@ async fn a_volume_from_the_ca_cluster_issuer_verifies_against_the_bootstrapped_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_publishes_of_one_volume_share_one_request() {
-    if !common::require_root("concurrent_publishes_of_one_volume_share_one_request") {
+    if !test_kit::require_root("concurrent_publishes_of_one_volume_share_one_request") {
         return;
     }
     let env = std::sync::Arc::new(Env::start().await);
@@ -295,7 +294,7 @@ async fn concurrent_publishes_of_one_volume_share_one_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_publish_answers_at_once_without_a_new_request() {
-    if !common::require_root("a_repeated_publish_answers_at_once_without_a_new_request") {
+    if !test_kit::require_root("a_repeated_publish_answers_at_once_without_a_new_request") {
         return;
     }
     let env = Env::start().await;
@@ -369,7 +368,7 @@ async fn a_repeated_publish_answers_at_once_without_a_new_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_removes_everything_and_is_idempotent() {
-    if !common::require_root("unpublish_removes_everything_and_is_idempotent") {
+    if !test_kit::require_root("unpublish_removes_everything_and_is_idempotent") {
         return;
     }
     let env = Env::start().await;
@@ -430,10 +429,11 @@ async fn unpublish_removes_everything_and_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
-    if !common::require_root("a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests") {
+    if !test_kit::require_root("a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests")
+    {
         return;
     }
-    let mut env = Env::start_with(common::Options {
+    let mut env = Env::start_with(test_kit::Options {
         publish_timeout: "3s",
         policy: Policy::Approve,
         controller: true,
@@ -495,10 +495,10 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
 /// mounted the same file is an error that names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_state_after_a_power_loss_starts_the_volume_afresh() {
-    if !common::require_root("an_unreadable_state_after_a_power_loss_starts_the_volume_afresh") {
+    if !test_kit::require_root("an_unreadable_state_after_a_power_loss_starts_the_volume_afresh") {
         return;
     }
-    let mut env = Env::start_with(common::Options {
+    let mut env = Env::start_with(test_kit::Options {
         publish_timeout: "5s",
         policy: Policy::Approve,
         controller: true,

@@ -9,18 +9,16 @@
 //! stopping it and restores them on the same port afterwards (see
 //! `Env::stop_api`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use cert_csi::volume::keys;
-use common::{Env, Options, PodReader, Policy, mounts_under, served_leaf};
+use test_kit::{Env, Options, PodReader, Policy, mounts_under, served_leaf};
 
 const OUTAGE: Duration = Duration::from_secs(18);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_survives_an_api_outage_longer_than_a_renewal_period() {
-    if !common::require_root("renewal_survives_an_api_outage_longer_than_a_renewal_period") {
+    if !test_kit::require_root("renewal_survives_an_api_outage_longer_than_a_renewal_period") {
         return;
     }
     let mut env = Env::start_with_args(

@@ -3,8 +3,6 @@
 //! are not timed tests. The bench binary and `cert-csi` are the test-profile
 //! builds cargo makes for integration tests, so no release build is added.
 
-mod common;
-
 use std::process::Command;
 
 fn is_svg(text: &str) -> bool {
@@ -43,7 +41,7 @@ fn balanced(text: &str) -> Result<(), String> {
 
 #[test]
 fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
-    if !common::require_root("quick_bench_writes_json_with_every_measure_and_svg_plots") {
+    if !test_kit::require_root("quick_bench_writes_json_with_every_measure_and_svg_plots") {
         return;
     }
     let out = tempfile::tempdir().unwrap();

@@ -2,13 +2,11 @@
 //! denied, fails, is slow, or is never decided; and that nothing is left
 //! behind when it fails.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use cert_csi::volume::{keys, kubelet};
-use common::{Capability, Env, Options, Policy, VolumeRequest, assert_status};
 use kube::ResourceExt;
+use test_kit::{Capability, Env, Options, Policy, VolumeRequest, assert_status};
 use tonic::Code;
 
 /// One bad input: how to break a valid request, and the attribute (or
@@ -177,7 +175,8 @@ fn cases() -> Vec<Case> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
-    if !common::require_root("bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing") {
+    if !test_kit::require_root("bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing")
+    {
         return;
     }
     let env = Env::start().await;
@@ -251,7 +250,7 @@ async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
 
     // Validation happens before anything: no request, no mount, no state.
     assert_eq!(env.count_requests("bad").await, 0);
-    let mounted = common::mounts_under(&env.kubelet_root);
+    let mounted = test_kit::mounts_under(&env.kubelet_root);
     assert!(
         mounted.is_empty(),
         "mounted under the kubelet root: {mounted:?}"
@@ -272,7 +271,7 @@ async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_failed_and_slow_requests() {
-    if !common::require_root("denied_failed_and_slow_requests") {
+    if !test_kit::require_root("denied_failed_and_slow_requests") {
         return;
     }
     let env = Env::start_with(Options {
@@ -319,7 +318,7 @@ async fn denied_failed_and_slow_requests() {
         message: "the CA secret is missing".into(),
     });
     let mut failed = env.volume(&pod, "failed", &attrs);
-    failed.set(keys::ISSUER_GROUP, common::EXTERNAL_GROUP);
+    failed.set(keys::ISSUER_GROUP, test_kit::EXTERNAL_GROUP);
     let status = assert_status(
         env.publish(&failed).await,
         Code::FailedPrecondition,
@@ -354,7 +353,7 @@ async fn denied_failed_and_slow_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_publish_is_resumed_with_the_same_request() {
-    if !common::require_root("a_timed_out_publish_is_resumed_with_the_same_request") {
+    if !test_kit::require_root("a_timed_out_publish_is_resumed_with_the_same_request") {
         return;
     }
     let env = Env::start_with(Options {
@@ -389,7 +388,7 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
     );
     let first = env.only_request(&volume).await.name_any();
     assert!(
-        common::mounts_at(&volume.target()).is_empty(),
+        test_kit::mounts_at(&volume.target()).is_empty(),
         "mounted before issuance"
     );
 
@@ -435,20 +434,20 @@ async fn a_timed_out_publish_is_resumed_with_the_same_request() {
     );
     assert_eq!(env.count_requests("timeout").await, 1);
     assert_eq!(env.cluster.signed().await, 1);
-    let out = common::openssl_ok(&[
+    let out = test_kit::openssl_ok(&[
         "verify",
         "-CAfile",
         volume.file("ca.crt").to_str().unwrap(),
         volume.file("tls.crt").to_str().unwrap(),
     ]);
     assert!(out.contains(": OK"), "{out}");
-    let from_key = common::openssl_ok(&[
+    let from_key = test_kit::openssl_ok(&[
         "pkey",
         "-pubout",
         "-in",
         volume.file("tls.key").to_str().unwrap(),
     ]);
-    let from_cert = common::openssl_ok(&[
+    let from_cert = test_kit::openssl_ok(&[
         "x509",
         "-noout",
         "-pubkey",
@@ -470,7 +469,7 @@ const TARGET_BASE: [(&str, &str); 1] = [(keys::ISSUER_NAME, "ca")];
 /// Whether anything is mounted at or below `path`, read from
 /// /proc/self/mountinfo (the plugin shares the test's mount namespace).
 fn mounted_at_or_below(path: &std::path::Path) -> Vec<cert_csi::store::MountEntry> {
-    common::mounts_under(path)
+    test_kit::mounts_under(path)
 }
 
 /// A tmpfs cert-csi never made, holding one file, mounted at `path`.
@@ -493,7 +492,7 @@ fn unmount(path: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_over_a_non_empty_directory_outside_the_kubelet_tree_is_refused() {
-    if !common::require_root("publish_over_a_non_empty_directory_outside_the_kubelet_tree") {
+    if !test_kit::require_root("publish_over_a_non_empty_directory_outside_the_kubelet_tree") {
         return;
     }
     let env = Env::start().await;
@@ -554,7 +553,7 @@ async fn publish_over_a_non_empty_directory_outside_the_kubelet_tree_is_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_in_the_target_path_is_refused_and_nothing_is_mounted_at_its_destination() {
-    if !common::require_root("a_symlink_in_the_target_path_is_refused") {
+    if !test_kit::require_root("a_symlink_in_the_target_path_is_refused") {
         return;
     }
     let env = Env::start().await;
@@ -630,7 +629,7 @@ async fn a_symlink_in_the_target_path_is_refused_and_nothing_is_mounted_at_its_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directories() {
-    if !common::require_root("unpublish_with_an_unrelated_volume_id") {
+    if !test_kit::require_root("unpublish_with_an_unrelated_volume_id") {
         return;
     }
     let env = Env::start().await;
@@ -649,7 +648,7 @@ async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directo
     let empty = env.volume(&pod, "empty", &TARGET_BASE);
     std::fs::create_dir(empty.target()).unwrap();
 
-    let unrelated = common::kubelet_volume_id("no-such-pod", "no-such-volume");
+    let unrelated = test_kit::kubelet_volume_id("no-such-pod", "no-such-volume");
     for target in [&theirs, &dir_only, &empty, &ours] {
         // Nothing of an unknown volume is there: success, nothing touched.
         env.unpublish(&unrelated, &target.target_path)
@@ -666,7 +665,7 @@ async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directo
         );
     }
 
-    let mounted = common::mounts_at(&theirs.target());
+    let mounted = test_kit::mounts_at(&theirs.target());
     assert_eq!(
         mounted.len(),
         1,
@@ -683,7 +682,7 @@ async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directo
         "an empty directory of nobody's stays"
     );
     assert_eq!(
-        common::mounts_at(&ours.target()).len(),
+        test_kit::mounts_at(&ours.target()).len(),
         1,
         "our volume stays"
     );
@@ -693,9 +692,9 @@ async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directo
     env.unpublish(&ours.volume_id, &ours.target_path)
         .await
         .unwrap();
-    assert!(common::mounts_at(&ours.target()).is_empty());
+    assert!(test_kit::mounts_at(&ours.target()).is_empty());
     assert!(!ours.target().exists());
-    assert_eq!(common::mounts_at(&theirs.target()).len(), 1);
+    assert_eq!(test_kit::mounts_at(&theirs.target()).len(), 1);
 
     drop(busy);
     unmount(&theirs.target());
@@ -704,7 +703,7 @@ async fn unpublish_with_an_unrelated_volume_id_leaves_foreign_mounts_and_directo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_outside_the_kubelet_tree_removes_nothing() {
-    if !common::require_root("unpublish_outside_the_kubelet_tree_removes_nothing") {
+    if !test_kit::require_root("unpublish_outside_the_kubelet_tree_removes_nothing") {
         return;
     }
     let env = Env::start().await;
@@ -725,7 +724,7 @@ async fn unpublish_outside_the_kubelet_tree_removes_nothing() {
 
     for id in [
         ours.volume_id.clone(),
-        common::kubelet_volume_id("nobody", "nothing"),
+        test_kit::kubelet_volume_id("nobody", "nothing"),
     ] {
         for path in [&empty, &mounted] {
             let status = assert_status(
@@ -745,14 +744,14 @@ async fn unpublish_outside_the_kubelet_tree_removes_nothing() {
     }
     assert!(empty.is_dir(), "the empty directory outside stays");
     assert_eq!(
-        common::mounts_at(&mounted).len(),
+        test_kit::mounts_at(&mounted).len(),
         1,
         "the tmpfs outside stays"
     );
     assert!(mounted.join("theirs").exists());
     assert!(env.base.join("linked").join("mount").is_dir());
     assert_eq!(
-        common::mounts_at(&ours.target()).len(),
+        test_kit::mounts_at(&ours.target()).len(),
         1,
         "our volume stays"
     );
@@ -760,7 +759,7 @@ async fn unpublish_outside_the_kubelet_tree_removes_nothing() {
     env.unpublish(&ours.volume_id, &ours.target_path)
         .await
         .unwrap();
-    assert!(common::mounts_at(&ours.target()).is_empty());
+    assert!(test_kit::mounts_at(&ours.target()).is_empty());
     unmount(&mounted);
     env.finish().await;
 }

@@ -23,14 +23,12 @@
 //! mode for ephemeral inline volumes. Successful publishes are covered by
 //! the simulated kubelet in tests/node_*.rs.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Env, Options, mounts_under};
+use test_kit::{Env, Options, mounts_under};
 
 /// The csi-sanity binary, relative to the repository root.
 const SANITY: &str = ".tools/bin/csi-sanity";
@@ -420,7 +418,7 @@ async fn run_sanity(sanity: &Path, env: Env, driver: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csi_sanity_passes_for_the_node_plugin() {
-    if !common::require_root("csi_sanity_passes_for_the_node_plugin") {
+    if !test_kit::require_root("csi_sanity_passes_for_the_node_plugin") {
         return;
     }
     let sanity = sanity_binary();
@@ -430,7 +428,7 @@ async fn csi_sanity_passes_for_the_node_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csi_sanity_passes_for_the_spiffe_driver() {
-    if !common::require_root("csi_sanity_passes_for_the_spiffe_driver") {
+    if !test_kit::require_root("csi_sanity_passes_for_the_spiffe_driver") {
         return;
     }
     let sanity = sanity_binary();

@@ -13,15 +13,12 @@
 //! each request's `spec.username` and `groups` from the caller the API
 //! server authenticated. On the sandbox its request log is checked too.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
 use cert_csi::pki::inspect::parse_certificate;
 use cert_csi::spiffe_id as spiffe;
 use cert_csi::volume::{CREDENTIAL_BUNDLE_FILE, kubelet};
-use common::{Backend, Env, Options, PodRef, VolumeRequest, assert_status, openssl_ok};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
@@ -35,6 +32,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
     ServerConfig, SignatureScheme,
 };
+use test_kit::{Backend, Env, Options, PodFiles, PodRef, VolumeRequest, assert_status, openssl_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TRUST_DOMAIN: &str = "example.org";
@@ -60,7 +58,7 @@ async fn start(args: &[&str]) -> Env {
     let mut env = Env::start_with_args(Options::default(), args).await;
     env.cluster.serve_webhook().await;
     if env.backend() == Backend::Real && args.contains(&"pod-token") {
-        common::real::allow_service_accounts_to_request(&env.client).await;
+        test_kit::real::allow_service_accounts_to_request(&env.client).await;
     }
     env
 }
@@ -83,7 +81,7 @@ fn sandbox_creators(env: &Env) -> Option<Vec<String>> {
             .request_log()
             .into_iter()
             // The harness's CA bootstrap made one in its own namespace.
-            .filter(|r| r.namespace.as_deref() != Some(common::CLUSTER_NS))
+            .filter(|r| r.namespace.as_deref() != Some(test_kit::CLUSTER_NS))
             .filter(|r| r.verb == "create" && r.resource == "certificaterequests")
             .map(|r| r.user)
             .collect()
@@ -219,7 +217,8 @@ async fn assert_token_leaks_nowhere(env: &Env, namespace: &str, token: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
-    if !common::require_root("pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod") {
+    if !test_kit::require_root("pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod")
+    {
         return;
     }
     let env = start(&spiffe_args("pod-token")).await;
@@ -266,7 +265,7 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
     if let Some(logged) = sandbox_creators(&env) {
         assert_eq!(logged, ["system:serviceaccount:shop:billing"]);
     }
-    let annotations = common::annotations(&request);
+    let annotations = test_kit::annotations(&request);
     assert_eq!(annotations[spiffe::ANNOTATION_IDENTITY], want);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_NAME], pod.name);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_UID], pod.uid);
@@ -330,7 +329,7 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
-    if !common::require_root("node_account_mode_gives_the_same_id_and_names_pod_and_node") {
+    if !test_kit::require_root("node_account_mode_gives_the_same_id_and_names_pod_and_node") {
         return;
     }
     let env = start(&spiffe_args("node-account")).await;
@@ -341,7 +340,7 @@ async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
     assert_spiffe_identity(&volume, &want);
 
     let request = env.only_request(&volume).await;
-    let annotations = common::annotations(&request);
+    let annotations = test_kit::annotations(&request);
     assert_eq!(annotations[spiffe::ANNOTATION_IDENTITY], want);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_NAME], pod.name);
     assert_eq!(annotations[spiffe::ANNOTATION_POD_UID], pod.uid);
@@ -357,7 +356,7 @@ async fn node_account_mode_gives_the_same_id_and_names_pod_and_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spiffe_driver_refuses_what_a_pod_may_not_choose() {
-    if !common::require_root("the_spiffe_driver_refuses_what_a_pod_may_not_choose") {
+    if !test_kit::require_root("the_spiffe_driver_refuses_what_a_pod_may_not_choose") {
         return;
     }
     let env = start(&spiffe_args("pod-token")).await;
@@ -641,7 +640,7 @@ async fn mtls(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing() {
-    if !common::require_root("spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing") {
+    if !test_kit::require_root("spiffe_pods_talk_mutual_tls_and_a_server_admits_only_billing") {
         return;
     }
     let env = start(&spiffe_args("node-account")).await;
@@ -687,7 +686,7 @@ fn tokens_json(token: &str, lifetime: std::time::Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_uses_the_token_of_the_latest_republish() {
-    if !common::require_root("a_renewal_uses_the_token_of_the_latest_republish") {
+    if !test_kit::require_root("a_renewal_uses_the_token_of_the_latest_republish") {
         return;
     }
     // The renewal, at two thirds of the lifetime, must fall after the first
@@ -718,7 +717,7 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
     };
     volume.set(kubelet::SERVICE_ACCOUNT_TOKENS, &first_json);
     env.publish_ok(&volume).await;
-    let first = common::served_leaf(&volume, "tls.crt").serial_hex;
+    let first = test_kit::served_leaf(&volume, "tls.crt").serial_hex;
     if backend == Backend::Real {
         Api::<Secret>::namespaced(env.client.clone(), "shop")
             .delete(FIRST_TOKEN_SECRET, &DeleteParams::default())
@@ -734,7 +733,7 @@ async fn a_renewal_uses_the_token_of_the_latest_republish() {
     env.publish_ok(&again).await;
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while common::served_leaf(&volume, "tls.crt").serial_hex == first {
+    while test_kit::served_leaf(&volume, "tls.crt").serial_hex == first {
         assert!(
             std::time::Instant::now() < deadline,
             "no renewal within 60s; log:\n{}",
@@ -819,6 +818,6 @@ async fn revocable_token(
 
 /// The leaf's only URI SAN.
 fn assert_spiffe_identity_id(volume: &VolumeRequest, want: &str) {
-    let leaf = common::served_leaf(volume, "tls.crt");
+    let leaf = test_kit::served_leaf(volume, "tls.crt");
     assert_eq!(leaf.sans.uris, [want]);
 }

@@ -12,8 +12,6 @@
 //! `clientConfig.service` on the sandbox, which routes that Service to the
 //! in-process webhook.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +27,12 @@ use cert_csi::pki::{
 };
 use cert_csi::shutdown::CancellationToken;
 use cert_csi::spiffe_id as spiffe;
-use common::real::ApiServer;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::json;
+use test_kit::real::ApiServer;
 
 const CLUSTER_NS: &str = "cert-manager";
 const NODE_NS: &str = "cert-csi";
@@ -85,10 +83,7 @@ impl Env {
         let (server, admin) = ApiServer::start(10_000).await;
         let pp = PostParams::default();
         for ns in [CLUSTER_NS, NODE_NS, "shop"] {
-            Api::<Namespace>::all(admin.clone())
-                .create(&pp, &from(json!({"metadata": {"name": ns}})))
-                .await
-                .unwrap();
+            test_kit::create_namespace(&admin, ns).await;
         }
         for (ns, sa) in [("shop", "billing"), ("shop", "admin"), (NODE_NS, NODE_SA)] {
             Api::<ServiceAccount>::namespaced(admin.clone(), ns)
@@ -195,11 +190,11 @@ impl Env {
         }));
         // A real API server applies a new configuration once its informer
         // has it.
-        common::await_webhook(&admin).await;
+        test_kit::await_webhook(&admin).await;
         if let ApiServer::Real(..) = &server {
             // The chart's pod-token grant, so the ServiceAccounts below may
             // create requests at all; the approver decides.
-            common::real::allow_service_accounts_to_request(&admin).await;
+            test_kit::real::allow_service_accounts_to_request(&admin).await;
         }
         Env {
             server: Some(server),

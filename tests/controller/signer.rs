@@ -3,8 +3,7 @@
 //! are checked with the openssl CLI.
 
 /// The backend switch (sandbox or the real control plane) of the test kit.
-#[path = "common/real.rs"]
-mod real;
+use test_kit::ControllerEnv;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,69 +15,39 @@ use cert_csi::api::{
     CaIssuer, CertificateRequest, CertificateRequestCondition, CertificateRequestSpec,
     ClusterIssuer, Issuer, IssuerRef, IssuerSpec, PemBytes, SelfSignedIssuer,
 };
-use cert_csi::controller::{ControllerOptions, EnabledControllers, Health};
+use cert_csi::controller::EnabledControllers;
 use cert_csi::pki::{
     CsrOptions, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SignParams, SubjectSpec,
     Usage,
 };
-use cert_csi::shutdown::CancellationToken;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::wait::await_condition;
 
 const CLUSTER_NS: &str = "cert-manager";
-const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A sandbox with the controller running; both stop when dropped.
+/// The controller under test on an API server, with the suite's helpers.
 struct Env {
+    inner: ControllerEnv,
     client: kube::Client,
-    token: CancellationToken,
-    controller: Option<tokio::task::JoinHandle<()>>,
-    _sandbox: real::ApiServer,
 }
 
 impl Env {
     async fn start(controllers: &str) -> Env {
-        let (sandbox, client) = real::ApiServer::start(10_000).await;
-        for ns in [CLUSTER_NS, "team"] {
-            let namespace = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(ns.into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &namespace)
-                .await
-                .expect("namespace created");
-        }
-        let mut options = ControllerOptions::new(CLUSTER_NS);
-        options.enabled = EnabledControllers::parse(controllers).unwrap();
-        let token = CancellationToken::new();
-        let controller = tokio::spawn(cert_csi::controller::run(
-            client.clone(),
-            options,
-            Health::default(),
-            token.clone(),
-        ));
+        let enabled = EnabledControllers::parse(controllers).unwrap();
+        let inner = ControllerEnv::start(CLUSTER_NS, &[CLUSTER_NS, "team"], 1, 10_000, |o| {
+            o.enabled = enabled.clone();
+        })
+        .await;
         Env {
-            client,
-            token,
-            controller: Some(controller),
-            _sandbox: sandbox,
+            client: inner.client.clone(),
+            inner,
         }
     }
 
     /// Cancels the token and checks that every loop stops promptly.
-    async fn stop(mut self) {
-        self.token.cancel();
-        let handle = self.controller.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), handle)
-            .await
-            .expect("controller stops within 10s of cancellation")
-            .expect("controller task did not panic");
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 
     fn requests(&self, ns: &str) -> Api<CertificateRequest> {
@@ -125,21 +94,12 @@ impl Env {
     ) -> ClusterIssuer {
         let api = Api::<ClusterIssuer>::all(self.client.clone());
         let reason = reason.to_owned();
-        let found = tokio::time::timeout(
-            TIMEOUT,
-            await_condition(api.clone(), name, move |i: Option<&ClusterIssuer>| {
-                ready_of(i.and_then(|i| i.status.as_ref()).map(|s| s.conditions()))
-                    == Some((want, reason.clone()))
-            }),
-        )
-        .await;
-        let current = api.get(name).await.unwrap();
-        assert!(
-            matches!(found, Ok(Ok(Some(_)))),
-            "ClusterIssuer {name} never reached Ready={want}: {:?}",
-            current.status
-        );
-        current
+        let what = format!("Ready={want}");
+        self.inner
+            .wait_for(&api, name, &what, move |i: &ClusterIssuer| {
+                ready_of(i.status.as_ref().map(|s| s.conditions())) == Some((want, reason.clone()))
+            })
+            .await
     }
 
     async fn create_request(&self, ns: &str, request: CertificateRequest) {
@@ -157,21 +117,9 @@ impl Env {
         what: &str,
         done: impl Fn(&CertificateRequest) -> bool + Send + 'static,
     ) -> CertificateRequest {
-        let api = self.requests(ns);
-        let found = tokio::time::timeout(
-            TIMEOUT,
-            await_condition(api.clone(), name, move |r: Option<&CertificateRequest>| {
-                r.is_some_and(&done)
-            }),
-        )
-        .await;
-        let current = api.get(name).await.unwrap();
-        assert!(
-            matches!(found, Ok(Ok(Some(_)))),
-            "request {ns}/{name} never became {what}: {:?}",
-            current.status
-        );
-        current
+        self.inner
+            .wait_for(&self.requests(ns), name, what, done)
+            .await
     }
 
     async fn wait_ready_reason(
@@ -203,12 +151,6 @@ impl Env {
         api.replace_status(name, &PostParams::default(), &request)
             .await
             .expect("status written");
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.token.cancel();
     }
 }
 

@@ -7,8 +7,6 @@
 //! chart render passes a server-side dry run, and objects of every kind,
 //! fully populated from the Rust types, come back from the server unpruned.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Write;
@@ -488,7 +486,7 @@ const ACCEPTED_WARNINGS: &[(&str, &str)] = &[(
 /// A real control plane in a directory of its own. The cluster is the first
 /// field, so it is torn down (hack/kube down) before the directory goes.
 struct Real {
-    cluster: common::RealCluster,
+    cluster: test_kit::RealCluster,
     _dir: tempfile::TempDir,
 }
 
@@ -498,7 +496,7 @@ impl Real {
     fn up() -> Real {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let cluster = common::RealCluster::up(&dir.path().join("kube"));
+        let cluster = test_kit::RealCluster::up(&dir.path().join("kube"));
         Real { cluster, _dir: dir }
     }
 
@@ -837,7 +835,7 @@ async fn real_server_establishes_deploy_and_chart_crds() {
 async fn every_manifest_passes_a_server_side_dry_run() {
     let real = Real::up();
     let client = real.client().await;
-    common::real::install_crds(&client, &crds()).await;
+    test_kit::real::install_crds(&client, &crds()).await;
 
     let examples = yaml_files("deploy/examples");
     assert!(examples.len() >= 4, "examples: {examples:?}");
@@ -1372,7 +1370,7 @@ fn as_written(mut doc: Value) -> Value {
 async fn every_kind_round_trips_through_a_real_server_unpruned() {
     let real = Real::up();
     let client = real.client().await;
-    common::real::install_crds(&client, &crds()).await;
+    test_kit::real::install_crds(&client, &crds()).await;
     for namespace in ["demo", "cert-manager", "default"] {
         ensure_namespace(&client, namespace, &[]).await;
     }

@@ -6,8 +6,6 @@
 //! tests/common); the controller runs as the real binary too, so its JSON
 //! log is what a cluster would collect.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,12 +14,12 @@ use cert_csi::api::{Certificate, Issuer};
 use cert_csi::csi::proto::ProbeRequest;
 use cert_csi::csi::proto::identity_client::IdentityClient;
 use cert_csi::volume::keys;
-use common::{Env, Options, Policy, http_get, sample};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use serde_json::json;
+use test_kit::{Env, Options, Policy, http_get, sample};
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
     t.duration_since(std::time::UNIX_EPOCH)
@@ -76,7 +74,7 @@ async fn pod_events(env: &Env, namespace: &str, pod: &str, reason: &str, count: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_metrics_readiness_events_and_json_logs() {
-    if !common::require_root("node_metrics_readiness_events_and_json_logs") {
+    if !test_kit::require_root("node_metrics_readiness_events_and_json_logs") {
         return;
     }
     let env = Env::start_with_args(
@@ -167,7 +165,7 @@ async fn node_metrics_readiness_events_and_json_logs() {
     // Each kept volume's expiry is its mounted certificate's notAfter; the
     // unpublished volume has no series left.
     for volume in &published {
-        let leaf = common::served_leaf(volume, "tls.crt");
+        let leaf = test_kit::served_leaf(volume, "tls.crt");
         let hash = cert_csi::store::id_hash(&volume.volume_id);
         let value = sample(
             &scrape,
@@ -233,7 +231,7 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn start(kubeconfig: &Path, extra: &[&str]) -> ControllerProcess {
-        let log = common::test_log_path("controller");
+        let log = test_kit::test_log_path("controller");
         let file = std::fs::File::options().append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
             .args(["--log-format", "json", "--log-level", "debug", "controller"])
@@ -297,7 +295,8 @@ async fn controller_metrics_events_and_json_logs() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let (server, client, kubeconfig) =
-        common::real::ApiServer::start_in(common::Backend::from_env(), dir.path(), 10_000).await;
+        test_kit::real::ApiServer::start_in(test_kit::Backend::from_env(), dir.path(), 10_000)
+            .await;
     for ns in ["cert-manager", "team"] {
         let namespace: Namespace =
             serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
@@ -473,6 +472,6 @@ async fn controller_metrics_events_and_json_logs() {
 
     controller.stop();
     assert_json_lines(&controller.log);
-    common::assert_no_secrets_in_log(&controller.log);
+    test_kit::assert_no_secrets_in_log(&controller.log);
     server.stop().await;
 }

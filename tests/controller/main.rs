@@ -1,0 +1,11 @@
+//! The controller end to end: approvers, issuer status, the signer and
+//! Certificates on the real API server, the CRDs and manifests against the
+//! server's own answers, RBAC under real ServiceAccount tokens, and
+//! cert-manager's objects read and written unchanged.
+
+mod api_roundtrip;
+mod certificates;
+mod crds_drift;
+mod rbac;
+mod signer;
+mod spiffe;
