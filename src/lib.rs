@@ -3,7 +3,8 @@
 //!
 //! Module map (one arrow of the data path each; see README "Architecture"):
 //! - [`api`]: the cert-manager.io/v1 types and their CRDs.
-//! - [`sandbox`]: an in-memory Kubernetes API server for demos and tests.
+//! - `demo`: `cert-csi demo`, on the in-memory API server of the
+//!   `kube-sandbox` crate (cargo feature `sandbox`, on by default).
 //! - [`volume`]: volume attributes → a validated `VolumeSpec`, without side effects.
 //! - [`pki`]: keys, CSRs, certificate inspection and keystores.
 //! - [`telemetry`]: logging setup.
@@ -13,11 +14,11 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod csi;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod issuance;
 pub mod pki;
 pub mod renewal;
-pub mod sandbox;
 pub mod shutdown;
 pub mod spiffe;
 pub mod store;

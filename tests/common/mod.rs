@@ -36,7 +36,6 @@ use cert_csi::csi::proto::{
     volume_capability,
 };
 use cert_csi::pki::{PrivateKey, Usage};
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::store::MountEntry;
 use cert_csi::volume::kubelet;
 use futures::StreamExt;
@@ -46,6 +45,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
+use kube_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use tonic::Status;
 use tonic::transport::Channel;
