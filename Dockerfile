@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# The cert-csi image: one binary for every mode (node, controller, ...).
+# The cert-csi image: one binary for the cluster's modes (node, controller,
+# crds); built without the demo and sandbox.
 #
 #   docker build -t cert-csi:0.1.0 .
 #
@@ -9,16 +10,22 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Only what the build reads: every target Cargo.toml declares must exist
-# (benches/ included), tests/ and deploy/ are not needed.
+# (benches/ included), tests/ and deploy/ are not needed. crates/ holds the
+# workspace member kube-sandbox: Cargo reads every member's manifest even
+# when, as here, the member is not built.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
+COPY crates ./crates
 # The cache mounts keep the registry and compiled dependencies between
 # builds; the binary is copied out because the target dir is not in the layer.
+# --no-default-features leaves out the `sandbox` feature: the image runs
+# `cert-csi node` and `cert-csi controller`, never the in-memory API server
+# or the demo built on it, so a cluster's binary does not carry them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin cert-csi \
+    cargo build --release --locked --no-default-features --bin cert-csi \
     && install -D -m 0755 target/release/cert-csi /out/cert-csi
 
 # Runtime stage: glibc and libgcc only, no shell, no package manager. Mounts

@@ -15,6 +15,15 @@ use crate::telemetry::LogFormat;
     version,
     about = "Per-pod X.509 identities via CSI and cert-manager.io/v1"
 )]
+// Someone who read the README and types `cert-csi demo` into the image's
+// binary should learn why it is missing, not only that it is.
+#[cfg_attr(
+    not(feature = "sandbox"),
+    command(
+        after_help = "This binary was built without the `sandbox` cargo feature (as the image is), \
+                      so it has no `demo` or `sandbox` subcommand; build with default features for them."
+    )
+)]
 pub struct Cli {
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -32,6 +41,7 @@ impl Cli {
     pub fn log_level(&self) -> &str {
         match (&self.log_level, &self.command) {
             (Some(level), _) => level,
+            #[cfg(feature = "sandbox")]
             (None, Command::Demo(_)) => "warn",
             (None, _) => "info",
         }
@@ -41,6 +51,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an in-memory Kubernetes API server on loopback (for demos and tests).
+    #[cfg(feature = "sandbox")]
     Sandbox(SandboxArgs),
     /// Print the cert-manager.io/v1 CustomResourceDefinitions as YAML.
     Crds,
@@ -49,11 +60,13 @@ pub enum Command {
     /// Show the whole system on this machine: API sandbox, controller, node
     /// plugin and a simulated kubelet; two pods get identities, talk mutual
     /// TLS, and rotate in place.
+    #[cfg(feature = "sandbox")]
     Demo(DemoArgs),
     /// Run the controller: approver, issuer status and SelfSigned/CA signer.
     Controller(ControllerArgs),
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Leave everything running until Ctrl-C, to look around with kubectl.
@@ -69,6 +82,11 @@ pub struct DemoArgs {
     /// (what the demo falls back to where a normal user may not mount).
     #[arg(long)]
     pub no_mounts: bool,
+    /// Where the demo runs, decided by `main` before the async runtime
+    /// starts (a user namespace can only be entered by a single-threaded
+    /// process); entered on the spot when absent.
+    #[arg(skip)]
+    pub isolation: Option<crate::demo::isolation::Isolation>,
 }
 
 #[derive(Debug, Args)]
@@ -371,6 +389,7 @@ fn parse_jitter(value: &str) -> Result<crate::renewal::schedule::JitterPolicy, S
     crate::renewal::schedule::JitterPolicy::new(number).map_err(|e| e.to_string())
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Address to listen on. Port 0 picks a free port; the ready line says which.
@@ -394,6 +413,7 @@ pub struct SandboxArgs {
 }
 
 /// Refuses a `--listen` address outside loopback unless `allow_remote`.
+#[cfg(feature = "sandbox")]
 pub fn check_sandbox_listen(listen: SocketAddr, allow_remote: bool) -> Result<(), String> {
     if listen.ip().is_loopback() || allow_remote {
         return Ok(());
@@ -406,24 +426,22 @@ pub fn check_sandbox_listen(listen: SocketAddr, allow_remote: bool) -> Result<()
 }
 
 /// Runs the chosen mode until it finishes or `shutdown` fires.
-pub async fn run(
-    command: Command,
-    isolation: Option<crate::demo::isolation::Isolation>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     match command {
         Command::Crds => {
             print!("{}", crate::api::crds_yaml()?);
             Ok(())
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => run_sandbox(args, shutdown).await,
         Command::Node(args) => run_node(args, shutdown).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => {
             let options = crate::demo::DemoOptions {
                 dir: args.dir,
                 keep: args.keep,
                 duration: args.duration,
-                isolation: isolation.unwrap_or_else(crate::demo::isolation::enter),
+                isolation: args.isolation.unwrap_or_else(crate::demo::isolation::enter),
             };
             crate::demo::run(options, shutdown).await
         }
@@ -431,6 +449,7 @@ pub async fn run(
     }
 }
 
+#[cfg(feature = "sandbox")]
 async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_sandbox_listen(args.listen, args.allow_remote).map_err(anyhow::Error::msg)?;
     if !args.listen.ip().is_loopback() {
@@ -441,13 +460,13 @@ async fn run_sandbox(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::
     } else {
         crate::api::crds()
     };
-    let config = crate::sandbox::SandboxConfig {
+    let config = kube_sandbox::SandboxConfig {
         listen: args.listen,
         kubeconfig: args.kubeconfig.clone(),
         crds,
         watch_window: args.watch_window,
     };
-    let sandbox = crate::sandbox::Sandbox::start(config).await?;
+    let sandbox = kube_sandbox::Sandbox::start(config).await?;
     // One line, on stdout, that scripts and tests wait for.
     match &args.kubeconfig {
         Some(path) => println!(
@@ -582,7 +601,7 @@ pub async fn run_controller(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sandbox"))]
 mod tests {
     use super::check_sandbox_listen;
 

@@ -24,20 +24,21 @@
 //! - [`kubernetes`]: client configuration, watch backoff, Secret fields.
 //! - [`telemetry`]: logs, metrics, health endpoints and Events.
 //! - [`shutdown`]: the one shutdown signal every mode shares.
-//! - [`demo`]: `cert-csi demo`, the whole system on one machine.
-//! - [`sandbox`]: an in-memory Kubernetes API server for demos and tests.
+//! - `demo`: `cert-csi demo`, the whole system on one machine, on the
+//!   in-memory API server of the `kube-sandbox` crate (cargo feature
+//!   `sandbox`, on by default; the image is built without it).
 
 pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod csi;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod issuance;
 pub mod kubernetes;
 pub mod node;
 pub mod pki;
 pub mod renewal;
-pub mod sandbox;
 pub mod shutdown;
 pub mod spiffe_id;
 pub mod store;

@@ -1,18 +1,12 @@
-use cert_csi::cli::{self, Cli, Command};
+use cert_csi::cli::{self, Cli};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let args = Cli::parse();
+    let mut args = Cli::parse();
     cert_csi::telemetry::init(args.log_format, args.log_level())?;
     // A user namespace can only be entered while the process has one thread,
     // so the demo's isolation happens before the async runtime starts.
-    let isolation = match &args.command {
-        Command::Demo(demo) if demo.no_mounts => Some(
-            cert_csi::demo::isolation::Isolation::Unavailable("--no-mounts was given".into()),
-        ),
-        Command::Demo(_) => Some(cert_csi::demo::isolation::enter()),
-        _ => None,
-    };
+    isolate_demo(&mut args.command);
     // rustls needs exactly one process-wide provider; every TLS user shares it.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread()
@@ -20,6 +14,22 @@ fn main() -> anyhow::Result<()> {
         .build()?
         .block_on(async {
             let shutdown = cert_csi::shutdown::on_signals()?;
-            cli::run(args.command, isolation, shutdown).await
+            cli::run(args.command, shutdown).await
         })
 }
+
+#[cfg(feature = "sandbox")]
+fn isolate_demo(command: &mut cli::Command) {
+    use cert_csi::demo::isolation;
+    if let cli::Command::Demo(demo) = command {
+        demo.isolation = Some(if demo.no_mounts {
+            isolation::Isolation::Unavailable("--no-mounts was given".into())
+        } else {
+            isolation::enter()
+        });
+    }
+}
+
+/// Without the `sandbox` feature there is no demo to isolate.
+#[cfg(not(feature = "sandbox"))]
+fn isolate_demo(_: &mut cli::Command) {}

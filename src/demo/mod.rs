@@ -18,11 +18,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
+use kube_sandbox::{Sandbox, SandboxConfig};
 
 use crate::api::{Certificate, ClusterIssuer};
 use crate::csi::kubelet::{Kubelet, Volume};
 use crate::pki::inspect::parse_chain;
-use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::shutdown::CancellationToken;
 use crate::store::{MountMode, StoreOptions};
 use report::Report;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cert_csi::csi::identity::Readiness;
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::shutdown::CancellationToken;
 use cert_csi::telemetry::events::{
     EventError, EventLimits, EventRecorder, EventType, NODE_REPORTER, Recorded, pod_reference,
@@ -24,6 +23,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
+use kube_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -828,6 +828,10 @@ impl Drop for ChildGuard {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "sandbox"),
+    ignore = "runs `cert-csi sandbox`, which needs the `sandbox` feature"
+)]
 fn json_logs_parse_line_by_line() {
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_cert-csi"))

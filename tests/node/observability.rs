@@ -3,7 +3,7 @@
 //! leaves on its pod, and JSON logs.
 //!
 //! The node plugin runs as the real binary over its real socket (see
-//! tests/common); the controller runs as the real binary too, so its JSON
+//! the test kit); the controller runs as the real binary too, so its JSON
 //! log is what a cluster would collect.
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! well-formed results. Only the shape is checked, never a time: benchmarks
 //! are not timed tests. The bench binary and `cert-csi` are the test-profile
 //! builds cargo makes for integration tests, so no release build is added.
+// The bench binary exists only with the `sandbox` feature (on by default).
+#![cfg(feature = "sandbox")]
 
 use std::process::Command;
 

@@ -1,8 +1,9 @@
 //! What ships and what the README promises: the Helm chart through the
-//! real Helm engine, the README's tables, `cert-csi demo`, and the
-//! benchmark binary.
+//! real Helm engine, the README's tables, `cert-csi demo` and
+//! `cert-csi sandbox`, and the benchmark binary.
 
 mod bench_smoke;
 mod chart;
 mod demo;
 mod readme;
+mod sandbox_cli;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-const BEGIN: &str = "<!-- attributes:begin (generated from src/volume/attributes.rs; UPDATE_README=1 cargo test --test readme) -->\n";
+const BEGIN: &str = "<!-- attributes:begin (generated from src/volume/attributes.rs; UPDATE_README=1 cargo test --test packaging readme) -->\n";
 const END: &str = "<!-- attributes:end -->";
 
 fn readme() -> String {
@@ -36,7 +36,7 @@ fn attribute_reference_matches_the_code() {
     assert_eq!(
         &text[start..end],
         expected,
-        "README attribute table drifted from the code; run UPDATE_README=1 cargo test --test readme"
+        "README attribute table drifted from the code; run UPDATE_README=1 cargo test --test packaging readme"
     );
     assert_eq!(
         cert_csi::volume::ATTRIBUTES.len(),

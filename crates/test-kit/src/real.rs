@@ -308,7 +308,7 @@ pub async fn install_crds(client: &Client, crds: &[CustomResourceDefinition]) {
 /// The API server of a test that needs no node: the sandbox or the real
 /// control plane, by [`Backend::from_env`]. Dropping it stops it.
 pub enum ApiServer {
-    Sandbox(cert_csi::sandbox::Sandbox),
+    Sandbox(kube_sandbox::Sandbox),
     /// The control plane, and the temporary directory holding it when
     /// [`ApiServer::start`] made one (callers of `start_in` own theirs).
     Real(RealCluster, Option<tempfile::TempDir>),
@@ -340,7 +340,7 @@ impl ApiServer {
         match backend {
             Backend::Sandbox => {
                 let kubeconfig = dir.join("kubeconfig");
-                let sandbox = cert_csi::sandbox::Sandbox::start(cert_csi::sandbox::SandboxConfig {
+                let sandbox = kube_sandbox::Sandbox::start(kube_sandbox::SandboxConfig {
                     listen: "127.0.0.1:0".parse().unwrap(),
                     kubeconfig: Some(kubeconfig.clone()),
                     crds: cert_csi::api::crds(),

@@ -18,7 +18,6 @@ use cert_csi::api::{
 };
 use cert_csi::controller::{ControllerOptions, Health};
 use cert_csi::pki::{KeyAlgorithm, KeyEncoding, PrivateKey, SignParams};
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use cert_csi::shutdown::CancellationToken;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
@@ -26,6 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::watcher;
+use kube_sandbox::{Sandbox, SandboxConfig};
 
 /// Namespace that ClusterIssuer Secrets are read from.
 pub const CLUSTER_RESOURCE_NAMESPACE: &str = "cert-manager";

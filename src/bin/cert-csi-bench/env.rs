@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cert_csi::csi::kubelet::{Kubelet, PodRef, Volume};
-use cert_csi::sandbox::Sandbox;
 use cert_csi::shutdown::CancellationToken;
 use futures::{StreamExt, TryStreamExt};
+use kube_sandbox::Sandbox;
 use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

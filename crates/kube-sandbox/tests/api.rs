@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -13,6 +12,7 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use kube::runtime::watcher;
+use kube_sandbox::{Sandbox, SandboxConfig};
 use serde_json::json;
 
 async fn start(window: usize) -> Sandbox {
@@ -692,7 +692,7 @@ async fn request_log_records_verbs_locally_and_over_http() {
     let records: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     let parsed: Vec<_> = records
         .iter()
-        .filter_map(cert_csi::sandbox::RequestRecord::from_json)
+        .filter_map(kube_sandbox::RequestRecord::from_json)
         .collect();
     assert_eq!(parsed, log);
     sb.shutdown().await;

@@ -1,5 +1,10 @@
-//! The real kubectl against `cert-csi sandbox` running as a subprocess: the
-//! independent check that the sandbox speaks real Kubernetes.
+//! `cert-csi sandbox`, the command: it starts, says where it listens and
+//! where its kubeconfig is, serves this project's committed cert-manager.io
+//! CRDs and example objects to the real kubectl, and refuses to listen
+//! beyond loopback. The sandbox's own behaviour (tables, selectors, watches,
+//! tokens) is tested in crates/kube-sandbox.
+// `cert-csi sandbox` exists only with the `sandbox` feature (on by default).
+#![cfg(feature = "sandbox")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,7 +28,6 @@ impl Drop for Killed {
 struct Env {
     _sandbox: Killed,
     dir: tempfile::TempDir,
-    url: String,
 }
 
 impl Env {
@@ -102,13 +106,12 @@ fn start_sandbox() -> Env {
     let url = line
         .strip_prefix("sandbox ready: ")
         .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
-        .to_string();
+        .unwrap_or_else(|| panic!("unexpected ready line {line:?}"));
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
     assert!(line.contains(&kubeconfig.display().to_string()), "{line}");
     Env {
         _sandbox: guard,
         dir,
-        url,
     }
 }
 
@@ -130,17 +133,13 @@ fn strip_server_fields(v: &mut Value) {
 }
 
 #[test]
-fn kubectl_drives_the_sandbox() {
+fn kubectl_applies_the_cert_manager_crds_and_objects() {
     if !kubectl_present() {
         assert!(std::env::var("CI").is_err(), "kubectl is required in CI");
         eprintln!("skipping: kubectl is not installed");
         return;
     }
     let env = start_sandbox();
-
-    let out = env.kubectl(&["version", "-o", "json"]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["serverVersion"]["gitVersion"], "v1.33.0");
 
     // CRDs from the repository, applied with client-side validation on.
     let out = env.kubectl(&["apply", "-f", "deploy/crds/"]);
@@ -228,137 +227,6 @@ fn kubectl_drives_the_sandbox() {
         issuer["spec"]["acme"]["solvers"][0]["http01"]["ingress"]["ingressClassName"],
         "nginx"
     );
-
-    // Label selectors.
-    let out = env.kubectl(&[
-        "get",
-        "cert,cr",
-        "-n",
-        "sandbox-e2e",
-        "-l",
-        "tier=frontend",
-        "-o",
-        "name",
-    ]);
-    assert_eq!(out.trim(), "certificate.cert-manager.io/demo-cert");
-    let out = env.kubectl(&[
-        "get",
-        "cert,cr",
-        "-n",
-        "sandbox-e2e",
-        "-l",
-        "tier notin (frontend)",
-        "-o",
-        "name",
-    ]);
-    assert_eq!(
-        out.trim(),
-        "certificaterequest.cert-manager.io/demo-request"
-    );
-
-    // A watch sees a Secret created by another client (kube::Client).
-    let mut watch = env.command(&["get", "secrets", "-n", "sandbox-e2e", "--watch"]);
-    let mut child = watch
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let watch_guard = Killed(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    // Give kubectl time to list and open its watch before the write.
-    std::thread::sleep(Duration::from_millis(1500));
-    let url = env.url.clone();
-    tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let config = kube::Config::new(url.parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, "sandbox-e2e");
-        let s = serde_json::from_value(serde_json::json!({"metadata": {"name": "watched-secret"}, "stringData": {"a": "b"}})).unwrap();
-        api.create(&Default::default(), &s).await.unwrap();
-    });
-    let mut seen = Vec::new();
-    let found = loop {
-        match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(line) => {
-                let hit = line.contains("watched-secret");
-                seen.push(line);
-                if hit {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    drop(watch_guard);
-    assert!(found, "kubectl --watch printed: {seen:?}");
-    assert!(
-        seen.iter()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NAME", "TYPE", "DATA", "AGE"]),
-        "{seen:?}"
-    );
-
-    // Delete, then it is gone.
-    let out = env.kubectl(&["delete", "cert", "demo-cert", "-n", "sandbox-e2e"]);
-    assert_eq!(
-        out.trim(),
-        r#"certificate.cert-manager.io "demo-cert" deleted"#
-    );
-    let out = env
-        .command(&["get", "cert", "demo-cert", "-n", "sandbox-e2e"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(r#"certificates.cert-manager.io "demo-cert" not found"#),
-        "{err}"
-    );
-}
-
-#[test]
-fn kubectl_creates_service_account_tokens() {
-    if !kubectl_present() {
-        return;
-    }
-    let env = start_sandbox();
-    let token = env.kubectl(&["create", "token", "default", "-n", "default"]);
-    let token = token.trim();
-    assert_eq!(token.split('.').count(), 3, "JWT-shaped: {token}");
-    // kubectl (client-go) sends credentials only over TLS, so against the
-    // plain-HTTP sandbox a --token is dropped and requests stay anonymous;
-    // tests/sandbox_auth.rs uses tokens through kube::Client instead.
-    let out = env
-        .command(&["create", "token", "nobody", "-n", "default"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(r#"serviceaccounts "nobody" not found"#),
-        "{err}"
-    );
-    let log: Value =
-        serde_json::from_str(&env.kubectl(&["get", "--raw", "/sandbox/requests"])).unwrap();
-    assert!(
-        log.as_array().unwrap().iter().any(|r| r["verb"] == "create"
-            && r["resource"] == "serviceaccounts"
-            && r["subresource"] == "token"),
-        "{log}"
-    );
-    assert!(
-        !log.to_string().contains(token),
-        "the log never holds a token"
-    );
-    let out = env.kubectl(&[
-        "get",
-        "mutatingwebhookconfigurations,validatingwebhookconfigurations",
-    ]);
-    assert!(out.trim().is_empty(), "{out}");
 }
 
 /// The sandbox has no authorization, so it refuses to listen beyond

@@ -33,6 +33,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::UserInfo;
 use super::error::{ApiError, FieldError};
+use super::json::string_list;
 use super::patch;
 use super::selector::LabelSelector;
 use super::validation;
@@ -131,17 +132,6 @@ pub struct Attributes<'a> {
     pub subresource: Option<&'a str>,
     pub operation: Operation,
     pub namespaced: bool,
-}
-
-fn strs(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Whether a `resources` entry covers `resource[/sub]`, with the real
@@ -346,7 +336,7 @@ fn check_rules(f: &str, rules: Option<&Value>, causes: &mut Vec<FieldError>) {
     };
     for (j, r) in rules.iter().enumerate() {
         let rf = format!("{f}.rules[{j}]");
-        let ops = strs(r.get("operations"));
+        let ops = string_list(r.get("operations"));
         if ops.is_empty() {
             causes.push(FieldError::required(
                 format!("{rf}.operations"),
@@ -363,14 +353,14 @@ fn check_rules(f: &str, rules: Option<&Value>, causes: &mut Vec<FieldError>) {
             }
         }
         for k in ["apiGroups", "apiVersions", "resources"] {
-            if strs(r.get(k)).is_empty() {
+            if string_list(r.get(k)).is_empty() {
                 causes.push(FieldError::required(
                     format!("{rf}.{k}"),
                     "list at least one entry, or \"*\"",
                 ));
             }
         }
-        for (k, res) in strs(r.get("resources")).iter().enumerate() {
+        for (k, res) in string_list(r.get("resources")).iter().enumerate() {
             if res.is_empty() || res.matches('/').count() > 1 {
                 causes.push(FieldError::invalid(
                     format!("{rf}.resources[{k}]"),
@@ -498,7 +488,7 @@ pub fn prepare_configuration(kind: HookKind, body: &mut Value) -> Vec<FieldError
                 "the timeout value must be between 1 and 30 seconds",
             )),
         }
-        let versions = strs(m.get("admissionReviewVersions"));
+        let versions = string_list(m.get("admissionReviewVersions"));
         if versions.is_empty() {
             causes.push(FieldError::required(
                 format!("{f}.admissionReviewVersions"),
@@ -582,10 +572,10 @@ pub fn webhooks_of(kind: HookKind, config: &Value) -> Vec<Webhook> {
             .map(|a| {
                 a.iter()
                     .map(|r| Rule {
-                        operations: strs(r.get("operations")),
-                        api_groups: strs(r.get("apiGroups")),
-                        api_versions: strs(r.get("apiVersions")),
-                        resources: strs(r.get("resources")),
+                        operations: string_list(r.get("operations")),
+                        api_groups: string_list(r.get("apiGroups")),
+                        api_versions: string_list(r.get("apiVersions")),
+                        resources: string_list(r.get("resources")),
                         scope: r
                             .get("scope")
                             .and_then(Value::as_str)

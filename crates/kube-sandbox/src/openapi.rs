@@ -117,7 +117,7 @@ pub fn group_version(reg: &Registry, group: &str, version: &str) -> Option<Value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::resources::builtins;
+    use crate::resources::builtins;
 
     #[test]
     fn root_lists_each_group_version_with_a_hash() {

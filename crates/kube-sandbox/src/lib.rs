@@ -23,6 +23,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 mod http;
+mod json;
 pub mod jsonpath;
 pub mod kubeconfig;
 pub mod openapi;
@@ -87,16 +88,7 @@ impl RequestRecord {
         Some(RequestRecord {
             user_agent: s("userAgent")?,
             user: s("user")?,
-            groups: v
-                .get("groups")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            groups: json::string_list(v.get("groups")),
             verb: s("verb")?,
             group: s("group")?,
             resource: s("resource")?,

@@ -1,7 +1,7 @@
 //! Authentication and admission in the sandbox, through the real
 //! `kube::Client`: ServiceAccount tokens from the TokenRequest API, and
 //! admission webhooks served over HTTPS by this test with a certificate
-//! issued by `cert_csi::pki`.
+//! made with rcgen.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,15 +10,12 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::{Json, Router, routing::post};
 use base64::Engine as _;
-use cert_csi::pki::{
-    CsrOptions, Curve, KeyAlgorithm, KeyEncoding, PrivateKey, SanSpec, SignParams, SubjectSpec,
-    Usage, build_csr, sign_self_signed, sign_with_ca,
-};
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
+use kube_sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
 const NS: &str = "shop";
@@ -29,11 +26,50 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// cert-manager's CertificateRequest, reduced to the fields these tests
+/// write: the webhooks under test select it the way cert-manager's own
+/// webhook does, and its status subresource has webhooks of its own.
+fn certificate_request_crd() -> CustomResourceDefinition {
+    let strings = json!({"type": "array", "items": {"type": "string"}});
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "certificaterequests.cert-manager.io"},
+        "spec": {
+            "group": "cert-manager.io",
+            "scope": "Namespaced",
+            "names": {"plural": "certificaterequests", "singular": "certificaterequest", "kind": "CertificateRequest", "shortNames": ["cr"]},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {
+                        "request": {"type": "string", "format": "byte"},
+                        "issuerRef": {"type": "object", "properties": {
+                            "name": {"type": "string"}, "kind": {"type": "string"}, "group": {"type": "string"},
+                        }},
+                        "username": {"type": "string"},
+                        "groups": strings,
+                        "usages": strings,
+                    }},
+                    "status": {"type": "object", "properties": {
+                        "conditions": {"type": "array", "items": {"type": "object", "properties": {
+                            "type": {"type": "string"}, "status": {"type": "string"},
+                            "reason": {"type": "string"}, "message": {"type": "string"},
+                        }}},
+                    }},
+                }}},
+            }],
+        },
+    }))
+    .unwrap()
+}
+
 async fn start() -> Sandbox {
     let sb = Sandbox::start(SandboxConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         kubeconfig: None,
-        crds: cert_csi::api::crds(),
+        crds: vec![certificate_request_crd()],
         watch_window: 1000,
     })
     .await
@@ -242,60 +278,35 @@ async fn pod_bound_tokens_carry_the_pod_and_die_with_it() {
     sb.shutdown().await;
 }
 
-/// A CA and a server certificate for 127.0.0.1, from `cert_csi::pki`.
+/// A CA and a server certificate for 127.0.0.1 signed by it.
 struct Tls {
     ca_pem: String,
     server: Arc<rustls::ServerConfig>,
 }
 
-fn ca() -> (PrivateKey, String) {
-    let key = PrivateKey::generate(KeyAlgorithm::Ecdsa(Curve::P256)).unwrap();
-    let subject = SubjectSpec {
-        common_name: Some("webhook test CA".into()),
-        ..Default::default()
-    };
-    let csr = build_csr(&key, &subject, &SanSpec::default(), &CsrOptions::default()).unwrap();
-    let signed = sign_self_signed(
-        csr.pem.as_bytes(),
-        &key,
-        &SignParams {
-            is_ca: true,
-            duration: Some(Duration::from_secs(3600)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (key, signed.certificate_pem)
+/// A CA of its own; its PEM goes into a webhook's caBundle.
+fn ca() -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook test CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
 fn tls() -> Tls {
-    let (ca_key, ca_pem) = ca();
-    let key = PrivateKey::generate(KeyAlgorithm::Ecdsa(Curve::P256)).unwrap();
-    let sans = SanSpec {
-        ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-        ..Default::default()
-    };
-    let csr = build_csr(&key, &SubjectSpec::default(), &sans, &CsrOptions::default()).unwrap();
-    let leaf = sign_with_ca(
-        csr.pem.as_bytes(),
-        ca_pem.as_bytes(),
-        &ca_key,
-        &SignParams {
-            usages: vec![Usage::DigitalSignature, Usage::ServerAuth],
-            duration: Some(Duration::from_secs(3600)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
-        pem::parse_many(leaf.certificate_pem.as_bytes())
-            .unwrap()
-            .into_iter()
-            .map(|p| rustls_pki_types::CertificateDer::from(p.into_contents()))
-            .collect();
-    let key_der = key.to_der(KeyEncoding::Pkcs8).unwrap();
+    let ca = ca();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&key, &ca).unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(
-        rustls_pki_types::PrivatePkcs8KeyDer::from(key_der.expose().to_vec()),
+        rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
     );
     let server = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -303,10 +314,10 @@ fn tls() -> Tls {
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(chain, key_der)
+    .with_single_cert(vec![leaf.der().clone()], key_der)
     .unwrap();
     Tls {
-        ca_pem,
+        ca_pem: ca.pem(),
         server: Arc::new(server),
     }
 }
@@ -687,7 +698,7 @@ async fn failure_policy_decides_when_the_webhook_is_down_or_untrusted() {
     let tls = tls();
     let server = webhook_server(&tls).await;
     let down = closed_port().await;
-    let (_, other_ca) = ca();
+    let other_ca = ca().pem();
     let crs: Api<DynamicObject> = Api::namespaced_with(sb.client(), NS, &certificate_requests());
     let cases = [
         (

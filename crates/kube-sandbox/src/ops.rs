@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 
 use super::admission;
 use super::error::{ApiError, FieldError};
+use super::json::string_list;
 use super::patch;
 use super::resources::{self, Builtin, Registry, ResKey, ResourceDef};
 use super::schema;
@@ -87,16 +88,7 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 fn finalizers(v: &Value) -> Vec<String> {
-    meta(v)
-        .get("finalizers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    string_list(meta(v).get("finalizers"))
 }
 
 /// The parts of an object that count for `metadata.generation`.

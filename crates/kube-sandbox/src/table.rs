@@ -416,7 +416,7 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::resources::{builtins, from_crd};
+    use crate::resources::{builtins, from_crd};
 
     #[test]
     fn human_durations_match_kubernetes() {

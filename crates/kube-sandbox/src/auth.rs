@@ -22,6 +22,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, FieldError};
+use super::json::string_list;
 use super::ops::Store;
 
 pub const ANONYMOUS: &str = "system:anonymous";
@@ -357,16 +358,7 @@ pub fn token_request(
             }
         },
     };
-    let mut audiences: Vec<String> = spec
-        .get("audiences")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut audiences = string_list(spec.get("audiences"));
     if audiences.is_empty() {
         audiences.push(DEFAULT_AUDIENCE.into());
     }

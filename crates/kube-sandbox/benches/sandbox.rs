@@ -1,17 +1,18 @@
-//! Sandbox benchmarks (`cargo bench --bench sandbox`). Prints numbers from
-//! one run; it asserts nothing.
+//! Sandbox benchmarks (`cargo bench -p kube-sandbox --bench sandbox`).
+//! Prints numbers from one run; it asserts nothing.
 //!
 //! - create throughput: small Secrets POSTed over HTTP/1.1 keep-alive
 //!   connections (a minimal client, so the client costs little CPU on the
 //!   same two cores), against an in-process sandbox;
 //! - watch latency: time from sending a create to reading its ADDED event on
 //!   an open watch, one write at a time;
-//! - resident memory: VmRSS from /proc/PID/status of a `cert-csi sandbox`
-//!   subprocess before and after 100,000 small Secrets.
+//! - resident memory: VmRSS from /proc/PID/status of a sandbox serving in a
+//!   subprocess of its own (this binary, run again with [`SERVE`] set)
+//!   before and after 100,000 small Secrets.
 
 use std::time::{Duration, Instant};
 
-use cert_csi::sandbox::{Sandbox, SandboxConfig};
+use kube_sandbox::{Sandbox, SandboxConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -197,11 +198,28 @@ impl Drop for Killed {
     }
 }
 
+/// Set in the environment of the subprocess that only serves a sandbox, so
+/// that its memory is the sandbox's and not the benchmark client's.
+const SERVE: &str = "KUBE_SANDBOX_BENCH_SERVE";
+
+/// The subprocess: serves until it is killed, after one ready line on stdout.
+async fn serve() {
+    let sb = Sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        kubeconfig: None,
+        crds: Vec::new(),
+        watch_window: 10_000,
+    })
+    .await
+    .unwrap();
+    println!("sandbox ready: {}", sb.url());
+    std::future::pending::<()>().await;
+}
+
 async fn memory() {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cert-csi"))
-        .args(["sandbox", "--listen", "127.0.0.1:0"])
-        .env("LOG_LEVEL", "warn")
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(SERVE, "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -227,7 +245,7 @@ async fn memory() {
     let took = create_many(addr, "mem", "s", n, 16).await;
     let after = vm_rss_kib(pid);
     println!(
-        "resident memory of a `cert-csi sandbox` process: {:.1} MiB at start, {:.1} MiB with {n} small Secrets (+{:.2} KiB each; created in {:.1} s = {:.0}/s)",
+        "resident memory of a sandbox-only process: {:.1} MiB at start, {:.1} MiB with {n} small Secrets (+{:.2} KiB each; created in {:.1} s = {:.0}/s)",
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         (after - before) as f64 / n as f64,
@@ -241,6 +259,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os(SERVE).is_some() {
+        rt.block_on(serve());
+        return;
+    }
     rt.block_on(async {
         let sb = Sandbox::start(SandboxConfig {
             listen: "127.0.0.1:0".parse().unwrap(),

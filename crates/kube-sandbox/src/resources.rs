@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::error::FieldError;
+use super::json::string_list;
 use super::jsonpath::JsonPath;
 use super::validation::{self, NameRule};
 
@@ -325,17 +326,6 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
         .try_fold(v, |acc, k| acc.get(*k))
         .and_then(Value::as_str)
-}
-
-fn string_list(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Reads a CustomResourceDefinition (as JSON) into what the sandbox serves,

@@ -126,7 +126,7 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::resources::builtins;
+    use crate::resources::builtins;
 
     #[test]
     fn core_list_has_subresources_and_short_names() {
