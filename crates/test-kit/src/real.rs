@@ -6,10 +6,6 @@
 //! `CERT_CSI_TEST_API=real` makes the harness use it; `hack/test` sets
 //! that, so CI judges with the real server. `sandbox` (the default for a
 //! bare `cargo test`) keeps the in-process sandbox for quick local runs.
-//!
-//! Test files that need only an API server include this file alone (by
-//! `#[path]`), so not every one uses every item.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
