@@ -287,6 +287,10 @@ pub struct NodeArgs {
     /// such as 0.5 is allowed); waiting pods go before renewals.
     #[arg(long, env = "MAX_REQUEST_RATE", default_value = "10", value_parser = parse_rate)]
     pub max_request_rate: crate::renewal::limiter::RequestRate,
+    /// New CertificateRequests pods may make at once beyond the rate (pods
+    /// starting together are not held back); renewals never use the burst.
+    #[arg(long, env = "MAX_REQUEST_BURST", default_value_t = crate::renewal::limiter::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_request_burst: u32,
     /// First wait after a failed renewal; doubles per failure, with jitter
     /// (Go duration).
     #[arg(long, env = "RENEWAL_RETRY_BASE", default_value = "30s", value_parser = parse_duration)]
@@ -526,6 +530,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             limits: crate::renewal::limiter::LimiterConfig {
                 max_inflight: args.max_inflight_requests as usize,
                 rate: args.max_request_rate,
+                burst: args.max_request_burst,
             },
             metrics_address: args.metrics_address.0,
             slow_issuance: args.slow_issuance_threshold,

@@ -38,6 +38,7 @@ pub mod issuance;
 pub mod kubernetes;
 pub mod node;
 pub mod pki;
+pub mod ratelimit;
 pub mod renewal;
 pub mod shutdown;
 pub mod spiffe_id;

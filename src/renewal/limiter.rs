@@ -5,15 +5,20 @@
 //! and holds it until its request is decided. Waiters queue by priority: a
 //! pod blocked in NodePublishVolume goes first, then renewals, closest to
 //! expiry first. The queue sits in front of a token bucket (new requests per
-//! second) and a count of permits (requests in flight); one dispatcher task
-//! hands out permits, so no waiter polls.
+//! second, with a burst) and a count of permits (requests in flight); one
+//! dispatcher task hands out permits, so no waiter polls.
+//!
+//! The burst is for pods: tens of pods starting together are not held back,
+//! while renewals take a token only when the bucket is full, so even a
+//! renewal storm leaves the burst to the pods that come next and runs at the
+//! rate, no faster.
 //!
 //! The ordering and the bucket arithmetic are pure and tested on their own.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 use tokio::sync::{Notify, oneshot};
@@ -43,34 +48,7 @@ pub fn serve_order(a: (Priority, u64), b: (Priority, u64)) -> Ordering {
     by_priority.then_with(|| b.1.cmp(&a.1))
 }
 
-/// Limits new requests to `rate` per second with a burst of one: grants are
-/// spaced at least `1/rate` apart, so any one-second window holds at most
-/// `rate` grants (rounded up), however the waiters arrive.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    interval: Duration,
-    next_free: Option<Instant>,
-}
-
-impl TokenBucket {
-    pub fn new(rate: RequestRate) -> Self {
-        TokenBucket {
-            interval: rate.interval(),
-            next_free: None,
-        }
-    }
-
-    /// Takes the token at `now`, or says how long until one is free.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
-        match self.next_free {
-            Some(free) if free > now => Err(free - now),
-            _ => {
-                self.next_free = Some(now + self.interval);
-                Ok(())
-            }
-        }
-    }
-}
+use crate::ratelimit::TokenBucket;
 
 /// New requests per second: finite and greater than zero.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,10 +75,6 @@ impl RequestRate {
     pub fn per_second(&self) -> f64 {
         self.0
     }
-
-    fn interval(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.0)
-    }
 }
 
 /// Settings of the limiter.
@@ -109,13 +83,22 @@ pub struct LimiterConfig {
     /// Requests created and not yet decided, node-wide (at least 1).
     pub max_inflight: usize,
     pub rate: RequestRate,
+    /// New requests pods may make at once, beyond the rate (at least 1).
+    /// Renewals never use it.
+    pub burst: u32,
 }
+
+/// The default burst: a node of 30 pods restarting together (the kubelet's
+/// default is at most 110 pods; 30 is typical) gets all its certificates at
+/// once, and a storm of renewals still runs at the rate.
+pub const DEFAULT_BURST: u32 = 32;
 
 impl Default for LimiterConfig {
     fn default() -> Self {
         LimiterConfig {
             max_inflight: 32,
             rate: RequestRate(10.0),
+            burst: DEFAULT_BURST,
         }
     }
 }
@@ -150,6 +133,8 @@ struct State {
     queue: BinaryHeap<Waiter>,
     inflight: usize,
     bucket: TokenBucket,
+    /// The bucket's size; renewals leave all but one token of it to pods.
+    burst: u32,
     seq: u64,
     granted_new: u64,
     closed: bool,
@@ -203,7 +188,12 @@ impl Limiter {
             state: Mutex::new(State {
                 queue: BinaryHeap::new(),
                 inflight: 0,
-                bucket: TokenBucket::new(config.rate),
+                bucket: TokenBucket::new(
+                    config.burst,
+                    config.rate.per_second(),
+                    tokio::time::Instant::now().into_std(),
+                ),
+                burst: config.burst.max(1),
                 seq: 0,
                 granted_new: 0,
                 closed: false,
@@ -288,9 +278,15 @@ fn serve_ready(shared: &Arc<Shared>) -> Option<Duration> {
         if state.inflight >= shared.max_inflight {
             return None;
         }
+        let reserve = match head.priority {
+            Priority::Publish => 0,
+            Priority::Renewal { .. } => state.burst - 1,
+        };
         if head.new_request
             // tokio's clock, so tests with paused time stay consistent.
-            && let Err(wait) = state.bucket.try_take(tokio::time::Instant::now().into_std())
+            && let Err(wait) = state
+                .bucket
+                .try_take_above(tokio::time::Instant::now().into_std(), reserve)
         {
             return Some(wait);
         }
@@ -313,6 +309,7 @@ fn serve_ready(shared: &Arc<Shared>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
@@ -343,18 +340,24 @@ mod tests {
 
     #[test]
     fn bucket_spaces_grants_by_the_interval() {
-        let mut bucket = TokenBucket::new(RequestRate::new(4.0).unwrap());
         let t0 = Instant::now();
-        assert_eq!(bucket.try_take(t0), Ok(()));
-        assert_eq!(bucket.try_take(t0), Err(Duration::from_millis(250)));
+        let mut bucket = TokenBucket::new(1, 4.0, t0);
+        assert_eq!(bucket.try_take_above(t0, 0), Ok(()));
         assert_eq!(
-            bucket.try_take(t0 + Duration::from_millis(100)),
+            bucket.try_take_above(t0, 0),
+            Err(Duration::from_millis(250))
+        );
+        assert_eq!(
+            bucket.try_take_above(t0 + Duration::from_millis(100), 0),
             Err(Duration::from_millis(150))
         );
-        assert_eq!(bucket.try_take(t0 + Duration::from_millis(250)), Ok(()));
-        // An idle bucket does not save up a burst.
-        assert_eq!(bucket.try_take(t0 + Duration::from_secs(10)), Ok(()));
-        assert!(bucket.try_take(t0 + Duration::from_secs(10)).is_err());
+        assert_eq!(
+            bucket.try_take_above(t0 + Duration::from_millis(250), 0),
+            Ok(())
+        );
+        // A bucket of one does not save up a burst while idle.
+        assert!(bucket.try_take(t0 + Duration::from_secs(10)));
+        assert!(!bucket.try_take(t0 + Duration::from_secs(10)));
     }
 
     #[test]
@@ -362,12 +365,12 @@ mod tests {
         // Greedy takes at 1 ms steps for 5 s: count grants in every
         // half-open one-second window.
         for rate in [0.5, 1.0, 3.0, 10.0, 250.0] {
-            let mut bucket = TokenBucket::new(RequestRate::new(rate).unwrap());
             let t0 = Instant::now();
+            let mut bucket = TokenBucket::new(1, rate, t0);
             let mut grants = Vec::new();
             for ms in 0..5000u64 {
                 let now = t0 + Duration::from_millis(ms);
-                if bucket.try_take(now).is_ok() {
+                if bucket.try_take(now) {
                     grants.push(ms);
                 }
             }
@@ -388,6 +391,71 @@ mod tests {
         }
     }
 
+    /// Tens of pods starting together are served at once from the burst,
+    /// while a storm of renewals queued before them keeps to the rate and
+    /// never touches the burst.
+    #[tokio::test(start_paused = true)]
+    async fn pods_use_the_burst_and_renewals_keep_the_rate() {
+        let limiter = Limiter::spawn(
+            LimiterConfig {
+                max_inflight: 1000,
+                rate: RequestRate::new(10.0).unwrap(),
+                burst: 32,
+            },
+            CancellationToken::new(),
+        );
+        let start = tokio::time::Instant::now();
+        let mut renewals = Vec::new();
+        for i in 0..50 {
+            let limiter = limiter.clone();
+            renewals.push(tokio::spawn(async move {
+                let permit = limiter
+                    .acquire(Priority::Renewal { not_after: at(i) }, true)
+                    .await
+                    .unwrap();
+                (tokio::time::Instant::now() - start, permit)
+            }));
+        }
+        // Half a second into the storm, 30 pods arrive together.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let arrived = tokio::time::Instant::now();
+        let mut pods = Vec::new();
+        for _ in 0..30 {
+            pods.push(limiter.acquire(Priority::Publish, true).await.unwrap());
+        }
+        assert_eq!(
+            tokio::time::Instant::now(),
+            arrived,
+            "no pod waited for a token"
+        );
+        let mut granted = Vec::new();
+        for r in renewals {
+            granted.push(r.await.unwrap().0);
+        }
+        granted.sort();
+        // Renewals never go faster than the rate: one per 100 ms at most...
+        for pair in granted.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(99),
+                "renewals {:?} and {:?} too close",
+                pair[0],
+                pair[1]
+            );
+        }
+        // ...five went before the pods came, and the pods' burst is paid
+        // back before the storm goes on: 30 tokens at 10 per second.
+        assert_eq!(
+            granted
+                .iter()
+                .filter(|t| **t < Duration::from_millis(500))
+                .count(),
+            5
+        );
+        assert!(granted[5] >= Duration::from_millis(3500), "{:?}", granted[5]);
+        assert_eq!(limiter.granted_new(), 80);
+        drop(pods);
+    }
+
     #[test]
     fn rates_are_validated() {
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 2e6] {
@@ -403,6 +471,7 @@ mod tests {
             LimiterConfig {
                 max_inflight: 2,
                 rate: RequestRate::new(1000.0).unwrap(),
+                burst: 1,
             },
             CancellationToken::new(),
         );
@@ -447,6 +516,7 @@ mod tests {
             LimiterConfig {
                 max_inflight: 8,
                 rate: RequestRate::new(1.0).unwrap(),
+                burst: 1,
             },
             CancellationToken::new(),
         );
@@ -478,6 +548,7 @@ mod tests {
             LimiterConfig {
                 max_inflight: 1,
                 rate: RequestRate::new(1000.0).unwrap(),
+                burst: 1,
             },
             shutdown.clone(),
         );

@@ -307,6 +307,8 @@ mod tests {
             LimiterConfig {
                 max_inflight: 64,
                 rate: RequestRate::new(RATE).unwrap(),
+                // The default burst: renewals must keep the rate anyway.
+                burst: crate::renewal::limiter::DEFAULT_BURST,
             },
             shutdown.clone(),
         );

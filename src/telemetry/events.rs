@@ -124,39 +124,7 @@ impl Default for EventLimits {
     }
 }
 
-/// A token bucket: `burst` tokens, refilled at `per_second`. Pure: the caller
-/// supplies the clock, so tests step time instead of sleeping.
-#[derive(Clone, Debug)]
-pub struct TokenBucket {
-    capacity: f64,
-    tokens: f64,
-    per_second: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(burst: u32, per_second: f64, now: Instant) -> Self {
-        Self {
-            capacity: f64::from(burst),
-            tokens: f64::from(burst),
-            per_second: per_second.max(0.0),
-            last: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+use crate::ratelimit::TokenBucket;
 
 /// Says why `text` must not go into an Event, or `None` when it may.
 /// Heuristic by necessity: it looks for PEM key blocks, bearer tokens, JWTs
@@ -550,21 +518,6 @@ fn event_name(object_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_allows_burst_then_rate() {
-        let t0 = Instant::now();
-        let mut bucket = TokenBucket::new(3, 2.0, t0);
-        assert!((0..3).all(|_| bucket.try_take(t0)));
-        assert!(!bucket.try_take(t0));
-        // Half a second at 2/s refills one token, not more.
-        let t1 = t0 + Duration::from_millis(500);
-        assert!(bucket.try_take(t1));
-        assert!(!bucket.try_take(t1));
-        // A long pause refills only up to the burst.
-        let t2 = t1 + Duration::from_secs(3600);
-        assert_eq!((0..10).filter(|_| bucket.try_take(t2)).count(), 3);
-    }
 
     #[test]
     fn sensitive_notes_are_recognised() {
