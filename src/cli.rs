@@ -291,6 +291,14 @@ pub struct NodeArgs {
     /// starting together are not held back); renewals never use the burst.
     #[arg(long, env = "MAX_REQUEST_BURST", default_value_t = crate::renewal::limiter::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_request_burst: u32,
+    /// The most bytes of attributes (keys and values) one volume may set;
+    /// the kubelet's own keys are not counted. Larger volumes are refused.
+    #[arg(long, env = "MAX_VOLUME_CONTEXT_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_volume_context_bytes: u32,
+    /// The most subject alternative names (DNS, IP and URI together) one
+    /// volume may ask for.
+    #[arg(long, env = "MAX_SANS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sans: u32,
     /// First wait after a failed renewal; doubles per failure, with jitter
     /// (Go duration).
     #[arg(long, env = "RENEWAL_RETRY_BASE", default_value = "30s", value_parser = parse_duration)]
@@ -535,6 +543,10 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             metrics_address: args.metrics_address.0,
             slow_issuance: args.slow_issuance_threshold,
             kubelet_root_dir: args.kubelet_root_dir,
+            input: crate::volume::InputLimits {
+                max_context_bytes: args.max_volume_context_bytes as usize,
+                max_sans: args.max_sans as usize,
+            },
         },
     };
     crate::csi::run::run_with(options, extras, shutdown).await

@@ -52,6 +52,20 @@ const MAX_NANOS: u64 = i64::MAX as u64;
 ///
 /// A leading `+` is accepted, as in Go. A leading `-` is accepted only when the
 /// value is zero (`-0s`), because a negative duration has no meaning here.
+/// What an error keeps of the input: at most 64 bytes, so an enormous
+/// value cannot flood the event or log line that reports it.
+fn prefix(text: &str) -> String {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}…", &text[..end])
+    } else {
+        text.to_string()
+    }
+}
+
 pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
     let bytes = input.as_bytes();
     let mut pos = 0;
@@ -71,7 +85,7 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
             DurationError::Empty
         } else {
             DurationError::ExpectedNumber {
-                input: input.to_string(),
+                input: prefix(input),
                 position: pos,
             }
         });
@@ -91,12 +105,12 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
         let (fraction, fraction_scale, fraction_digits) = fraction;
         if whole_digits == 0 && fraction_digits == 0 {
             return Err(DurationError::ExpectedNumber {
-                input: input.to_string(),
+                input: prefix(input),
                 position: number_start,
             });
         }
         let overflow_err = || DurationError::Overflow {
-            input: input.to_string(),
+            input: prefix(input),
         };
         if overflow {
             return Err(overflow_err());
@@ -109,14 +123,14 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
         let unit = &input[unit_start..pos];
         if unit.is_empty() {
             return Err(DurationError::MissingUnit {
-                input: input.to_string(),
+                input: prefix(input),
                 position: unit_start,
             });
         }
         let Some(&(_, nanos_per_unit)) = UNITS.iter().find(|(name, _)| *name == unit) else {
             return Err(DurationError::UnknownUnit {
-                input: input.to_string(),
-                unit: unit.to_string(),
+                input: prefix(input),
+                unit: prefix(unit),
             });
         };
 
@@ -134,7 +148,7 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
 
     if negative && total > 0 {
         return Err(DurationError::Negative {
-            input: input.to_string(),
+            input: prefix(input),
         });
     }
     let secs = total / 1_000_000_000;

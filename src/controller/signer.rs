@@ -370,7 +370,44 @@ async fn evaluate(request: &CertificateRequest, ctx: &Context) -> Result<Outcome
             invalid: false,
         });
     }
+    // A status the API server cannot store fails the write, and the retry
+    // would sign again, forever; refuse it once, for good, instead.
+    let stored =
+        request.spec.request.as_bytes().len() + signed.certificate_pem.len() + signed.ca_pem.len();
+    if stored > MAX_STORED_BYTES {
+        return Ok(Outcome::Failed {
+            message: format!(
+                "the signed certificate would make this CertificateRequest {stored} bytes, more than the {MAX_STORED_BYTES} the API server can store (etcd limits objects to 1.5 MiB, base64 adds a third); ask for fewer or shorter names"
+            ),
+            invalid: false,
+        });
+    }
     Ok(Outcome::Issued(signed))
+}
+
+/// The most request, certificate and CA bytes one CertificateRequest may
+/// carry: stored base64-encoded, that is about 1.34 MiB, inside etcd's
+/// default 1.5 MiB object limit with room for the rest of the object.
+pub const MAX_STORED_BYTES: usize = 1024 * 1024;
+
+/// Whether a failed status write can never succeed as it is: the API server
+/// refused the content (400, 413, 422), or storage found it too large.
+fn refused_for_good(error: &ReconcileError) -> Option<String> {
+    let ReconcileError::Api {
+        source: kube::Error::Api(status),
+        ..
+    } = error
+    else {
+        return None;
+    };
+    let too_large = status.message.contains("too large");
+    (matches!(status.code, 400 | 413 | 422) || too_large).then(|| {
+        format!(
+            "the signed certificate could not be stored in the request's status (the API server answered {}: {}); the request is marked failed so that it is not signed again",
+            status.code,
+            crate::volume::short_quote(&status.message)
+        )
+    })
 }
 
 fn issued_message(signed: &Signed) -> String {
@@ -459,10 +496,15 @@ async fn reconcile(
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let ctx = &ctx;
+    let issuing = &std::sync::atomic::AtomicBool::new(false);
     // After a conflict someone wrote first; if they issued it, the gate
     // stops the second signature.
-    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
+    let written = status::decide_and_write(&api, (*request).clone(), |current| async move {
         let outcome = evaluate(&current, ctx).await?;
+        issuing.store(
+            matches!(outcome, Outcome::Issued(_)),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let retry_unchanged = match &outcome {
             Outcome::Ready {
                 retry: Some(after), ..
@@ -489,7 +531,33 @@ async fn reconcile(
             None => Decided::Nothing(retry_unchanged),
         })
     })
-    .await?;
+    .await;
+    let decision = match written {
+        Err(error) if issuing.load(std::sync::atomic::Ordering::Relaxed) => {
+            let Some(message) = refused_for_good(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(%namespace, %name, %error, "signed certificate refused by the API server; marking the request failed");
+            let failed = |current: CertificateRequest| {
+                let message = message.clone();
+                async move {
+                    let outcome = Outcome::Failed {
+                        message: message.clone(),
+                        invalid: false,
+                    };
+                    Ok(match apply(current, outcome) {
+                        Some((updated, action)) => Decided::Write {
+                            object: updated,
+                            then: (action, Some(reasons::FAILED.to_owned()), message),
+                        },
+                        None => Decided::Nothing(None),
+                    })
+                }
+            };
+            status::decide_and_write(&api, (*request).clone(), failed).await?
+        }
+        other => other?,
+    };
     Ok(match decision {
         WriteOutcome::Written {
             object,

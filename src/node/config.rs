@@ -34,6 +34,8 @@ pub struct NodeConfig {
     /// The kubelet's root directory: publish and unpublish act only on
     /// `<root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount`.
     pub kubelet_root_dir: PathBuf,
+    /// Caps on one volume's attributes and SANs.
+    pub input: crate::volume::InputLimits,
 }
 
 impl NodeConfig {
@@ -51,6 +53,7 @@ impl NodeConfig {
             metrics_address: None,
             slow_issuance: Duration::from_secs(10),
             kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
+            input: crate::volume::InputLimits::default(),
         }
     }
 }

@@ -183,7 +183,10 @@ pub(super) fn encoding_error(error: pki::CsrError) -> PublishError {
             reason,
         } => attribute(
             format!("{}{field}", volume::attributes::PREFIX),
-            format!("{value:?} cannot be encoded in a certificate request: {reason}"),
+            format!(
+                "{} cannot be encoded in a certificate request: {reason}",
+                volume::short_quote(&value)
+            ),
         ),
         other => PublishError::Csr(other),
     }

@@ -79,6 +79,7 @@ impl VolumeManager {
     /// the attribute, before any key exists. Also fails when the request
     /// could not be made anyway (no pod token, trust bundle not loaded).
     fn validate(&self, req: &PublishRequest) -> Result<VolumeSpec, PublishError> {
+        volume::check_context_size(&req.context, &self.config.input)?;
         let input = PublishInput {
             volume_id: &req.volume_id,
             target_path: &req.target_path,
@@ -97,6 +98,7 @@ impl VolumeManager {
             // attributes that literal-subject overrides).
             tracing::warn!(volume_id = %spec.volume_id, %warning, "volume attribute ignored");
         }
+        volume::check_san_count(&spec.sans, &self.config.input)?;
         pki::csr::subject_name(&spec.subject).map_err(encoding_error)?;
         pki::csr::san_general_names(&spec.sans).map_err(encoding_error)?;
         self.driver.check_credentials(&spec)?;

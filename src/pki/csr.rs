@@ -96,7 +96,10 @@ pub fn subject_name(subject: &SubjectSpec) -> Result<Name, CsrError> {
             });
         }
         return Name::from_str(literal).map_err(|e| CsrError::LiteralSubject {
-            reason: format!("{literal:?} is not a valid RFC 4514 distinguished name ({e})"),
+            reason: format!(
+                "{} is not a valid RFC 4514 distinguished name ({e})",
+                crate::volume::short_quote(literal)
+            ),
         });
     }
     let groups: [(&'static str, der::asn1::ObjectIdentifier, Vec<&str>); 9] = [

@@ -55,9 +55,13 @@ impl fmt::Display for ExpandError {
         let known = VARIABLES.map(|v| format!("${v}")).join(", ");
         match self {
             ExpandError::Unknown { name } => {
+                // A name is letters, digits and '_' of any length: show a
+                // prefix only, so a huge value cannot flood events and logs.
+                let shown: String = name.chars().take(64).collect();
+                let more = if shown.len() < name.len() { "…" } else { "" };
                 write!(
                     f,
-                    "unknown variable ${name}; the known variables are {known}"
+                    "unknown variable ${shown}{more}; the known variables are {known}"
                 )?;
                 if let Some(prefix) = VARIABLES
                     .iter()
@@ -65,10 +69,10 @@ impl fmt::Display for ExpandError {
                     .max_by_key(|v| v.len())
                 {
                     // `$POD_NAMEx` reads as one long name; braces end it.
+                    let rest: String = name[prefix.len()..].chars().take(16).collect();
                     write!(
                         f,
-                        "; to put text right after a variable use braces, e.g. ${{{prefix}}}{}",
-                        &name[prefix.len()..]
+                        "; to put text right after a variable use braces, e.g. ${{{prefix}}}{rest}"
                     )?;
                 }
                 write!(f, "; write $$ for a literal '$'")

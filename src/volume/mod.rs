@@ -228,7 +228,7 @@ pub fn parse_kubelet_fields(input: &PublishInput<'_>) -> Result<PodInfo, Attribu
         Some("true") => {}
         other => {
             let given = match other {
-                Some(v) => format!("is {v:?}"),
+                Some(v) => format!("is {v_q}", v_q = short_quote(v)),
                 None => "is missing".to_string(),
             };
             return Err(error(
@@ -274,8 +274,8 @@ fn parse_rest(
                 warnings.push(AttributeWarning {
                     attribute: keys::RENEW_BEFORE.to_string(),
                     message: format!(
-                        "{v:?} is not less than the duration {}, so it is ignored and the certificate renews a third of its lifetime before expiry",
-                        duration::format_go(duration)
+                        "{v_q} is not less than the duration {}, so it is ignored and the certificate renews a third of its lifetime before expiry",
+                        duration::format_go(duration), v_q = short_quote(v)
                     ),
                 });
                 None
@@ -347,7 +347,8 @@ pub fn check_distinct_files(files: &[(&str, &str)]) -> Result<(), AttributeError
             return Err(error(
                 key,
                 format!(
-                    "the file name {name:?} is also used by {earlier}; every output file needs its own name, so change one of them"
+                    "the file name {name_q} is also used by {earlier}; every output file needs its own name, so change one of them",
+                    name_q = short_quote(name)
                 ),
             ));
         }
@@ -529,7 +530,8 @@ fn parse_issuer(ctx: &HashMap<String, String>) -> Result<IssuerRef, AttributeErr
             return Err(error(
                 keys::ISSUER_KIND,
                 format!(
-                    "{kind:?} is not a cert-manager.io issuer kind{hint}; use Issuer or ClusterIssuer, or set csi.cert-manager.io/issuer-group to the group of an external issuer"
+                    "{kind_q} is not a cert-manager.io issuer kind{hint}; use Issuer or ClusterIssuer, or set csi.cert-manager.io/issuer-group to the group of an external issuer",
+                    kind_q = short_quote(kind)
                 ),
             ));
         }
@@ -540,7 +542,8 @@ fn parse_issuer(ctx: &HashMap<String, String>) -> Result<IssuerRef, AttributeErr
             return Err(error(
                 keys::ISSUER_KIND,
                 format!(
-                    "{kind:?} is not a Kubernetes kind; a kind is a letter followed by letters and digits, e.g. AWSPCAClusterIssuer"
+                    "{kind_q} is not a Kubernetes kind; a kind is a letter followed by letters and digits, e.g. AWSPCAClusterIssuer",
+                    kind_q = short_quote(kind)
                 ),
             ));
         }
@@ -579,7 +582,10 @@ fn list(
         };
         return Err(error(
             key,
-            format!("entry {n} of {value:?} is empty; remove the extra comma{escape_hint}"),
+            format!(
+                "entry {n} of {value_q} is empty; remove the extra comma{escape_hint}",
+                value_q = short_quote(value)
+            ),
         ));
     }
     match vars {
@@ -625,10 +631,23 @@ fn parse_subject(
         }
         // Expanded like upstream, so CN=$POD_NAME works in a literal subject.
         let literal = expanded(keys::LITERAL_SUBJECT, literal, vars)?;
+        let length = literal.chars().count();
+        if length > LITERAL_SUBJECT_LIMIT {
+            return Err(error(
+                keys::LITERAL_SUBJECT,
+                format!(
+                    "{} is {length} characters long; a subject may be at most {LITERAL_SUBJECT_LIMIT} (RFC 5280 bounds each attribute, e.g. CN to 64)",
+                    short_quote(&literal)
+                ),
+            ));
+        }
         rules::check_rfc4514(&literal).map_err(|m| {
             error(
                 keys::LITERAL_SUBJECT,
-                format!("{literal:?} is not a valid RFC 4514 distinguished name: {m}"),
+                format!(
+                    "{literal_q} is not a valid RFC 4514 distinguished name: {m}",
+                    literal_q = short_quote(&literal)
+                ),
             )
         })?;
         return Ok(SubjectSpec {
@@ -639,7 +658,7 @@ fn parse_subject(
     let single = |key: &str| -> Result<Option<String>, AttributeError> {
         get(ctx, key).map(|v| expanded(key, v, vars)).transpose()
     };
-    Ok(SubjectSpec {
+    let subject = SubjectSpec {
         literal: None,
         common_name: single(keys::COMMON_NAME)?,
         organizations: list(ctx, keys::ORGANIZATIONS, true, Some(vars))?,
@@ -650,7 +669,65 @@ fn parse_subject(
         street_addresses: list(ctx, keys::STREET_ADDRESSES, true, Some(vars))?,
         postal_codes: list(ctx, keys::POSTAL_CODES, true, Some(vars))?,
         serial_number: single(keys::SERIAL_NUMBER)?,
-    })
+    };
+    check_subject_bounds(&subject)?;
+    Ok(subject)
+}
+
+/// RFC 5280's upper bounds on subject attribute values (Appendix A.1,
+/// `ub-*`), in characters after variable expansion. Longer values make
+/// certificates that strict parsers refuse, and unbounded ones made a
+/// 1.9 MB request that no status write could hold.
+const SUBJECT_BOUNDS: [(&str, usize); 9] = [
+    (keys::COMMON_NAME, 64),
+    (keys::ORGANIZATIONS, 64),
+    (keys::ORGANIZATIONAL_UNITS, 64),
+    (keys::COUNTRIES, 2),
+    (keys::PROVINCES, 128),
+    (keys::LOCALITIES, 128),
+    (keys::STREET_ADDRESSES, 128),
+    (keys::POSTAL_CODES, 40),
+    (keys::SERIAL_NUMBER, 64),
+];
+
+/// The longest literal subject accepted: all the bounds above together,
+/// rounded up; no real distinguished name comes near it.
+pub const LITERAL_SUBJECT_LIMIT: usize = 1024;
+
+fn check_subject_bounds(subject: &SubjectSpec) -> Result<(), AttributeError> {
+    let values = |key: &str| -> Vec<&String> {
+        match key {
+            keys::COMMON_NAME => subject.common_name.iter().collect(),
+            keys::ORGANIZATIONS => subject.organizations.iter().collect(),
+            keys::ORGANIZATIONAL_UNITS => subject.organizational_units.iter().collect(),
+            keys::COUNTRIES => subject.countries.iter().collect(),
+            keys::PROVINCES => subject.provinces.iter().collect(),
+            keys::LOCALITIES => subject.localities.iter().collect(),
+            keys::STREET_ADDRESSES => subject.street_addresses.iter().collect(),
+            keys::POSTAL_CODES => subject.postal_codes.iter().collect(),
+            _ => subject.serial_number.iter().collect(),
+        }
+    };
+    for (key, bound) in SUBJECT_BOUNDS {
+        for value in values(key) {
+            let length = value.chars().count();
+            if length > bound {
+                let hint = if key == keys::COUNTRIES {
+                    " (a two-letter ISO 3166 code, e.g. DE)"
+                } else {
+                    ""
+                };
+                return Err(error(
+                    key,
+                    format!(
+                        "{} is {length} characters long; RFC 5280 allows at most {bound} for this attribute{hint}",
+                        short_quote(value)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
@@ -672,7 +749,10 @@ fn parse_sans(
         rules::check_dns_name(name).map_err(|m| {
             error(
                 keys::DNS_NAMES,
-                format!("{m}; fix the entry (after variable expansion it reads {name:?})"),
+                format!(
+                    "{m}; fix the entry (after variable expansion it reads {name_q})",
+                    name_q = short_quote(name)
+                ),
             )
         })?;
     }
@@ -682,7 +762,7 @@ fn parse_sans(
             error(
                 keys::IP_SANS,
                 format!(
-                    "{entry:?} is not an IPv4 or IPv6 address; write addresses such as 10.0.0.1 or fd00::1 (no ranges, ports or zone ids)"
+                    "{entry_q} is not an IPv4 or IPv6 address; write addresses such as 10.0.0.1 or fd00::1 (no ranges, ports or zone ids)", entry_q = short_quote(&entry)
                 ),
             )
         })?;
@@ -704,15 +784,20 @@ fn check_uri(uri: &str) -> Result<(), AttributeError> {
     let fail = |why: String| error(keys::URI_SANS, why);
     if let Some(c) = uri.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(fail(format!(
-            "{uri:?} contains {c:?}; percent-encode it (a space is %20)"
+            "{uri_q} contains {c:?}; percent-encode it (a space is %20)",
+            uri_q = short_quote(uri)
         )));
     }
     match url::Url::parse(uri) {
         Ok(_) => Ok(()),
         Err(url::ParseError::RelativeUrlWithoutBase) => Err(fail(format!(
-            "{uri:?} has no scheme; write an absolute URI such as spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME"
+            "{uri_q} has no scheme; write an absolute URI such as spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME",
+            uri_q = short_quote(uri)
         ))),
-        Err(e) => Err(fail(format!("{uri:?} is not a valid URI: {e}"))),
+        Err(e) => Err(fail(format!(
+            "{uri_q} is not a valid URI: {e}",
+            uri_q = short_quote(uri)
+        ))),
     }
 }
 
@@ -729,7 +814,10 @@ fn positive_duration(key: &str, value: &str) -> Result<Duration, AttributeError>
     if parsed.is_zero() {
         return Err(error(
             key,
-            format!("{value:?} is zero; give a duration greater than zero, e.g. 1h"),
+            format!(
+                "{value_q} is zero; give a duration greater than zero, e.g. 1h",
+                value_q = short_quote(value)
+            ),
         ));
     }
     Ok(parsed)
@@ -743,7 +831,8 @@ fn boolean(ctx: &HashMap<String, String>, key: &str) -> Result<Option<bool>, Att
         Some(other) => Err(error(
             key,
             format!(
-                "{other:?} is not allowed; write exactly true or false (lowercase, unquoted in the value)"
+                "{other_q} is not allowed; write exactly true or false (lowercase, unquoted in the value)",
+                other_q = short_quote(other)
             ),
         )),
     }
@@ -764,8 +853,8 @@ fn parse_usages(ctx: &HashMap<String, String>) -> Result<Vec<Usage>, AttributeEr
             error(
                 keys::KEY_USAGES,
                 format!(
-                    "{name:?} is not a cert-manager key usage{hint}; use a comma-separated list of: {}",
-                    valid.join(", ")
+                    "{name_q} is not a cert-manager key usage{hint}; use a comma-separated list of: {}",
+                    valid.join(", "), name_q = short_quote(&name)
                 ),
             )
         })?;
@@ -790,7 +879,10 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
         Some(v) => {
             return Err(error(
                 keys::KEY_ALGORITHM,
-                format!("{v:?} is not supported; use RSA, ECDSA or Ed25519"),
+                format!(
+                    "{v_q} is not supported; use RSA, ECDSA or Ed25519",
+                    v_q = short_quote(v)
+                ),
             ));
         }
     };
@@ -800,7 +892,8 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
             return Err(error(
                 keys::KEY_SIZE,
                 format!(
-                    "{v:?} is not a number; write the size in bits, e.g. 2048 for RSA or 256 for ECDSA"
+                    "{v_q} is not a number; write the size in bits, e.g. 2048 for RSA or 256 for ECDSA",
+                    v_q = short_quote(v)
                 ),
             ));
         }
@@ -849,7 +942,8 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
                 return Err(error(
                     keys::KEY_SIZE,
                     format!(
-                        "{v:?} is set, but Ed25519 keys have a fixed size; remove csi.cert-manager.io/key-size"
+                        "{v_q} is set, but Ed25519 keys have a fixed size; remove csi.cert-manager.io/key-size",
+                        v_q = short_quote(v)
                     ),
                 ));
             }
@@ -865,7 +959,8 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
                 return Err(error(
                     keys::KEY_ENCODING,
                     format!(
-                        "{v:?} holds only RSA keys, and the key algorithm is not RSA; use PKCS8 or remove the attribute"
+                        "{v_q} holds only RSA keys, and the key algorithm is not RSA; use PKCS8 or remove the attribute",
+                        v_q = short_quote(v)
                     ),
                 ));
             }
@@ -874,7 +969,10 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
         Some(v) => {
             return Err(error(
                 keys::KEY_ENCODING,
-                format!("{v:?} is not supported; use PKCS1 (RSA only) or PKCS8"),
+                format!(
+                    "{v_q} is not supported; use PKCS1 (RSA only) or PKCS8",
+                    v_q = short_quote(v)
+                ),
             ));
         }
     };
@@ -959,7 +1057,8 @@ fn parse_fs_group_key(
                     return Err(error(
                         key,
                         format!(
-                            "{v:?} is not a group id; write an integer from 1 to 4294967295 (the pod's fsGroup is used when this is unset)"
+                            "{v_q} is not a group id; write an integer from 1 to 4294967295 (the pod's fsGroup is used when this is unset)",
+                            v_q = short_quote(v)
                         ),
                     ));
                 }
@@ -981,7 +1080,8 @@ fn parse_fs_group_key(
                 return Err(error(
                     "volume_mount_group",
                     format!(
-                        "{v:?} from the kubelet is not a group id (an integer from 0 to 4294967295); check the pod's securityContext.fsGroup"
+                        "{v_q} from the kubelet is not a group id (an integer from 0 to 4294967295); check the pod's securityContext.fsGroup",
+                        v_q = short_quote(v)
                     ),
                 ));
             }
@@ -1030,4 +1130,77 @@ pub fn context_without_tokens(context: &HashMap<String, String>) -> BTreeMap<Str
         .filter(|(k, _)| !is_secret_key(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Caps on what one volume may ask for, from the node plugin's flags.
+/// Upstream has none; these keep one pod from making the node, the API
+/// server and the signer carry megabytes, with defaults far above any real
+/// pod's needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Bytes of the attributes a pod sets (keys and values; what the kubelet
+    /// adds, such as service account tokens, is not counted).
+    pub max_context_bytes: usize,
+    /// Subject alternative names of all kinds together.
+    pub max_sans: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_context_bytes: 64 * 1024,
+            max_sans: 256,
+        }
+    }
+}
+
+/// The attribute the size check reports under: the whole context, not one
+/// key, since the sum is what is too large.
+pub const VOLUME_CONTEXT: &str = "volume_context";
+
+/// Refuses a context whose pod-set attributes exceed the limit, before any
+/// of them is parsed.
+pub fn check_context_size(
+    ctx: &HashMap<String, String>,
+    limits: &InputLimits,
+) -> Result<(), AttributeError> {
+    let size: usize = ctx
+        .iter()
+        .filter(|(k, _)| k.split_once('/').map(|(group, _)| group) != Some(KUBELET_GROUP))
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if size > limits.max_context_bytes {
+        return Err(error(
+            VOLUME_CONTEXT,
+            format!(
+                "the volume's attributes take {size} bytes, more than --max-volume-context-bytes ({}); a certificate's description needs far less, so look for a value pasted by mistake",
+                limits.max_context_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses more SANs than the limit, naming the attribute with the most.
+pub fn check_san_count(sans: &SanSpec, limits: &InputLimits) -> Result<(), AttributeError> {
+    let counts = [
+        (keys::DNS_NAMES, sans.dns_names.len()),
+        (keys::IP_SANS, sans.ip_addresses.len()),
+        (keys::URI_SANS, sans.uris.len()),
+    ];
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    if total > limits.max_sans {
+        let (key, _) = counts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .expect("three kinds of SAN");
+        return Err(error(
+            key,
+            format!(
+                "the volume asks for {total} subject alternative names, more than --max-sans ({}); split the names over several volumes, or raise the limit on the node plugin",
+                limits.max_sans
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! as a `String`; the caller adds the attribute name.
 
 use std::net::IpAddr;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Splits a subject list on commas that are not escaped. `\,` is a comma
 /// inside an entry and `\\` a backslash; any other backslash is kept as is,
@@ -40,18 +41,21 @@ pub fn first_empty(entries: &[String]) -> Option<usize> {
 pub fn check_dns_name(name: &str) -> Result<(), String> {
     if name.parse::<IpAddr>().is_ok() {
         return Err(format!(
-            "{name:?} is an IP address, not a DNS name; move it to csi.cert-manager.io/ip-sans"
+            "{name_q} is an IP address, not a DNS name; move it to csi.cert-manager.io/ip-sans",
+            name_q = short_quote(name)
         ));
     }
     if name.len() > 253 {
         return Err(format!(
-            "{name:?} is {} bytes long; a DNS name may be at most 253",
-            name.len()
+            "{name_q} is {} bytes long; a DNS name may be at most 253",
+            name.len(),
+            name_q = short_quote(name)
         ));
     }
     if name.ends_with('.') {
         return Err(format!(
-            "{name:?} ends with '.'; certificate DNS names are written without the trailing dot"
+            "{name_q} ends with '.'; certificate DNS names are written without the trailing dot",
+            name_q = short_quote(name)
         ));
     }
     // "*." itself was caught by the trailing-dot check, so `rest` is never empty here.
@@ -62,18 +66,22 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
     for label in rest.split('.') {
         if label.is_empty() {
             return Err(format!(
-                "{name:?} has an empty label (two dots in a row or a leading dot)"
+                "{name_q} has an empty label (two dots in a row or a leading dot)",
+                name_q = short_quote(name)
             ));
         }
         if label.contains('*') {
             return Err(format!(
-                "{name:?} has '*' in the wrong place; a wildcard must be the whole first label, as in *.example.com"
+                "{name_q} has '*' in the wrong place; a wildcard must be the whole first label, as in *.example.com",
+                name_q = short_quote(name)
             ));
         }
         if label.len() > 63 {
             return Err(format!(
-                "{name:?} has the label {label:?} of {} bytes; a label may be at most 63",
-                label.len()
+                "{name_q} has the label {label_q} of {} bytes; a label may be at most 63",
+                label.len(),
+                name_q = short_quote(name),
+                label_q = short_quote(label)
             ));
         }
         if let Some(bad) = label
@@ -81,12 +89,15 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
         {
             return Err(format!(
-                "{name:?} contains {bad:?}; a DNS name may contain only letters, digits, '-' and '.'"
+                "{name_q} contains {bad:?}; a DNS name may contain only letters, digits, '-' and '.'",
+                name_q = short_quote(name)
             ));
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!(
-                "{name:?} has the label {label:?}, which starts or ends with '-'; labels must start and end with a letter or digit"
+                "{name_q} has the label {label_q}, which starts or ends with '-'; labels must start and end with a letter or digit",
+                name_q = short_quote(name),
+                label_q = short_quote(label)
             ));
         }
     }
@@ -100,17 +111,20 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     }
     if name.starts_with('/') {
         return Err(format!(
-            "{name:?} is an absolute path; give a plain file name such as tls.crt (files are written at the volume's root)"
+            "{name_q} is an absolute path; give a plain file name such as tls.crt (files are written at the volume's root)",
+            name_q = short_quote(name)
         ));
     }
     if name.starts_with("..") {
         return Err(format!(
-            "{name:?} starts with '..'; such names are reserved for the volume's atomic-update bookkeeping, choose another name"
+            "{name_q} starts with '..'; such names are reserved for the volume's atomic-update bookkeeping, choose another name",
+            name_q = short_quote(name)
         ));
     }
     if name.contains('/') {
         return Err(format!(
-            "{name:?} contains '/'; subdirectories are not supported, give a plain file name"
+            "{name_q} contains '/'; subdirectories are not supported, give a plain file name",
+            name_q = short_quote(name)
         ));
     }
     if name == "." {
@@ -124,12 +138,26 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     }
     if name.trim() != name {
         return Err(format!(
-            "{name:?} has leading or trailing whitespace; remove it"
+            "{name_q} has leading or trailing whitespace; remove it",
+            name_q = short_quote(name)
         ));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!(
-            "{name:?} contains the control character {c:?}; remove it"
+            "{name_q} contains the control character {c:?}; remove it",
+            name_q = short_quote(name)
+        ));
+    }
+    // Format characters (Unicode category Cf: bidi overrides such as
+    // U+202E, zero-width spaces and joiners) are invisible or reorder what
+    // a listing shows, so `tls.key` could be displayed for another file.
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(format!(
+            "the file name contains the invisible formatting character U+{:04X} (such as a right-to-left override or a zero-width space), which would make it look like another name; use a plain name such as tls.crt",
+            c as u32
         ));
     }
     Ok(())
@@ -194,14 +222,15 @@ pub fn check_volume_id(id: &str) -> Result<(), String> {
         return Err(format!("is {} bytes long; the CSI limit is 128", id.len()));
     }
     if id.starts_with('.') {
-        return Err(format!("{id:?} starts with '.'"));
+        return Err(format!("{id_q} starts with '.'", id_q = short_quote(id)));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Err(format!(
-            "{id:?} contains {c:?}; only letters, digits, '-', '_' and '.' are accepted"
+            "{id_q} contains {c:?}; only letters, digits, '-', '_' and '.' are accepted",
+            id_q = short_quote(id)
         ));
     }
     Ok(())
@@ -213,7 +242,10 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
         return Err("is empty".to_string());
     }
     if value.len() > 253 {
-        return Err(format!("{value:?} is longer than 253 characters"));
+        return Err(format!(
+            "{value_q} is longer than 253 characters",
+            value_q = short_quote(value)
+        ));
     }
     for label in value.split('.') {
         let ok = !label.is_empty()
@@ -224,7 +256,8 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
             && !label.ends_with('-');
         if !ok {
             return Err(format!(
-                "{value:?} is not a valid Kubernetes name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+                "{value_q} is not a valid Kubernetes name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                value_q = short_quote(value)
             ));
         }
     }
@@ -234,7 +267,7 @@ pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
 /// A Kubernetes annotation key `prefix/name`.
 pub fn check_annotation_key(key: &str) -> Result<(), String> {
     let Some((prefix, name)) = key.split_once('/') else {
-        return Err(format!("{key:?} has no '/'"));
+        return Err(format!("{key_q} has no '/'", key_q = short_quote(key)));
     };
     check_dns1123_subdomain(prefix).map_err(|e| format!("the prefix {e}"))?;
     let name_ok = !name.is_empty()
@@ -246,7 +279,8 @@ pub fn check_annotation_key(key: &str) -> Result<(), String> {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !name_ok {
         return Err(format!(
-            "the name part {name:?} must be 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+            "the name part {name_q} must be 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+            name_q = short_quote(name)
         ));
     }
     Ok(())
@@ -273,7 +307,8 @@ pub fn check_rfc4514(dn: &str) -> Result<(), String> {
         let attr_type = attr_type.trim();
         if i >= chars.len() || chars[i] != '=' {
             return Err(format!(
-                "{attr_type:?} (at character {type_start}) has no '='; every part must be type=value, e.g. CN=app"
+                "{attr_type_q} (at character {type_start}) has no '='; every part must be type=value, e.g. CN=app",
+                attr_type_q = short_quote(attr_type)
             ));
         }
         check_attribute_type(attr_type)?;
@@ -363,7 +398,8 @@ fn check_attribute_type(attr_type: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{attr_type:?} is not an attribute type; use a keyword such as CN, O, OU, C, L, ST, or a dotted OID such as 2.5.4.3"
+            "{attr_type_q} is not an attribute type; use a keyword such as CN, O, OU, C, L, ST, or a dotted OID such as 2.5.4.3",
+            attr_type_q = short_quote(attr_type)
         ))
     }
 }
@@ -458,6 +494,9 @@ mod tests {
             "key.pem",
             "a..b",
             "keystore.p12",
+            // Letters of any script are fine; only invisible ones are not.
+            "clé.pem",
+            "証明書.crt",
             &"x".repeat(255),
         ] {
             assert_eq!(check_file_name(ok), Ok(()), "{ok}");
@@ -472,6 +511,12 @@ mod tests {
             (" tls.crt", "whitespace"),
             ("tls.crt ", "whitespace"),
             ("tls\t.crt", "control"),
+            // "tls.key" followed by a right-to-left override and "crt.":
+            // a listing shows it reversed, as something else.
+            ("tls.key\u{202E}crt.", "U+202E"),
+            ("tls\u{200B}.crt", "U+200B"),
+            ("\u{FEFF}tls.crt", "U+FEFF"),
+            ("tls.crt\u{2066}", "U+2066"),
         ];
         for (name, fragment) in bad {
             let err = check_file_name(name).expect_err(name);

@@ -1336,3 +1336,109 @@ fn the_credential_bundle_is_cert_csis_only_own_attribute() {
     assert_eq!(e.attribute, "cert-csi.io/credential-bundle");
     assert!(e.message.contains(CREDENTIAL_BUNDLE_FILE), "{e}");
 }
+
+#[test]
+fn subject_attributes_are_capped_at_rfc_5280_bounds() {
+    // At the bound is fine, one character over is not.
+    let cn64 = "a".repeat(64);
+    assert_eq!(
+        ok(&[(keys::COMMON_NAME, &cn64)]).subject.common_name,
+        Some(cn64.clone())
+    );
+    let err = rejected(&[(keys::COMMON_NAME, &"a".repeat(65))]);
+    assert_eq!(err.attribute, keys::COMMON_NAME);
+    assert!(err.message.contains("at most 64"), "{err}");
+    // Counted in characters, not bytes.
+    ok(&[(keys::COMMON_NAME, &"é".repeat(64))]);
+    for (key, bound) in [
+        (keys::ORGANIZATIONS, 64),
+        (keys::ORGANIZATIONAL_UNITS, 64),
+        (keys::COUNTRIES, 2),
+        (keys::PROVINCES, 128),
+        (keys::LOCALITIES, 128),
+        (keys::STREET_ADDRESSES, 128),
+        (keys::POSTAL_CODES, 40),
+        (keys::SERIAL_NUMBER, 64),
+    ] {
+        ok(&[(key, &"b".repeat(bound))]);
+        let err = rejected(&[(key, &format!("ok,{}", "b".repeat(bound + 1)))]);
+        assert_eq!(err.attribute, key);
+        assert!(err.message.contains(&format!("at most {bound}")), "{err}");
+    }
+    // Expansion counts: a long pod name pushes a CN over the bound.
+    let err = rejected(&[(keys::COMMON_NAME, "$POD_UID.$POD_UID")]);
+    assert_eq!(err.attribute, keys::COMMON_NAME);
+    let long = format!("CN={}", "c".repeat(LITERAL_SUBJECT_LIMIT));
+    let err = rejected(&[(keys::LITERAL_SUBJECT, &long)]);
+    assert_eq!(err.attribute, keys::LITERAL_SUBJECT);
+}
+
+#[test]
+fn errors_quote_only_a_short_prefix_of_a_huge_value() {
+    let huge = format!("{}!", "x".repeat(1 << 20));
+    for key in [
+        keys::DNS_NAMES,
+        keys::URI_SANS,
+        keys::IP_SANS,
+        keys::COMMON_NAME,
+        keys::LITERAL_SUBJECT,
+        keys::DURATION,
+        keys::KEY_ALGORITHM,
+        keys::CERTIFICATE_FILE,
+        keys::ISSUER_KIND,
+    ] {
+        let err = rejected(&[(key, &huge)]);
+        assert!(
+            err.to_string().len() < 1024,
+            "{key}: a {} byte message",
+            err.to_string().len()
+        );
+    }
+    let err = rejected(&[(
+        keys::DNS_NAMES,
+        &format!("$POD_NAME{}", "Y".repeat(1 << 20)),
+    )]);
+    assert!(
+        err.to_string().len() < 1024,
+        "{} bytes",
+        err.to_string().len()
+    );
+}
+
+#[test]
+fn context_size_and_san_count_are_capped() {
+    let limits = InputLimits {
+        max_context_bytes: 2048,
+        max_sans: 3,
+    };
+    let mut ctx = with(&[(keys::DNS_NAMES, "a.example,b.example")]);
+    check_context_size(&ctx, &limits).unwrap();
+    // The kubelet's own keys (tokens can be large) are not counted.
+    ctx.insert(kubelet::SERVICE_ACCOUNT_TOKENS.into(), "t".repeat(10_000));
+    check_context_size(&ctx, &limits).unwrap();
+    ctx.insert("example.com/note".into(), "n".repeat(2048));
+    let err = check_context_size(&ctx, &limits).unwrap_err();
+    assert_eq!(err.attribute, VOLUME_CONTEXT);
+    assert!(
+        err.message.contains("--max-volume-context-bytes (2048)"),
+        "{err}"
+    );
+
+    let spec = ok(&[
+        (keys::DNS_NAMES, "a.example,b.example"),
+        (keys::IP_SANS, "10.0.0.1"),
+    ]);
+    check_san_count(&spec.sans, &limits).unwrap();
+    let spec = ok(&[
+        (keys::DNS_NAMES, "a.example,b.example,c.example"),
+        (keys::IP_SANS, "10.0.0.1"),
+    ]);
+    let err = check_san_count(&spec.sans, &limits).unwrap_err();
+    assert_eq!(err.attribute, keys::DNS_NAMES);
+    assert!(err.message.contains("4 subject alternative names"), "{err}");
+    let defaults = InputLimits::default();
+    assert_eq!(
+        (defaults.max_context_bytes, defaults.max_sans),
+        (65536, 256)
+    );
+}

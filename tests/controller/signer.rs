@@ -599,3 +599,86 @@ async fn self_signed_uses_the_annotated_key() {
     assert_eq!(out, out2, "the certificate carries the annotated key");
     env.stop().await;
 }
+
+/// Outside probes found a request whose certificate the API server could
+/// not store: the status write failed and the signer signed it again every
+/// few seconds, forever. Now the request is marked Failed, once.
+#[tokio::test]
+async fn a_certificate_too_large_to_store_is_failed_not_signed_forever() {
+    let env = Env::start("approver,issuers,signer").await;
+    let ca = make_ca("big", None);
+    env.create_secret(CLUSTER_NS, "big-ca", &ca).await;
+    env.create_cluster_issuer("big", ca_spec("big-ca")).await;
+    env.cluster_issuer_ready("big", ConditionStatus::True, "KeyPairVerified")
+        .await;
+
+    // About 730 KB of CSR: small enough to create (etcd takes 1.5 MiB),
+    // but with the certificate the object could not be stored.
+    let sans = SanSpec {
+        dns_names: (0..20_000)
+            .map(|i| format!("n{i:05}.oversized.example"))
+            .collect(),
+        ..Default::default()
+    };
+    let csr = cert_csi::pki::build_csr(
+        &key(),
+        &SubjectSpec::default(),
+        &sans,
+        &CsrOptions {
+            encode_usages: None,
+            critical_san_when_subject_empty: true,
+        },
+    )
+    .unwrap();
+    assert!(csr.pem.len() > 600_000, "{} bytes", csr.pem.len());
+    let mut big = CertificateRequest::new(
+        "oversized",
+        CertificateRequestSpec {
+            request: PemBytes::from(csr.pem.as_str()),
+            issuer_ref: IssuerRef {
+                name: "big".into(),
+                kind: Some("ClusterIssuer".into()),
+                group: Some("cert-manager.io".into()),
+            },
+            ..Default::default()
+        },
+    );
+    big.metadata.namespace = Some("team".into());
+    env.create_request("team", big).await;
+
+    let failed = env.wait_ready_reason("team", "oversized", "Failed").await;
+    let status = failed.status.as_ref().unwrap();
+    assert!(status.certificate.is_none(), "no certificate was stored");
+    assert!(status.failure_time.is_some());
+    let message = status
+        .conditions()
+        .iter()
+        .find(|c| c.type_ == types::READY)
+        .and_then(|c| c.message.clone())
+        .unwrap();
+    assert!(message.contains("more than the 1048576"), "{message}");
+    // Terminal: a request that is Failed is never evaluated again, so a
+    // later, ordinary request on the same issuer is signed normally.
+    env.create_request(
+        "team",
+        request(
+            "ordinary",
+            IssuerRef {
+                name: "big".into(),
+                kind: Some("ClusterIssuer".into()),
+                group: Some("cert-manager.io".into()),
+            },
+            &key(),
+            None,
+            &[],
+        ),
+    )
+    .await;
+    env.wait_ready_reason("team", "ordinary", "Issued").await;
+    let again = env.requests("team").get("oversized").await.unwrap();
+    assert_eq!(
+        again.status.as_ref().unwrap().failure_time,
+        status.failure_time
+    );
+    env.stop().await;
+}

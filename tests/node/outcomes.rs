@@ -170,6 +170,23 @@ fn cases() -> Vec<Case> {
             v.capability = Capability::Missing
         }),
         case("empty volume id", "volume_id", |v| v.volume_id.clear()),
+        case("common name over RFC 5280's 64", keys::COMMON_NAME, |v| {
+            v.set(keys::COMMON_NAME, &"c".repeat(65));
+        }),
+        case("a megabyte of attributes", "volume_context", |v| {
+            v.set("example.com/blob", &"b".repeat(1 << 20));
+        }),
+        case("more SANs than --max-sans", keys::DNS_NAMES, |v| {
+            let names: Vec<String> = (0..300).map(|i| format!("n{i}.example")).collect();
+            v.set(keys::DNS_NAMES, &names.join(","));
+        }),
+        case(
+            "file name with a right-to-left override",
+            keys::CERTIFICATE_FILE,
+            |v| {
+                v.set(keys::CERTIFICATE_FILE, "tls.key\u{202E}crt.");
+            },
+        ),
     ]
 }
 
@@ -228,6 +245,27 @@ async fn bad_inputs_are_refused_with_the_attribute_named_and_leave_nothing() {
         status.message().contains(keys::DNS_NAMES),
         "{}",
         status.message()
+    );
+    // A huge bad value is quoted by a short prefix only, in the status the
+    // kubelet shows and in the node's log (it once echoed 1.3 MB into a
+    // gRPC header and 2 MB into one log line).
+    let huge = format!("{}!", "x".repeat(60_000));
+    let mut long = env.volume(&pod, "long", &base);
+    long.set(keys::DNS_NAMES, &huge);
+    let status = assert_status(
+        env.publish(&long).await,
+        Code::InvalidArgument,
+        keys::DNS_NAMES,
+        "huge value",
+    );
+    assert!(
+        status.message().len() < 1024,
+        "a {} byte status message",
+        status.message().len()
+    );
+    assert!(
+        !env.log().contains(&"x".repeat(1024)),
+        "the node's log quotes the whole value"
     );
     // The keystore password is never echoed.
     let mut secret = env.volume(&pod, "secret", &base);
