@@ -451,7 +451,11 @@ mod tests {
                 .count(),
             5
         );
-        assert!(granted[5] >= Duration::from_millis(3500), "{:?}", granted[5]);
+        assert!(
+            granted[5] >= Duration::from_millis(3500),
+            "{:?}",
+            granted[5]
+        );
         assert_eq!(limiter.granted_new(), 80);
         drop(pods);
     }
