@@ -197,7 +197,9 @@ pub(crate) fn extension<T: Encode>(
     })
 }
 
-pub(crate) fn san_general_names(sans: &SanSpec) -> Result<Vec<GeneralName>, CsrError> {
+/// The SANs as X.509 GeneralNames, each checked for what DER can encode
+/// (publish encodes them before any key exists, to name a bad attribute).
+pub fn san_general_names(sans: &SanSpec) -> Result<Vec<GeneralName>, CsrError> {
     let ia5 = |field: &'static str, v: &str| {
         der::asn1::Ia5String::new(v).map_err(|e| CsrError::Field {
             field,
