@@ -10,6 +10,7 @@
 //! same request with the same key.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::deliver::{build_files, private_files, record_issued};
@@ -37,7 +38,7 @@ pub struct PublishRequest {
 }
 
 impl VolumeManager {
-    pub async fn publish(&self, req: PublishRequest) -> Result<(), PublishError> {
+    pub async fn publish(self: &Arc<Self>, req: PublishRequest) -> Result<(), PublishError> {
         let spec = self.validate(&req)?;
         let fingerprint = volume::context_fingerprint(&req.context);
 
@@ -128,7 +129,7 @@ impl VolumeManager {
     /// The steps after validation: a slot, the request, the wait, the files
     /// and the mount, and the record.
     async fn issue(
-        &self,
+        self: &Arc<Self>,
         spec: &VolumeSpec,
         req: &PublishRequest,
         fingerprint: &str,
@@ -249,30 +250,16 @@ impl VolumeManager {
     /// finds only the new request, and waiting for it cost the pod one more
     /// API round trip (hack/bench P1). A failure is not the pod's problem
     /// either; the pod's ownerReference collects leftovers.
-    fn prune_in_background(&self, spec: &VolumeSpec, open: &OpenRequest) {
-        let (client, metrics, node_id, count) = (
-            self.client.clone(),
-            self.metrics.clone(),
-            self.config.node_id.clone(),
-            self.config.keep_requests,
-        );
+    fn prune_in_background(self: &Arc<Self>, spec: &VolumeSpec, open: &OpenRequest) {
+        let this = self.clone();
         let volume_id = spec.volume_id.clone();
         let (namespace, name) = (open.namespace.clone(), open.name.clone());
         tokio::spawn(async move {
             let keep = issuance::Keep::Newest {
-                count,
+                count: this.config.keep_requests,
                 current: &name,
             };
-            let deleted = |gone: &str| {
-                metrics.request_deleted(&crate::telemetry::metrics::RequestKey::new(
-                    &namespace, gone,
-                ))
-            };
-            if let Err(error) = issuance::delete_for_volume(
-                &client, &namespace, &node_id, &volume_id, keep, deleted,
-            )
-            .await
-            {
+            if let Err(error) = this.delete_requests(&namespace, &volume_id, keep).await {
                 tracing::warn!(%volume_id, %error, "could not delete old CertificateRequests");
             }
         });
