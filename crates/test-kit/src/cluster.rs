@@ -51,6 +51,18 @@ pub enum Policy {
     Ignore,
 }
 
+/// Which controller signs the harness's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signer {
+    /// cert-csi's controller, in process.
+    #[default]
+    CertCsi,
+    /// cert-manager's own controller loops (`.tools/bin/cert-manager-
+    /// controller`, see [`crate::peers`]), without its approver: the
+    /// harness's approver decides, as with cert-csi's.
+    CertManager,
+}
+
 /// What [`Cluster::creators`] keeps of a request.
 struct Seen {
     namespace: String,
@@ -97,6 +109,8 @@ pub struct Cluster {
     /// The requester-identity webhook, once [`Cluster::serve_webhook`] ran.
     webhook: Option<tokio::task::JoinHandle<()>>,
     token: cert_csi::shutdown::CancellationToken,
+    /// cert-manager's controller when it is the signer.
+    upstream: Option<crate::peers::CertManagerController>,
 }
 
 impl Cluster {
@@ -124,6 +138,7 @@ impl Cluster {
             controller: None,
             webhook: None,
             token,
+            upstream: None,
         };
         if controller {
             ensure_namespace(&client, CLUSTER_NS).await;
@@ -139,6 +154,42 @@ impl Cluster {
             cluster.ca_pem = Some(bootstrap_ca(&client).await);
         }
         cluster
+    }
+
+    /// Like [`Cluster::start`] with the controller, but cert-manager's own
+    /// controller loops sign (and bootstrap the test CA) instead of
+    /// cert-csi's: the outside judge of what cert-csi's node plugin asks
+    /// for. `kubeconfig` is the API server's admin kubeconfig.
+    pub async fn start_with_cert_manager(
+        client: Client,
+        kubeconfig: &std::path::Path,
+        policy: Policy,
+    ) -> Cluster {
+        let mut cluster = Cluster::start(client.clone(), policy, false).await;
+        ensure_namespace(&client, CLUSTER_NS).await;
+        cluster.upstream = Some(crate::peers::CertManagerController::start(
+            kubeconfig,
+            CLUSTER_NS,
+            &[
+                "certificaterequests-issuer-ca",
+                "certificaterequests-issuer-selfsigned",
+                "certificates-issuing",
+                "certificates-key-manager",
+                "certificates-readiness",
+                "certificates-request-manager",
+                "certificates-revision-manager",
+                "certificates-trigger",
+                "clusterissuers",
+                "issuers",
+            ],
+        ));
+        cluster.ca_pem = Some(bootstrap_ca(&client).await);
+        cluster
+    }
+
+    /// cert-manager's controller, when it signs.
+    pub fn cert_manager(&mut self) -> Option<&mut crate::peers::CertManagerController> {
+        self.upstream.as_mut()
     }
 
     /// Serves cert-csi's requester-identity webhook in process and
@@ -219,7 +270,7 @@ impl Cluster {
     /// Issuer reads its Secret from its own namespace), and waits until the
     /// controller reports it Ready. Nothing without the controller.
     pub async fn prepare_namespace(&self, namespace: &str) {
-        if self.controller.is_none() || namespace == CLUSTER_NS {
+        if (self.controller.is_none() && self.upstream.is_none()) || namespace == CLUSTER_NS {
             return;
         }
         let client = &self.shared.client;
@@ -255,8 +306,8 @@ impl Cluster {
     /// CA's PEM. Needs the in-process controller.
     pub async fn short_lived_ca(&self, name: &str, duration: &str) -> String {
         assert!(
-            self.controller.is_some(),
-            "short_lived_ca needs the controller"
+            self.controller.is_some() || self.upstream.is_some(),
+            "short_lived_ca needs a controller"
         );
         let client = &self.shared.client;
         let certificate: Certificate = serde_json::from_value(json!({
@@ -300,6 +351,7 @@ impl Cluster {
         if let Some(webhook) = self.webhook.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), webhook).await;
         }
+        self.upstream = None;
     }
 
     /// API errors the approver hit (other than a request deleted under it).

@@ -126,7 +126,13 @@ impl Env {
     /// Like [`Env::start_with`], passing `extra_args` to `cert-csi node`
     /// (e.g. `--max-request-rate 100`).
     pub async fn start_with_args(options: Options, extra_args: &[&str]) -> Env {
-        Env::start_on(Backend::from_env(), options, extra_args).await
+        Env::start_on(Backend::from_env(), options, extra_args, Signer::CertCsi).await
+    }
+
+    /// Like [`Env::start_with_args`], with `signer` as the controller that
+    /// signs (when `options.controller`).
+    pub async fn start_signed_by(options: Options, extra_args: &[&str], signer: Signer) -> Env {
+        Env::start_on(Backend::from_env(), options, extra_args, signer).await
     }
 
     /// Like [`Env::start_with_args`], always on the sandbox: for a test that
@@ -136,10 +142,15 @@ impl Env {
         if Backend::from_env() == Backend::Real {
             eprintln!("on the sandbox, not the real API server: {why}");
         }
-        Env::start_on(Backend::Sandbox, options, extra_args).await
+        Env::start_on(Backend::Sandbox, options, extra_args, Signer::CertCsi).await
     }
 
-    async fn start_on(backend: Backend, options: Options, extra_args: &[&str]) -> Env {
+    async fn start_on(
+        backend: Backend,
+        options: Options,
+        extra_args: &[&str],
+        signer: Signer,
+    ) -> Env {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let base = dir.path().canonicalize().expect("canonical tempdir");
@@ -148,7 +159,12 @@ impl Env {
             real::ApiServer::Sandbox(sandbox) => (Some(sandbox), None),
             real::ApiServer::Real(real, _) => (None, Some(real)),
         };
-        let cluster = Cluster::start(client.clone(), options.policy, options.controller).await;
+        let cluster = match (options.controller, signer) {
+            (true, Signer::CertManager) => {
+                Cluster::start_with_cert_manager(client.clone(), &kubeconfig, options.policy).await
+            }
+            (controller, _) => Cluster::start(client.clone(), options.policy, controller).await,
+        };
 
         let socket = base.join("plugin").join("csi.sock");
         std::fs::create_dir_all(socket.parent().unwrap()).unwrap();

@@ -12,12 +12,14 @@
 //! - [`cluster`]: the controller and the test's policy approver;
 //! - [`env`]: the node environment ([`Env`]);
 //! - [`controller`]: the controller suites' environment;
-//! - [`assertions`]: logs, mounts, openssl, a pod's reader, metrics.
+//! - [`assertions`]: logs, mounts, openssl, a pod's reader, metrics;
+//! - [`peers`]: upstream csi-driver and cert-manager's controller, run beside.
 
 pub mod assertions;
 pub mod cluster;
 pub mod controller;
 pub mod env;
+pub mod peers;
 pub mod real;
 
 pub use assertions::*;
