@@ -148,8 +148,13 @@ pub struct ControllerArgs {
     /// `{serviceaccount}` may appear.
     #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe_id::DEFAULT_ID_TEMPLATE)]
     pub spiffe_id_template: String,
-    /// SPIFFE approver: key types allowed, a comma list of P-256, P-384, Ed25519.
-    #[arg(long, env = "SPIFFE_KEY_TYPES", default_value = "P-256,P-384,Ed25519")]
+    /// SPIFFE approver: key types allowed, a comma list of P-256, P-384,
+    /// P-521, Ed25519 (csi-driver-spiffe's driver makes P-521 keys).
+    #[arg(
+        long,
+        env = "SPIFFE_KEY_TYPES",
+        default_value = "P-256,P-384,P-521,Ed25519"
+    )]
     pub spiffe_key_types: String,
     /// SPIFFE approver: node plugin ServiceAccounts (`<namespace>:<name>`,
     /// comma list) that may request for a pod on their node (node-account mode).
@@ -323,8 +328,9 @@ pub struct NodeArgs {
     /// may appear.
     #[arg(long, env = "SPIFFE_ID_TEMPLATE", default_value = crate::spiffe_id::DEFAULT_ID_TEMPLATE)]
     pub spiffe_id_template: String,
-    /// SPIFFE driver: the key type, P-256, P-384 or Ed25519.
-    #[arg(long, env = "SPIFFE_KEY_ALGORITHM", default_value = "P-256")]
+    /// SPIFFE driver: the key type, P-256, P-384, P-521 or Ed25519. P-521
+    /// by default, as csi-driver-spiffe makes.
+    #[arg(long, env = "SPIFFE_KEY_ALGORITHM", default_value = "P-521")]
     pub spiffe_key_algorithm: String,
     /// SPIFFE driver: the certificates' lifetime (renewed at two thirds).
     #[arg(long, env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]

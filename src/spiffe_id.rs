@@ -17,7 +17,7 @@
 //!   the `system:serviceaccount:<ns>:<sa>` form the API server writes into
 //!   `spec.username`.
 //! - [`parse_key_type`] / [`key_type_name`]: the key type names used by
-//!   flags (`P-256`, `P-384`, `Ed25519`).
+//!   flags (`P-256`, `P-384`, `P-521`, `Ed25519`).
 //! - Constants: the driver name, the annotations a SPIFFE request carries,
 //!   the default duration and the exact usages.
 //!
@@ -70,10 +70,11 @@ pub const USAGES: [Usage; 4] = [
     Usage::ClientAuth,
 ];
 
-/// Key types a SPIFFE identity may use, the first being the default.
-pub const KEY_TYPES: [KeyAlgorithm; 3] = [
+/// Key types a SPIFFE identity may use.
+pub const KEY_TYPES: [KeyAlgorithm; 4] = [
     KeyAlgorithm::Ecdsa(Curve::P256),
     KeyAlgorithm::Ecdsa(Curve::P384),
+    KeyAlgorithm::Ecdsa(Curve::P521),
     KeyAlgorithm::Ed25519,
 ];
 
@@ -105,7 +106,7 @@ pub enum SpiffeError {
     )]
     Id { value: String, reason: String },
     #[error(
-        "key type {value:?} is not allowed for SPIFFE identities; choose one of P-256, P-384, Ed25519"
+        "key type {value:?} is not allowed for SPIFFE identities; choose one of P-256, P-384, P-521, Ed25519"
     )]
     KeyType { value: String },
 }
@@ -352,7 +353,7 @@ pub fn parse_service_account_username(username: &str) -> Option<(&str, &str)> {
     Some((ns, sa))
 }
 
-/// Parses a key type name (`P-256`, `P-384`, `Ed25519`; case-insensitive,
+/// Parses a key type name (`P-256`, `P-384`, `P-521`, `Ed25519`; case-insensitive,
 /// `ecdsa-p256` style accepted too).
 pub fn parse_key_type(value: &str) -> Result<KeyAlgorithm, SpiffeError> {
     let normal: String = value
@@ -363,6 +364,7 @@ pub fn parse_key_type(value: &str) -> Result<KeyAlgorithm, SpiffeError> {
     match normal.as_str() {
         "p256" | "ecdsap256" => Ok(KeyAlgorithm::Ecdsa(Curve::P256)),
         "p384" | "ecdsap384" => Ok(KeyAlgorithm::Ecdsa(Curve::P384)),
+        "p521" | "ecdsap521" => Ok(KeyAlgorithm::Ecdsa(Curve::P521)),
         "ed25519" => Ok(KeyAlgorithm::Ed25519),
         _ => Err(SpiffeError::KeyType {
             value: value.to_string(),
@@ -375,6 +377,7 @@ pub fn key_type_name(algorithm: KeyAlgorithm) -> Option<&'static str> {
     match algorithm {
         KeyAlgorithm::Ecdsa(Curve::P256) => Some("P-256"),
         KeyAlgorithm::Ecdsa(Curve::P384) => Some("P-384"),
+        KeyAlgorithm::Ecdsa(Curve::P521) => Some("P-521"),
         KeyAlgorithm::Ed25519 => Some("Ed25519"),
         _ => None,
     }
@@ -494,7 +497,10 @@ mod tests {
             KeyAlgorithm::Ecdsa(Curve::P384)
         );
         assert!(parse_key_type("RSA").is_err());
-        assert!(parse_key_type("P-521").is_err());
+        assert_eq!(
+            parse_key_type("P-521").unwrap(),
+            KeyAlgorithm::Ecdsa(Curve::P521)
+        );
         assert_eq!(key_type_name(KeyAlgorithm::Rsa { bits: 2048 }), None);
     }
 }

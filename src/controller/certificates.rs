@@ -841,6 +841,7 @@ fn build_request(
             .encode_usages_in_request
             .then_some((desired.usages.as_slice(), desired.is_ca)),
         critical_san_when_subject_empty: true,
+        ..Default::default()
     };
     let csr = crate::pki::build_csr(key, &desired.subject, &desired.sans, &options)
         .map_err(|e| csr_err(e.to_string()))?;

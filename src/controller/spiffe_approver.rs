@@ -439,14 +439,21 @@ impl SpiffePolicy {
                 ));
             }
         }
+        // As csi-driver-spiffe's approver: usage extensions may be left
+        // out, or ask for a part of the SPIFFE usages, never more.
         if parsed.key_usages.is_some() || parsed.ext_key_usages.is_some() {
-            let wanted = EncodedUsages::derive(&spiffe::USAGES, false);
-            if parsed.encoded_usages != wanted {
+            let allowed = EncodedUsages::derive(&spiffe::USAGES, false);
+            let asked = &parsed.encoded_usages;
+            let within = asked.key_usage_bits & !allowed.key_usage_bits == 0
+                && asked
+                    .ext_key_usages
+                    .iter()
+                    .all(|oid| allowed.ext_key_usages.contains(oid));
+            if !within {
                 return Err(deny(
                     reasons::USAGES,
                     format!(
-                        "usages check: the CSR's keyUsage/extKeyUsage encode {} but must encode exactly {wanted} or be left out",
-                        parsed.encoded_usages
+                        "usages check: the CSR's keyUsage/extKeyUsage encode {asked} but may encode only {allowed} or a part of it, or be left out"
                     ),
                 ));
             }
@@ -457,12 +464,6 @@ impl SpiffePolicy {
             Some(Ok(uris)) => uris,
             Some(Err(message)) => return Err(deny(reasons::SANS, message)),
         };
-        if san.is_some_and(|e| !e.critical) {
-            return Err(deny(
-                reasons::SANS,
-                "SANs check: the subjectAltName extension is not critical; with an empty subject RFC 5280 requires it to be".into(),
-            ));
-        }
         match uris.as_slice() {
             [one] if one == expected => Ok(()),
             [one] => Err(deny(
@@ -670,6 +671,7 @@ mod tests {
             &CsrOptions {
                 encode_usages: usages.then_some((&spiffe::USAGES[..], false)),
                 critical_san_when_subject_empty: true,
+                ..Default::default()
             },
         )
         .unwrap()
@@ -776,6 +778,7 @@ mod tests {
             &CsrOptions {
                 encode_usages: Some((&spiffe::USAGES[..], true)),
                 critical_san_when_subject_empty: true,
+                ..Default::default()
             },
         )
         .unwrap()

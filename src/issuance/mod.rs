@@ -167,7 +167,9 @@ pub fn build_request(name: &str, params: &RequestParams<'_>) -> CertificateReque
             request: PemBytes(params.csr_pem.as_bytes().to_vec()),
             issuer_ref: params.issuer_ref.clone(),
             duration: Some(crate::api::duration::format_go(params.duration)),
-            is_ca: Some(params.is_ca),
+            // csi-lib leaves isCA out unless it is true; so do we, so the
+            // stored object is the same for approvers and policies.
+            is_ca: params.is_ca.then_some(true),
             usages: Some(params.usages.iter().map(|u| u.name().to_string()).collect()),
             username: None,
             uid: None,
@@ -384,12 +386,16 @@ fn waiting_for(seen: &Seen) -> String {
     }
 }
 
-/// Lists this volume's requests, oldest first.
+/// Lists this volume's requests, oldest first. The labels hold 32-bit
+/// hashes (csi-lib's), which two volumes of one node may share; with
+/// `pod_uid`, only requests that pod owns are listed, so a clean-up never
+/// touches another pod's requests.
 pub async fn list_for_volume(
     client: &Client,
     namespace: &str,
     node_id: &str,
     volume_id: &str,
+    pod_uid: Option<&str>,
 ) -> Result<Vec<CertificateRequest>, IssuanceError> {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
     let params = ListParams::default().labels(&volume_selector(node_id, volume_id));
@@ -398,6 +404,9 @@ pub async fn list_for_volume(
         .await
         .map_err(|e| IssuanceError::api(format!("listing CertificateRequests in {namespace}"), e))?
         .items;
+    if let Some(uid) = pod_uid {
+        items.retain(|cr| cr.owner_references().iter().any(|o| o.uid == uid));
+    }
     items.sort_by(|a, b| {
         a.metadata
             .creation_timestamp
@@ -438,11 +447,12 @@ pub async fn delete_for_volume(
     namespace: &str,
     node_id: &str,
     volume_id: &str,
+    pod_uid: Option<&str>,
     keep: Keep<'_>,
     mut deleted: impl FnMut(&str),
 ) -> Result<(), IssuanceError> {
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), namespace);
-    let requests = list_for_volume(client, namespace, node_id, volume_id).await?;
+    let requests = list_for_volume(client, namespace, node_id, volume_id, pod_uid).await?;
     let names: Vec<String> = requests.iter().map(ResourceExt::name_any).collect();
     let kept = names_to_keep(&names, keep);
     for name in names.iter().filter(|n| !kept.contains(n)) {
@@ -515,11 +525,20 @@ mod tests {
     }
 
     #[test]
-    fn hashes_fit_label_values() {
+    fn label_hashes_are_csi_libs() {
+        // What csi-driver v0.15.0 put on its requests for node
+        // "node-e2e-1" (seen in the differential test's run).
+        assert_eq!(id_hash("node-e2e-1"), "67d4d757b6");
+        // FNV-1 32 of "a" is 0x050c5d7e = 84696446; '8' is the 56th byte,
+        // 56 % 27 = 2 → 'd', and so on.
+        assert_eq!(id_hash("a"), "d8bfb88b");
         let volume_id = format!("csi-{}", "a".repeat(64));
         let hash = id_hash(&volume_id);
-        assert_eq!(hash.len(), 16);
-        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(hash.len() <= 10, "a u32 has at most 10 digits: {hash}");
+        assert!(
+            hash.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
         assert_ne!(hash, id_hash("csi-other"));
     }
 

@@ -253,13 +253,17 @@ impl VolumeManager {
     fn prune_in_background(self: &Arc<Self>, spec: &VolumeSpec, open: &OpenRequest) {
         let this = self.clone();
         let volume_id = spec.volume_id.clone();
+        let pod_uid = spec.pod.uid.clone();
         let (namespace, name) = (open.namespace.clone(), open.name.clone());
         tokio::spawn(async move {
             let keep = issuance::Keep::Newest {
                 count: this.config.keep_requests,
                 current: &name,
             };
-            if let Err(error) = this.delete_requests(&namespace, &volume_id, keep).await {
+            if let Err(error) = this
+                .delete_requests(&namespace, &volume_id, Some(&pod_uid), keep)
+                .await
+            {
                 tracing::warn!(%volume_id, %error, "could not delete old CertificateRequests");
             }
         });
@@ -303,6 +307,7 @@ impl VolumeManager {
             .delete_requests(
                 &spec.pod.namespace,
                 &spec.volume_id,
+                Some(&spec.pod.uid),
                 issuance::Keep::Nothing,
             )
             .await

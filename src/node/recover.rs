@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::deliver::to_timestamp;
 use super::renew::{state_context, state_input};
 use super::service::VolumeManager;
-use super::unpublish::request_namespace;
+use super::unpublish::{pod_uid, request_namespace};
 use super::volumes::Found;
 use crate::issuance::Keep;
 use crate::renewal::schedule;
@@ -216,7 +216,7 @@ impl VolumeManager {
             let this = self.clone();
             tokio::spawn(async move {
                 if let Err(error) = this
-                    .delete_requests(&namespace, &state.volume_id, Keep::Nothing)
+                    .delete_requests(&namespace, &state.volume_id, pod_uid(&state), Keep::Nothing)
                     .await
                 {
                     tracing::warn!(volume_id = %state.volume_id, %error, "could not delete a lost volume's CertificateRequests; the pod's ownerReference will collect them");

@@ -201,7 +201,10 @@ impl VolumeManager {
             count: self.config.keep_requests,
             current: &open.name,
         };
-        if let Err(error) = self.delete_requests(&open.namespace, volume_id, keep).await {
+        if let Err(error) = self
+            .delete_requests(&open.namespace, volume_id, Some(&spec.pod.uid), keep)
+            .await
+        {
             tracing::warn!(volume_id, %error, "could not delete old CertificateRequests");
         }
         Ok(Renewal::Done { next })

@@ -157,11 +157,14 @@ impl VolumeManager {
     }
 
     /// Deletes a volume's requests except those `keep` spares; each leaves
-    /// the request metrics as it leaves the API.
+    /// the request metrics as it leaves the API. Only requests that the
+    /// volume's pod (`pod_uid`, when known) owns are touched: the labels'
+    /// hashes are 32-bit and may be shared with another volume.
     pub(super) async fn delete_requests(
         &self,
         namespace: &str,
         volume_id: &str,
+        pod_uid: Option<&str>,
         keep: crate::issuance::Keep<'_>,
     ) -> Result<(), IssuanceError> {
         let metrics = &self.metrics;
@@ -170,6 +173,7 @@ impl VolumeManager {
             namespace,
             &self.config.node_id,
             volume_id,
+            pod_uid,
             keep,
             |name| metrics.request_deleted(&RequestKey::new(namespace, name)),
         )

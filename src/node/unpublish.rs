@@ -46,7 +46,7 @@ impl VolumeManager {
         if let Some(state) = &state {
             if let Some(namespace) = request_namespace(state)
                 && let Err(error) = self
-                    .delete_requests(&namespace, volume_id, Keep::Nothing)
+                    .delete_requests(&namespace, volume_id, pod_uid(state), Keep::Nothing)
                     .await
             {
                 // Unpublish must not hang a pod's deletion on the API: the
@@ -86,6 +86,11 @@ fn check_same_target(state: &VolumeState, target: &Path) -> Result<(), Unpublish
 
 /// The namespace of the volume's requests: the pod's, as the kubelet gave
 /// it, or the recorded request's.
+/// The uid of the pod a volume belongs to, as the kubelet sent it.
+pub(super) fn pod_uid(state: &VolumeState) -> Option<&str> {
+    state.context.get(kubelet::POD_UID).map(String::as_str)
+}
+
 pub(super) fn request_namespace(state: &VolumeState) -> Option<String> {
     state
         .context

@@ -19,6 +19,7 @@ use x509_cert::request::{CertReq, CertReqInfo, Version};
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 use super::key::PrivateKey;
+use super::key::RsaDigest;
 use super::rules::{
     CsrError, EncodedUsages, OID_BC, OID_C, OID_CN, OID_EKU, OID_EXTENSION_REQUEST, OID_KU, OID_L,
     OID_O, OID_OU, OID_POSTAL, OID_SAN, OID_SERIAL, OID_ST, OID_STREET,
@@ -36,6 +37,8 @@ pub struct CsrOptions<'a> {
     /// Mark the SAN extension critical when the subject is empty, as
     /// RFC 5280 4.2.1.6 requires (SPIFFE identities have no subject).
     pub critical_san_when_subject_empty: bool,
+    /// The digest of an RSA key's signature.
+    pub rsa_digest: RsaDigest,
 }
 
 /// A signed request in both encodings.
@@ -274,10 +277,10 @@ pub fn build_csr(
         attributes,
     };
     let tbs = info.to_der().map_err(build_err)?;
-    let signature = key.sign(&tbs)?;
+    let signature = key.sign_with(&tbs, options.rsa_digest)?;
     let req = CertReq {
         info,
-        algorithm: key.signature_algorithm_id(),
+        algorithm: key.signature_algorithm_id_with(options.rsa_digest),
         signature: BitString::from_bytes(&signature).map_err(build_err)?,
     };
     let der = req.to_der().map_err(build_err)?;
@@ -371,6 +374,7 @@ mod tests {
         let opts = CsrOptions {
             encode_usages: Some((&usages, true)),
             critical_san_when_subject_empty: false,
+            ..Default::default()
         };
         let csr = build_csr(&key, &SubjectSpec::default(), &sans(), &opts).unwrap();
         let p = parse_csr(&csr.der).unwrap();
@@ -406,6 +410,7 @@ mod tests {
         let opts = CsrOptions {
             encode_usages: Some((&usages, false)),
             critical_san_when_subject_empty: false,
+            ..Default::default()
         };
         let csr = build_csr(&key, &SubjectSpec::default(), &sans(), &opts).unwrap();
         let pem = csr.pem.as_bytes();
@@ -440,6 +445,7 @@ mod tests {
         let opts = CsrOptions {
             encode_usages: Some((&ca_usages, false)),
             critical_san_when_subject_empty: false,
+            ..Default::default()
         };
         let csr = build_csr(&key, &SubjectSpec::default(), &sans(), &opts).unwrap();
         let err = check_request(csr.pem.as_bytes(), &[Usage::ServerAuth], true).unwrap_err();
@@ -476,6 +482,7 @@ mod tests {
         let opts = CsrOptions {
             encode_usages: None,
             critical_san_when_subject_empty: true,
+            ..Default::default()
         };
         let csr = build_csr(&key, &SubjectSpec::default(), &spiffe, &opts).unwrap();
         let p = parse_csr(&csr.der).unwrap();

@@ -357,9 +357,16 @@ impl PrivateKey {
     /// ≥ 4096 bits → SHA-512, ≥ 3072 → SHA-384, else SHA-256; ECDSA by curve;
     /// Ed25519 is pure.
     pub fn signature_algorithm_id(&self) -> AlgorithmIdentifierOwned {
+        self.signature_algorithm_id_with(RsaDigest::ByKeySize)
+    }
+
+    /// Like [`PrivateKey::signature_algorithm_id`], with `rsa` choosing the
+    /// digest of RSA signatures.
+    pub fn signature_algorithm_id_with(&self, rsa: RsaDigest) -> AlgorithmIdentifierOwned {
+        let by_size = rsa == RsaDigest::ByKeySize;
         let (oid, null_params) = match self.algorithm {
-            KeyAlgorithm::Rsa { bits } if bits >= 4096 => (OID_SHA512_WITH_RSA, true),
-            KeyAlgorithm::Rsa { bits } if bits >= 3072 => (OID_SHA384_WITH_RSA, true),
+            KeyAlgorithm::Rsa { bits } if by_size && bits >= 4096 => (OID_SHA512_WITH_RSA, true),
+            KeyAlgorithm::Rsa { bits } if by_size && bits >= 3072 => (OID_SHA384_WITH_RSA, true),
             KeyAlgorithm::Rsa { .. } => (OID_SHA256_WITH_RSA, true),
             KeyAlgorithm::Ecdsa(Curve::P256) => (OID_ECDSA_SHA256, false),
             KeyAlgorithm::Ecdsa(Curve::P384) => (OID_ECDSA_SHA384, false),
@@ -376,6 +383,13 @@ impl PrivateKey {
 
     /// Signs `message` with the algorithm of [`PrivateKey::signature_algorithm_id`].
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.sign_with(message, RsaDigest::ByKeySize)
+    }
+
+    /// Signs `message` with the algorithm of
+    /// [`PrivateKey::signature_algorithm_id_with`] for `rsa`.
+    pub fn sign_with(&self, message: &[u8], rsa: RsaDigest) -> Result<Vec<u8>, KeyError> {
+        let by_size = rsa == RsaDigest::ByKeySize;
         let err = || KeyError::Sign {
             algorithm: describe_algorithm(self.algorithm),
         };
@@ -383,8 +397,12 @@ impl PrivateKey {
         match &self.signer {
             Signer::Rsa(pair) => {
                 let padding: &'static dyn signature::RsaEncoding = match self.algorithm {
-                    KeyAlgorithm::Rsa { bits } if bits >= 4096 => &signature::RSA_PKCS1_SHA512,
-                    KeyAlgorithm::Rsa { bits } if bits >= 3072 => &signature::RSA_PKCS1_SHA384,
+                    KeyAlgorithm::Rsa { bits } if by_size && bits >= 4096 => {
+                        &signature::RSA_PKCS1_SHA512
+                    }
+                    KeyAlgorithm::Rsa { bits } if by_size && bits >= 3072 => {
+                        &signature::RSA_PKCS1_SHA384
+                    }
                     _ => &signature::RSA_PKCS1_SHA256,
                 };
                 let mut sig = vec![0u8; pair.public_modulus_len()];
@@ -400,6 +418,18 @@ impl PrivateKey {
             Signer::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         }
     }
+}
+
+/// The digest of an RSA signature. ECDSA and Ed25519 always follow the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RsaDigest {
+    /// By key size, as cert-manager signs Certificates' CSRs and
+    /// certificates: ≥ 4096 bits → SHA-512, ≥ 3072 → SHA-384, else SHA-256.
+    #[default]
+    ByKeySize,
+    /// SHA-256 whatever the size: Go's `x509.CreateCertificateRequest`
+    /// default, and so what csi-driver and csi-driver-spiffe send.
+    Sha256,
 }
 
 fn rsa_spki(pair: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>, KeyError> {

@@ -18,7 +18,7 @@ pub mod spec;
 
 pub use csr::{Csr, CsrOptions, build_csr};
 pub use inspect::{CertInfo, InspectError, key_matches_certificate, parse_chain};
-pub use key::{KeyError, PrivateKey};
+pub use key::{KeyError, PrivateKey, RsaDigest};
 pub use rules::{
     CsrError, EncodedUsages, ParsedCsr, RequestRuleError, check_request, parse_csr,
     verify_csr_signature,

@@ -206,9 +206,17 @@ fn build_certificate(t: Template<'_>, signer: &PrivateKey) -> Result<Vec<u8>, Si
         if signer_owned(&oid) {
             continue;
         }
+        // As cert-manager's signer: the SAN extension is critical exactly
+        // when the subject is empty (RFC 5280 4.2.1.6), whatever the CSR
+        // said; other extensions keep the CSR's criticality.
+        let critical = if oid == crate::pki::rules::OID_SAN {
+            csr.subject.is_empty()
+        } else {
+            e.critical
+        };
         extensions.push(Extension {
             extn_id: oid,
-            critical: e.critical,
+            critical,
             extn_value: OctetString::new(e.value.clone()).map_err(enc)?,
         });
     }
@@ -765,7 +773,10 @@ mod tests {
         };
         let opts = CsrOptions {
             encode_usages: Some((&[Usage::ClientAuth], false)),
-            critical_san_when_subject_empty: true,
+            // A non-critical SAN in the CSR, as Go writes it: the issued
+            // certificate's must still be critical, its subject being empty.
+            critical_san_when_subject_empty: false,
+            ..Default::default()
         };
         let csr = build_csr(&leaf_key, &SubjectSpec::default(), &spiffe, &opts).unwrap();
         let params = SignParams {
@@ -791,7 +802,7 @@ mod tests {
             .iter()
             .find(|e| e.extn_id == crate::pki::rules::OID_SAN)
             .unwrap();
-        assert!(san.critical, "SAN criticality is copied from the CSR");
+        assert!(san.critical, "a SAN with an empty subject is critical");
         for oid in [OID_CRL_DP, OID_AIA] {
             assert!(exts.iter().any(|e| e.extn_id == oid), "{oid}");
         }

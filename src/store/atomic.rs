@@ -36,12 +36,13 @@ const DATA_LINK_TMP: &str = "..data_tmp";
 
 /// File mode without a group: only the owner (root) reads.
 pub const FILE_MODE: u32 = 0o440;
-/// File mode with a group (the pod's fsGroup).
-pub const FILE_MODE_WITH_GROUP: u32 = 0o640;
+/// File mode with a group (the pod's fsGroup): the group reads too, and
+/// nobody writes, as csi-lib writes them (0440 with the group set).
+pub const FILE_MODE_WITH_GROUP: u32 = 0o440;
 /// Directory mode without a group.
 pub const DIR_MODE: u32 = 0o550;
-/// Directory mode with a group.
-pub const DIR_MODE_WITH_GROUP: u32 = 0o750;
+/// Directory mode with a group: as csi-lib's data directory, 0550.
+pub const DIR_MODE_WITH_GROUP: u32 = 0o550;
 
 /// The file mode the design prescribes for `gid`.
 pub fn default_file_mode(gid: Option<u32>) -> u32 {

@@ -6,12 +6,28 @@
 
 use super::StoreError;
 
-/// A short, label-safe hash of an id: 16 hex characters of SHA-256. Node
-/// and volume ids name requests' labels and metric series, whose values are
-/// limited to 63 characters (a kubelet volume id has 68).
+/// A short, label-safe hash of an id, exactly as cert-manager's csi-lib
+/// computes the `csi.cert-manager.io/{node,volume}-id-hash` labels of its
+/// requests, so that tooling (and a csi-driver being replaced) finds one
+/// driver's requests with the other's selector. Label values are limited to
+/// 63 characters and a kubelet volume id has 68, hence a hash.
+///
+/// It is the 32-bit FNV-1 hash of the id (multiply, then xor: Go's
+/// `hash/fnv.New32`, not FNV-1a), written in decimal, each digit then
+/// mapped through Kubernetes' "safe encoding" alphabet (apimachinery's
+/// `rand.SafeEncodeString`, which avoids vowels and look-alikes). Two ids
+/// may share a hash; whoever deletes by these labels must also check the
+/// owner (see `issuance::list_for_volume`). The differential tests compare
+/// it with upstream's labels.
 pub fn id_hash(id: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id.as_bytes());
-    hex::encode(&digest.as_ref()[..8])
+    const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        h.wrapping_mul(0x0100_0193) ^ u32::from(b)
+    });
+    hash.to_string()
+        .bytes()
+        .map(|d| char::from(SAFE[usize::from(d) % SAFE.len()]))
+        .collect()
 }
 
 /// Longest name most Linux filesystems accept for one directory entry.

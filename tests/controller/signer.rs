@@ -226,6 +226,7 @@ fn request(
         &CsrOptions {
             encode_usages: csr_usages,
             critical_san_when_subject_empty: true,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -627,6 +628,7 @@ async fn a_certificate_too_large_to_store_is_failed_not_signed_forever() {
         &CsrOptions {
             encode_usages: None,
             critical_san_when_subject_empty: true,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -329,6 +329,7 @@ fn spiffe_csr(key: &PrivateKey, uris: &[&str], dns: &[&str], usages_ca: bool) ->
         &CsrOptions {
             encode_usages: Some((&spiffe::USAGES[..], usages_ca)),
             critical_san_when_subject_empty: true,
+            ..Default::default()
         },
     )
     .unwrap()

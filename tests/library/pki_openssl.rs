@@ -90,6 +90,7 @@ fn openssl_verifies_csr_signatures_for_every_key_type() {
         let opts = CsrOptions {
             encode_usages: Some((&usages, false)),
             critical_san_when_subject_empty: false,
+            ..Default::default()
         };
         let csr = build_csr(&key, &subject("app"), &sans("app"), &opts).unwrap();
         let f = write(dir.path(), "req.pem", csr.pem.as_bytes());

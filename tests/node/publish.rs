@@ -151,7 +151,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
         let dir = std::fs::metadata(volume.target()).unwrap();
         assert_eq!(
             dir.permissions().mode() & 0o7777,
-            0o750,
+            0o550,
             "{}",
             volume.volume_name
         );
@@ -160,7 +160,7 @@ async fn a_pod_gets_a_verifiable_certificate_on_a_hardened_read_only_mount() {
             let meta = std::fs::metadata(volume.file(name)).unwrap();
             assert_eq!(
                 meta.permissions().mode() & 0o7777,
-                0o640,
+                0o440,
                 "{} {name}",
                 volume.volume_name
             );

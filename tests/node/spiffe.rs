@@ -123,7 +123,7 @@ fn token_of(json: &str) -> String {
 
 /// Checks the served identity with openssl: exactly the SPIFFE ID as a
 /// critical URI SAN, an empty subject, the four usages, not a CA, and a
-/// PKCS#8 P-256 key that matches.
+/// PKCS#8 P-521 key that matches.
 fn assert_spiffe_identity(volume: &VolumeRequest, want_id: &str) {
     let cert = volume.file("tls.crt");
     let text = openssl_ok(&["x509", "-noout", "-text", "-in", path_str(&cert)]);
@@ -156,7 +156,8 @@ fn assert_spiffe_identity(volume: &VolumeRequest, want_id: &str) {
             .unwrap();
     assert_eq!(leaf.sans.uris, [want_id]);
     assert!(leaf.sans.dns_names.is_empty() && leaf.sans.ip_addresses.is_empty());
-    assert_eq!(leaf.key_type, "ECDSA P-256");
+    // P-521 by default, as csi-driver-spiffe makes.
+    assert_eq!(leaf.key_type, "ECDSA P-521");
     let lifetime = leaf.not_after.duration_since(leaf.not_before).unwrap();
     assert!(
         lifetime.as_secs() >= 3600 && lifetime.as_secs() < 3600 + 600,
@@ -271,7 +272,8 @@ async fn pod_token_mode_gives_billing_its_spiffe_id_and_creates_as_the_pod() {
     assert_eq!(annotations[spiffe::ANNOTATION_POD_UID], pod.uid);
     assert_eq!(annotations[spiffe::ANNOTATION_NODE], env.node_id);
     assert_eq!(request.spec.duration.as_deref(), Some("1h0m0s"));
-    assert_eq!(request.spec.is_ca, Some(false));
+    // Left out when false, as csi-lib does.
+    assert_eq!(request.spec.is_ca, None);
     assert_eq!(
         request.spec.usages.clone().unwrap_or_default(),
         [

@@ -270,10 +270,10 @@ fn modes_and_group_ownership() {
         .map(|(n, c, _)| (n, c, cert_csi::store::default_file_mode(Some(gid))))
         .collect();
     vol.publish(&with_group, Some(gid)).unwrap();
-    assert_eq!(mode_and_gid(&pod), (0o750, gid));
-    assert_eq!(mode_and_gid(&pod.join(DATA_LINK)), (0o750, gid));
-    assert_eq!(mode_and_gid(&pod.join("tls.key")), (0o640, gid));
-    assert_eq!(mode_and_gid(&pod.join("tls.crt")), (0o640, gid));
+    assert_eq!(mode_and_gid(&pod), (0o550, gid));
+    assert_eq!(mode_and_gid(&pod.join(DATA_LINK)), (0o550, gid));
+    assert_eq!(mode_and_gid(&pod.join("tls.key")), (0o440, gid));
+    assert_eq!(mode_and_gid(&pod.join("tls.crt")), (0o440, gid));
     // Files are owned by root; only the group is the pod's.
     assert_eq!(fs::metadata(pod.join("tls.key")).unwrap().uid(), 0);
 

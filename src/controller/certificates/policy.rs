@@ -728,6 +728,7 @@ mod tests {
             &crate::pki::CsrOptions {
                 encode_usages: Some((&desired.usages, desired.is_ca)),
                 critical_san_when_subject_empty: true,
+                ..Default::default()
             },
         )
         .unwrap();
