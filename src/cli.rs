@@ -353,6 +353,14 @@ pub struct NodeArgs {
     /// CSIDriver's tokenRequests ("" is the API server's default).
     #[arg(long, env = "SPIFFE_TOKEN_AUDIENCE", default_value = "")]
     pub spiffe_token_audience: String,
+    /// csi.cert-manager.io: create each CertificateRequest with the pod's
+    /// own ServiceAccount token for the API server's audience, from the
+    /// kubelet's serviceAccount.tokens, so spec.username is the pod's
+    /// ServiceAccount (csi-driver's flag of the same name). The CSIDriver
+    /// must ask for that token (the chart does with
+    /// app.driver.useTokenRequest).
+    #[arg(long, env = "USE_TOKEN_REQUEST")]
+    pub use_token_request: bool,
     /// A trust bundle file written as every volume's CA file, re-read when
     /// its directory changes (inotify; a mounted ConfigMap works).
     #[arg(long, env = "TRUST_BUNDLE_FILE")]
@@ -521,7 +529,16 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
         args.trust_bundle_configmap.as_deref(),
         args.trust_bundle_secret.as_deref(),
     )?;
-    let extras = crate::csi::run::NodeExtras { spiffe, trust };
+    if args.use_token_request && spiffe.is_some() {
+        anyhow::bail!(
+            "--use-token-request is for the csi.cert-manager.io driver; the SPIFFE driver chooses with --spiffe-request-mode"
+        );
+    }
+    let extras = crate::csi::run::NodeExtras {
+        spiffe,
+        trust,
+        use_token_request: args.use_token_request,
+    };
     let options = crate::csi::run::NodeOptions {
         endpoint: args.endpoint,
         driver_name: args.driver_name,

@@ -40,6 +40,8 @@ pub struct NodeExtras {
     pub spiffe: Option<crate::volume::spiffe_attributes::SpiffeConfig>,
     /// Write this trust bundle as every volume's CA file.
     pub trust: Option<crate::node::trust::TrustSource>,
+    /// csi.cert-manager.io: create requests with the pod's token.
+    pub use_token_request: bool,
 }
 
 pub async fn run(options: NodeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -193,6 +195,11 @@ fn with_extras(
             "serving SPIFFE identities"
         );
         service = service.with_driver(Driver::spiffe(spiffe, Some(api)));
+    } else if extras.use_token_request {
+        tracing::info!(
+            "creating requests with each pod's ServiceAccount token (--use-token-request)"
+        );
+        service = service.with_driver(Driver::cert_manager_with_pod_tokens(api));
     }
     if let Some(source) = extras.trust {
         tracing::info!(%source, "following the trust bundle");

@@ -12,12 +12,18 @@ use crate::volume::spiffe_attributes::{self, RequestMode, SpiffeConfig, TokenErr
 use crate::volume::{self, AttributeError, PublishInput, SecretString, VolumeSpec, kubelet};
 
 /// Which driver this node plugin serves.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub enum Driver {
     /// `csi.cert-manager.io`: the pod describes its certificate in volume
-    /// attributes, and the node plugin's own identity creates the request.
-    #[default]
-    CertManager,
+    /// attributes. The node plugin's own identity creates the request, or,
+    /// with `token_requests` (csi-driver's `--use-token-request`), the
+    /// pod's own ServiceAccount token for the API server's audience (""),
+    /// so that `spec.username` names the pod's ServiceAccount and an
+    /// approver policy can key on it. `token_requests` holds the API server
+    /// settings such clients are built from.
+    CertManager {
+        token_requests: Option<Arc<kube::Config>>,
+    },
     /// `spiffe.csi.cert-manager.io`: the identity comes from the pod's
     /// ServiceAccount.
     Spiffe(Spiffe),
@@ -32,7 +38,27 @@ pub struct Spiffe {
     pub api: Option<Arc<kube::Config>>,
 }
 
+impl Default for Driver {
+    fn default() -> Self {
+        Driver::CertManager {
+            token_requests: None,
+        }
+    }
+}
+
+/// The audience of the token csi-driver creates requests with: the API
+/// server's own.
+const CERT_MANAGER_TOKEN_AUDIENCE: &str = "";
+
 impl Driver {
+    /// The cert-manager driver creating requests with the pod's token, as
+    /// csi-driver's `--use-token-request` does; `api` is the API server.
+    pub fn cert_manager_with_pod_tokens(api: kube::Config) -> Driver {
+        Driver::CertManager {
+            token_requests: Some(Arc::new(api)),
+        }
+    }
+
     /// The SPIFFE driver with `config`; `api` is needed in pod-token mode.
     pub fn spiffe(config: SpiffeConfig, api: Option<kube::Config>) -> Driver {
         Driver::Spiffe(Spiffe {
@@ -48,7 +74,7 @@ impl Driver {
         node_id: &str,
     ) -> Result<VolumeSpec, AttributeError> {
         match self {
-            Driver::CertManager => volume::parse(input),
+            Driver::CertManager { .. } => volume::parse(input),
             Driver::Spiffe(s) => spiffe_attributes::parse(input, &s.config, node_id),
         }
     }
@@ -83,11 +109,17 @@ impl Driver {
         let Some(token) = self.pod_token(spec)? else {
             return Ok(own.clone());
         };
-        let Driver::Spiffe(Spiffe { api: Some(api), .. }) = self else {
-            return Err(PublishError::Internal(
-                "pod-token mode needs the API server settings (Driver::spiffe with an api config)"
-                    .into(),
-            ));
+        let api = match self {
+            Driver::Spiffe(Spiffe { api: Some(api), .. }) => api,
+            Driver::CertManager {
+                token_requests: Some(api),
+            } => api,
+            _ => {
+                return Err(PublishError::Internal(
+                    "pod-token mode needs the API server settings (Driver::spiffe with an api config)"
+                        .into(),
+                ));
+            }
         };
         client_for_token(api, &token).map_err(|e| {
             PublishError::Internal(format!("building a client for the pod's token: {e}"))
@@ -106,6 +138,15 @@ impl Driver {
                 .map(Some)
                 .map_err(token_error)
             }
+            Driver::CertManager {
+                token_requests: Some(_),
+            } => spiffe_attributes::pod_token(
+                spec.tokens.as_ref(),
+                CERT_MANAGER_TOKEN_AUDIENCE,
+                SystemTime::now(),
+            )
+            .map(Some)
+            .map_err(token_error),
             _ => Ok(None),
         }
     }

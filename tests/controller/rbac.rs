@@ -644,43 +644,6 @@ async fn create_namespace(client: &Client, name: &str) {
     }
 }
 
-/// A kubeconfig for the admin kubeconfig's server and CA, authenticating
-/// with `token` only.
-fn write_token_kubeconfig(admin: &Path, token: &str, path: &Path) {
-    let config = kube::config::Kubeconfig::read_from(admin).expect("the admin kubeconfig parses");
-    let cluster = config
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.clone())
-        .expect("the admin kubeconfig names a cluster");
-    let ca_data = match (
-        &cluster.certificate_authority_data,
-        &cluster.certificate_authority,
-    ) {
-        (Some(data), _) => data.clone(),
-        (None, Some(file)) => {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .encode(std::fs::read(file).expect("the cluster CA file"))
-        }
-        (None, None) => panic!("the admin kubeconfig has no cluster CA"),
-    };
-    let kubeconfig = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "real", "cluster": {
-            "server": cluster.server.expect("the admin kubeconfig names a server"),
-            "certificate-authority-data": ca_data,
-        }}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "real", "user": "sa"}}],
-        "current-context": "sa",
-    });
-    std::fs::write(path, serde_json::to_vec_pretty(&kubeconfig).unwrap()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 // ---------------------------------------------------------------------------
 // The controller, as the chart's Deployment runs it
 // ---------------------------------------------------------------------------
@@ -1571,7 +1534,7 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
             .as_str()
             .expect("the TokenRequest answer carries a token");
         let path = dir.path().join(format!("{sa}.kubeconfig"));
-        write_token_kubeconfig(&env.kubeconfig, token, &path);
+        test_kit::real::write_token_kubeconfig(&env.kubeconfig, token, &path);
         kubeconfigs.push(path);
     }
 

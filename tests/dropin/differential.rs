@@ -50,7 +50,8 @@ const INTENTIONAL: &[Intentional] = &[
     ),
 ];
 
-fn require_real(test: &str) -> bool {
+/// True when the test may run: as root, on the real control plane.
+pub fn require_real(test: &str) -> bool {
     if !test_kit::require_root(test) {
         return false;
     }

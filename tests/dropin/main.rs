@@ -7,4 +7,5 @@
 
 mod differential;
 mod matrix;
+mod token_request;
 mod view;
