@@ -7,5 +7,6 @@
 
 mod differential;
 mod matrix;
+mod renewal;
 mod token_request;
 mod view;
