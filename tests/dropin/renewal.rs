@@ -19,6 +19,13 @@ use crate::differential::require_real;
 /// record times to the second.
 const TOLERANCE: Duration = Duration::from_secs(5);
 
+/// Cases whose renewal point differs on purpose (README, "Intentional
+/// differences"), with the reason.
+const INTENTIONAL: &[(&str, &str)] = &[(
+    "renew-before five sixths of the lifetime",
+    "a renew-before over three quarters of the lifetime the issuer gave is replaced by the default third, so a short issued lifetime cannot make every volume renew almost at once, again and again",
+)];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_drivers_plan_the_same_renewal_for_the_same_lifetime() {
     if !require_real("both_drivers_plan_the_same_renewal_for_the_same_lifetime") {
@@ -53,6 +60,13 @@ async fn both_drivers_plan_the_same_renewal_for_the_same_lifetime() {
             &[
                 ("csi.cert-manager.io/duration", "1h"),
                 ("csi.cert-manager.io/renew-before", "10m"),
+            ],
+        ),
+        (
+            "renew-before five sixths of the lifetime",
+            &[
+                ("csi.cert-manager.io/duration", "1h"),
+                ("csi.cert-manager.io/renew-before", "50m"),
             ],
         ),
         (
@@ -129,7 +143,10 @@ async fn both_drivers_plan_the_same_renewal_for_the_same_lifetime() {
         );
         eprintln!("{line}");
         if gap.unsigned_abs() > TOLERANCE {
-            differences.push(line);
+            match INTENTIONAL.iter().find(|(case, _)| case == name) {
+                Some((_, reason)) => eprintln!("  intentional: {reason}"),
+                None => differences.push(line),
+            }
         }
     }
     drop(upstream);
