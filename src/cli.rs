@@ -260,6 +260,14 @@ pub struct NodeArgs {
     /// following no symlink below it.
     #[arg(long, env = "KUBELET_ROOT_DIR", default_value = crate::node::DEFAULT_KUBELET_ROOT_DIR)]
     pub kubelet_root_dir: PathBuf,
+    /// cert-manager csi-driver's data root on this node (its --data-root;
+    /// the csi-driver chart's app.driver.csiDataDir, by default
+    /// /tmp/cert-manager-csi-driver). At start, before Probe reports
+    /// ready, every volume csi-driver left mounted there is taken over and
+    /// renewed in place. Stop csi-driver first. Unset (the default)
+    /// adopts nothing; a directory that does not exist adopts nothing.
+    #[arg(long, env = "ADOPT_CSI_DRIVER_DATA_ROOT", value_parser = parse_absolute_path)]
+    pub adopt_csi_driver_data_root: Option<PathBuf>,
     /// kubeconfig to use; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -383,6 +391,18 @@ fn parse_listen_address(value: &str) -> Result<ListenAddress, String> {
         text => text.parse().map(|a| ListenAddress(Some(a))).map_err(|_| {
             format!("{value:?} is not an address; use host:port such as 0.0.0.0:9402, or off")
         }),
+    }
+}
+
+fn parse_absolute_path(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is not an absolute path; give csi-driver's data root as this container sees it (the csi-driver chart mounts app.driver.csiDataDir, by default /tmp/cert-manager-csi-driver, and passes a relative --data-root inside its own container)",
+            crate::volume::short_quote(value)
+        ))
     }
 }
 
@@ -566,6 +586,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             metrics_address: args.metrics_address.0,
             slow_issuance: args.slow_issuance_threshold,
             kubelet_root_dir: args.kubelet_root_dir,
+            adopt_csi_driver_data_root: args.adopt_csi_driver_data_root,
             input: crate::volume::InputLimits {
                 max_context_bytes: args.max_volume_context_bytes as usize,
                 max_sans: args.max_sans as usize,

@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub kubelet_root_dir: PathBuf,
     /// Caps on one volume's attributes and SANs.
     pub input: crate::volume::InputLimits,
+    /// cert-manager csi-driver's `--data-root` on this node: at start, the
+    /// volumes it left mounted there are taken over (see `node::adopt`).
+    pub adopt_csi_driver_data_root: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -54,6 +57,7 @@ impl NodeConfig {
             slow_issuance: Duration::from_secs(10),
             kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
             input: crate::volume::InputLimits::default(),
+            adopt_csi_driver_data_root: None,
         }
     }
 }

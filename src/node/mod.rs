@@ -7,7 +7,8 @@
 //!   resumed) → wait → [`deliver`] (files, mount) → record → schedule;
 //! - [`renew`]: the same request, deliver and record steps when the
 //!   scheduler says a volume is due; [`recover`] re-adopts volumes after a
-//!   restart; [`unpublish`] takes a volume away;
+//!   restart, and [`adopt`] takes over those cert-manager's csi-driver left
+//!   mounted; [`unpublish`] takes a volume away;
 //! - [`driver`]: what differs between csi.cert-manager.io and the SPIFFE
 //!   driver; [`trust`]: the CA file every volume gets when a trust bundle is
 //!   configured;
@@ -19,6 +20,7 @@
 //! `store` (tmpfs, atomic files, state) and `renewal` (when, and how many
 //! at once).
 
+pub mod adopt;
 pub mod config;
 pub mod deliver;
 pub mod driver;
@@ -33,6 +35,7 @@ pub mod trust;
 pub mod unpublish;
 pub mod volumes;
 
+pub use adopt::Adoption;
 pub use config::{DEFAULT_KUBELET_ROOT_DIR, NodeConfig, RetryPolicy};
 pub use driver::Driver;
 pub use error::{PublishError, UnpublishError};

@@ -31,6 +31,9 @@ pub struct Recovery {
     /// Volumes whose tmpfs or target mount was gone, removed with their
     /// requests.
     pub cleaned: usize,
+    /// cert-manager csi-driver's volumes taken over (with
+    /// `--adopt-csi-driver-data-root`).
+    pub adoption: super::adopt::Adoption,
 }
 
 /// What to do with one volume found in node state.
@@ -110,6 +113,9 @@ impl VolumeManager {
         for state in gone {
             self.clean_up_lost(state).await;
         }
+        // After cert-csi's own volumes, so those adopted by an earlier start
+        // are recovered above and only counted as known here.
+        report.adoption = self.adopt_csi_driver_volumes().await;
         tracing::info!(
             scheduled = report.scheduled,
             overdue = report.overdue,
@@ -124,7 +130,7 @@ impl VolumeManager {
     /// The renewal time of a recovered volume, under the same rules as a
     /// fresh certificate (see [`schedule::revalidate`]). A retry after a
     /// failed renewal is kept as saved; so is a state that lacks validity.
-    fn recovered_renewal(&self, state: &VolumeState) -> SystemTime {
+    pub(super) fn recovered_renewal(&self, state: &VolumeState) -> SystemTime {
         let saved = state
             .next_renewal
             .map(SystemTime::from)
@@ -171,7 +177,7 @@ impl VolumeManager {
 
     /// Brings a recovered volume's series back: a restart must not make a
     /// volume vanish from dashboards until its next renewal.
-    fn adopt_metrics(&self, state: &VolumeState) {
+    pub(super) fn adopt_metrics(&self, state: &VolumeState) {
         let pod_namespace = state.context.get(kubelet::POD_NAMESPACE);
         let pod_name = state.context.get(kubelet::POD_NAME);
         if let (Some(ns), Some(pod), Some(not_after), Some(next)) =

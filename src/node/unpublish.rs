@@ -54,6 +54,8 @@ impl VolumeManager {
                 tracing::warn!(volume_id, %error, "could not delete CertificateRequests on unpublish");
             }
             check_same_target(state, &target)?;
+        } else {
+            self.unpublish_csi_driver_volume(volume_id, &target).await?;
         }
         self.volumes.remove(volume_id, &target).await?;
         self.metrics.volume_unpublished(volume_id);

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::pki::Secret;
+use crate::store::csi_driver::{CsiDriverRoot, Metadata};
 use crate::store::{DATA_LINK, Store, StoreError, VolumeDir, VolumeState};
 
 /// Runs one store call off the async threads.
@@ -237,6 +238,93 @@ impl Volumes {
         blocking("remove", move || store.remove(&id, &target)).await
     }
 
+    /// cert-manager csi-driver's volumes below its data root `configured`,
+    /// each with its metadata or why it could not be read; `None` when
+    /// there is nothing to adopt (see [`CsiDriverRoot::open`]).
+    pub async fn csi_driver_volumes(
+        &self,
+        configured: &Path,
+    ) -> Result<Option<CsiDriverVolumes>, StoreError> {
+        let configured = configured.to_path_buf();
+        blocking("survey csi-driver volumes", move || {
+            let Some(root) = CsiDriverRoot::open(&configured)? else {
+                return Ok(None);
+            };
+            let volumes = root
+                .volume_ids()?
+                .into_iter()
+                .map(|id| {
+                    let metadata = root.read_metadata(&id);
+                    (id, metadata)
+                })
+                .collect();
+            Ok(Some(CsiDriverVolumes { root, volumes }))
+        })
+        .await
+    }
+
+    /// Whether csi-driver's bind mount of the volume's data is on top at
+    /// `target`, by the mount table.
+    pub async fn csi_driver_bound(
+        &self,
+        root: &CsiDriverRoot,
+        volume_id: &str,
+        target: &Path,
+    ) -> Result<bool, StoreError> {
+        let (root, id, target) = (root.clone(), volume_id.to_string(), target.to_path_buf());
+        blocking("check csi-driver mount", move || {
+            root.is_bound_at(&id, &target)
+        })
+        .await
+    }
+
+    /// Takes over an adopted volume (`state.adopted` says where it lives)
+    /// and checks, without following a symlink, that `target` shows its
+    /// files. The caller saves the state.
+    pub async fn adopt(&self, state: VolumeState) -> Result<(VolumeDir, bool), StoreError> {
+        let store = self.store.clone();
+        blocking("adopt", move || {
+            let dir = store.adopt(&state)?;
+            let shown = dir.is_mounted_at(&state.target_path)?;
+            Ok((dir, shown))
+        })
+        .await
+    }
+
+    /// Unpublishes a csi-driver volume cert-csi did not adopt.
+    pub async fn remove_csi_driver_volume(
+        &self,
+        root: &Path,
+        volume_id: &str,
+        target: &Path,
+    ) -> Result<(), StoreError> {
+        let (store, root, id, target) = (
+            self.store.clone(),
+            root.to_path_buf(),
+            volume_id.to_string(),
+            target.to_path_buf(),
+        );
+        blocking("remove csi-driver volume", move || {
+            store.remove_csi_driver_volume(&root, &id, &target)
+        })
+        .await
+    }
+
+    /// Keeps a secret the volume needs at renewal in its private tmpfs
+    /// directory.
+    pub async fn write_private(
+        &self,
+        dir: &VolumeDir,
+        name: &'static str,
+        secret: Secret,
+    ) -> Result<(), StoreError> {
+        let dir = dir.clone();
+        blocking("write private file", move || {
+            dir.write_private(name, &secret)
+        })
+        .await
+    }
+
     pub async fn volume_ids(&self) -> Result<Vec<String>, StoreError> {
         let store = self.store.clone();
         blocking("list volumes", move || store.volume_ids()).await
@@ -261,4 +349,10 @@ impl Volumes {
         })
         .await
     }
+}
+
+/// What [`Volumes::csi_driver_volumes`] found.
+pub struct CsiDriverVolumes {
+    pub root: CsiDriverRoot,
+    pub volumes: Vec<(String, Result<Metadata, StoreError>)>,
 }

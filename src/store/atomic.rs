@@ -88,27 +88,57 @@ fn validate_files<N: AsRef<str>, B: AsRef<[u8]>>(
     Ok(names)
 }
 
-/// Writes `files` as a new generation in `pod` and swaps it in. With
-/// `unprivileged` (the demo's no-mount fallback, run by a normal user)
-/// directories keep their owner-only modes and groups are left alone: a
-/// normal user can neither chown to root's group nor write into a 0550
-/// directory it owns.
+/// Whose modes and owners a publish gives the pod directory, its
+/// generations and their files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Modes {
+    /// cert-csi's own volumes: the modes the caller gives, directories
+    /// [`DIR_MODE`] (or [`DIR_MODE_WITH_GROUP`]), group-owned by `gid` or
+    /// root.
+    Own,
+    /// The demo's no-mount fallback, run by a normal user: directories keep
+    /// their owner-only modes and groups are left alone (a normal user can
+    /// neither chown to root's group nor write into a 0550 directory it
+    /// owns).
+    Unprivileged,
+    /// A volume adopted from cert-manager's csi-driver, written as csi-lib
+    /// writes it (storage/filesystem.go, the kubelet's AtomicWriter): every
+    /// file [`CSI_LIB_FILE_MODE`] whatever the caller asks, group `gid`
+    /// when set; generation directories 0755; the data directory keeps its
+    /// mode and only takes `gid` as its group.
+    CsiLib,
+}
+
+/// The mode csi-lib gives every file of a volume, with or without a group.
+pub const CSI_LIB_FILE_MODE: u32 = 0o440;
+/// The mode of the kubelet AtomicWriter's generation directories.
+const CSI_LIB_GENERATION_MODE: u32 = 0o755;
+
+/// Writes `files` as a new generation in `pod` and swaps it in, with the
+/// modes and owners `modes` says.
 pub(crate) fn publish<N: AsRef<str>, B: AsRef<[u8]>>(
     pod: &Path,
     files: &[(N, B, u32)],
     gid: Option<u32>,
-    unprivileged: bool,
+    modes: Modes,
 ) -> Result<(), StoreError> {
     let names = validate_files(files)?;
 
     let generation = create_generation_dir(pod)?;
     let gen_path = pod.join(&generation);
-    if let Err(e) = write_generation(&gen_path, files, gid, unprivileged) {
+    if let Err(e) = write_generation(&gen_path, files, gid, modes) {
         let _ = fs::remove_dir_all(&gen_path);
         return Err(e);
     }
-    if !unprivileged {
-        set_owner_and_mode(pod, gid, dir_mode(gid))?;
+    match modes {
+        Modes::Own => set_owner_and_mode(pod, gid, dir_mode(gid))?,
+        Modes::Unprivileged => {}
+        Modes::CsiLib => {
+            if let Some(gid) = gid {
+                std::os::unix::fs::chown(pod, None, Some(gid))
+                    .map_err(|e| StoreError::io("change group of", pod, e))?;
+            }
+        }
     }
 
     // The swap itself: a symlink under a temporary name renamed over
@@ -158,10 +188,14 @@ fn write_generation<N: AsRef<str>, B: AsRef<[u8]>>(
     dir: &Path,
     files: &[(N, B, u32)],
     gid: Option<u32>,
-    unprivileged: bool,
+    modes: Modes,
 ) -> Result<(), StoreError> {
     for (name, contents, mode) in files {
         let path = dir.join(name.as_ref());
+        let mode = match modes {
+            Modes::CsiLib => &CSI_LIB_FILE_MODE,
+            Modes::Own | Modes::Unprivileged => mode,
+        };
         let write = || -> io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -177,10 +211,12 @@ fn write_generation<N: AsRef<str>, B: AsRef<[u8]>>(
         };
         write().map_err(|e| StoreError::io("write file", &path, e))?;
     }
-    if unprivileged {
-        return Ok(());
+    match modes {
+        Modes::Own => set_owner_and_mode(dir, gid, dir_mode(gid)),
+        Modes::Unprivileged => Ok(()),
+        Modes::CsiLib => fs::set_permissions(dir, Permissions::from_mode(CSI_LIB_GENERATION_MODE))
+            .map_err(|e| StoreError::io("change mode of", dir, e)),
     }
-    set_owner_and_mode(dir, gid, dir_mode(gid))
 }
 
 fn set_owner_and_mode(path: &Path, gid: Option<u32>, mode: u32) -> Result<(), StoreError> {
@@ -317,12 +353,12 @@ mod tests {
             pod,
             &[("a", "one", 0o440), ("b", "one", 0o440)],
             None,
-            false,
+            Modes::Own,
         )
         .unwrap();
         let first = current_generation(pod).unwrap();
         assert_eq!(fs::read_to_string(pod.join("a")).unwrap(), "one");
-        publish(pod, &[("a", "two", 0o440)], None, false).unwrap();
+        publish(pod, &[("a", "two", 0o440)], None, Modes::Own).unwrap();
         let second = current_generation(pod).unwrap();
         assert_ne!(first, second);
         assert!(first.exists(), "the previous generation is kept once");
@@ -331,7 +367,7 @@ mod tests {
             fs::symlink_metadata(pod.join("b")).is_err(),
             "stale name removed"
         );
-        publish(pod, &[("a", "three", 0o440)], None, false).unwrap();
+        publish(pod, &[("a", "three", 0o440)], None, Modes::Own).unwrap();
         assert!(!first.exists(), "older generations are removed");
         assert!(second.exists());
         let names: Vec<_> = fs::read_dir(pod)
@@ -346,11 +382,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pod = dir.path();
         fs::write(pod.join("tls.crt"), "left over").unwrap();
-        publish(pod, &[("tls.crt", "new", 0o440)], None, false).unwrap();
+        publish(pod, &[("tls.crt", "new", 0o440)], None, Modes::Own).unwrap();
         assert_eq!(
             fs::read_link(pod.join("tls.crt")).unwrap(),
             Path::new("..data/tls.crt")
         );
         assert_eq!(fs::read_to_string(pod.join("tls.crt")).unwrap(), "new");
+    }
+
+    #[test]
+    fn csi_lib_modes_are_csi_libs_whatever_the_caller_asks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("data");
+        // csi-lib makes it 0550; 0750 lets a test run by a normal user
+        // write into it, and any mode must stay as it is.
+        DirBuilder::new().mode(0o750).create(&pod).unwrap();
+        fs::set_permissions(&pod, Permissions::from_mode(0o750)).unwrap();
+        publish(&pod, &[("tls.crt", "one", 0o640)], None, Modes::CsiLib).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let generation = current_generation(&pod).unwrap();
+        assert_eq!(mode(&generation.join("tls.crt")), CSI_LIB_FILE_MODE);
+        assert_eq!(mode(&generation), CSI_LIB_GENERATION_MODE);
+        assert_eq!(mode(&pod), 0o750, "the data directory keeps its mode");
+        assert_eq!(fs::read_to_string(pod.join("tls.crt")).unwrap(), "one");
     }
 }

@@ -12,8 +12,14 @@
 //!
 //! Each volume has its own small tmpfs so one volume cannot fill another's
 //! memory, and so removing a volume is one unmount.
+//!
+//! A volume taken over from cert-manager's csi-driver (see `node::adopt`)
+//! keeps only `state.json` here, marked `adopted`: its files stay in
+//! csi-driver's shared tmpfs ([`csi_driver`]), and [`VolumeDir`] writes
+//! them there in csi-lib's layout.
 
 mod atomic;
+pub mod csi_driver;
 mod error;
 mod mountinfo;
 mod mounts;
@@ -37,9 +43,10 @@ pub use mountinfo::{MountEntry, mounts_at, parse_mountinfo, read_mountinfo};
 pub use mounts::TMPFS_SOURCE;
 pub use names::{id_hash, validate_file_name, validate_volume_id};
 pub use scan::assert_no_key_material_outside_tmpfs;
-pub use state::{RequestPhase, RequestRef, STATE_VERSION, VolumeState};
+pub use state::{Adopted, RequestPhase, RequestRef, STATE_VERSION, VolumeState};
 
 use crate::pki::Secret;
+use csi_driver::CsiDriverVolume;
 
 const VOLUMES_DIR: &str = "volumes";
 const STATE_FILE: &str = "state.json";
@@ -199,12 +206,7 @@ impl Store {
             },
         )?;
         create_private_dir(&mnt.join(PRIVATE_DIR))?;
-        Ok(VolumeDir {
-            volume_id: volume_id.to_owned(),
-            dir,
-            lock: Arc::clone(&self.lock),
-            mode: self.options.mount_mode,
-        })
+        Ok(self.volume_dir(volume_id, dir, None))
     }
 
     /// Unmounts this volume's mount at `target_path`, then the volume's
@@ -220,6 +222,15 @@ impl Store {
     pub fn remove(&self, volume_id: &str, target_path: &Path) -> Result<(), StoreError> {
         let dir = self.volume_path(volume_id)?;
         let _guard = self.guard();
+
+        // An adopted volume: csi-driver's bind mount of its data directory
+        // goes from the target, then the volume's directory from
+        // csi-driver's tmpfs, as csi-driver's unpublish does. The state
+        // goes last, below, so a retry still knows where the volume was.
+        if let Some(csi) = self.adopted_volume(volume_id) {
+            self.release_target(&csi.data_dir(), target_path)?;
+            csi.remove()?;
+        }
 
         if fs::symlink_metadata(&dir).is_ok() {
             self.release_target(&dir.join(MNT_DIR).join(POD_DIR), target_path)?;
@@ -239,6 +250,31 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io("inspect", &dir, e)),
         }
+    }
+
+    /// Unpublishes a volume of cert-manager's csi-driver that cert-csi did
+    /// not adopt (see `node::adopt`), as csi-driver's unpublish would: its
+    /// bind mount goes from `target_path`, its directory from csi-driver's
+    /// tmpfs below `csi_driver_root`. Whatever is gone counts as done.
+    pub fn remove_csi_driver_volume(
+        &self,
+        csi_driver_root: &Path,
+        volume_id: &str,
+        target_path: &Path,
+    ) -> Result<(), StoreError> {
+        validate_volume_id(volume_id)?;
+        let root = match csi_driver_root.canonicalize() {
+            Ok(root) => root,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("resolve", csi_driver_root, e)),
+        };
+        let csi = CsiDriverVolume::new(&root, volume_id);
+        if !csi.check()? {
+            return Ok(());
+        }
+        let _guard = self.guard();
+        self.release_target(&csi.data_dir(), target_path)?;
+        csi.remove()
     }
 
     /// Takes the volume whose pod directory is `pod` away from `target_path`
@@ -402,12 +438,61 @@ impl Store {
             MountMode::Kernel => mounts::is_tmpfs_mount(&dir.join(MNT_DIR))?,
             MountMode::Files => dir.join(MNT_DIR).is_dir(),
         };
-        Ok(mounted.then(|| VolumeDir {
+        if mounted {
+            return Ok(Some(self.volume_dir(volume_id, dir, None)));
+        }
+        match self.adopted_volume(volume_id) {
+            Some(csi) if csi.check()? => Ok(Some(self.volume_dir(volume_id, dir, Some(csi)))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes over a volume cert-manager's csi-driver published, whose
+    /// `state` says where it lives ([`VolumeState::adopted`]): makes the
+    /// volume's directory here for its state, and cert-csi's private
+    /// directory in csi-driver's tmpfs after checking that tmpfs. The
+    /// caller saves the state.
+    pub fn adopt(&self, state: &VolumeState) -> Result<VolumeDir, StoreError> {
+        let dir = self.volume_path(&state.volume_id)?;
+        let adopted = state
+            .adopted
+            .as_ref()
+            .ok_or_else(|| StoreError::InvalidState {
+                path: dir.join(STATE_FILE),
+                field: "adopted",
+                reason: "is empty, but only an adopted volume can be adopted".into(),
+            })?;
+        let csi = CsiDriverVolume::new(&adopted.csi_driver_data_root, &state.volume_id);
+        let _guard = self.guard();
+        csi.require("adopt")?;
+        create_private_dir(&dir)?;
+        Ok(self.volume_dir(&state.volume_id, dir, Some(csi)))
+    }
+
+    /// Where an adopted volume lives in csi-driver's tmpfs; `None` for
+    /// every other volume (and when its state cannot be read).
+    fn adopted_volume(&self, volume_id: &str) -> Option<CsiDriverVolume> {
+        let state = self.load_state(volume_id).ok()?;
+        let adopted = state.adopted?;
+        Some(CsiDriverVolume::new(
+            &adopted.csi_driver_data_root,
+            volume_id,
+        ))
+    }
+
+    fn volume_dir(
+        &self,
+        volume_id: &str,
+        dir: PathBuf,
+        csi_driver: Option<CsiDriverVolume>,
+    ) -> VolumeDir {
+        VolumeDir {
             volume_id: volume_id.to_owned(),
             dir,
             lock: Arc::clone(&self.lock),
             mode: self.options.mount_mode,
-        }))
+            csi_driver,
+        }
     }
 }
 
@@ -418,6 +503,9 @@ pub struct VolumeDir {
     dir: PathBuf,
     lock: Arc<Mutex<()>>,
     mode: MountMode,
+    /// For a volume adopted from cert-manager's csi-driver: where its
+    /// files are, in csi-driver's tmpfs (its state stays in `dir`).
+    csi_driver: Option<CsiDriverVolume>,
 }
 
 impl VolumeDir {
@@ -430,18 +518,33 @@ impl VolumeDir {
         &self.dir
     }
 
-    /// The tmpfs mount point.
+    /// The volume's own tmpfs mount point (of an adopted volume: its
+    /// directory in csi-driver's tmpfs).
     pub fn tmpfs_path(&self) -> PathBuf {
-        self.dir.join(MNT_DIR)
+        match &self.csi_driver {
+            Some(csi) => csi.dir().to_path_buf(),
+            None => self.dir.join(MNT_DIR),
+        }
     }
 
     /// The directory the pod sees.
     pub fn pod_path(&self) -> PathBuf {
-        self.tmpfs_path().join(POD_DIR)
+        match &self.csi_driver {
+            Some(csi) => csi.data_dir(),
+            None => self.tmpfs_path().join(POD_DIR),
+        }
+    }
+
+    /// Secrets the pod never sees, in the tmpfs.
+    fn private_dir(&self) -> PathBuf {
+        match &self.csi_driver {
+            Some(csi) => csi.private_dir(),
+            None => self.tmpfs_path().join(PRIVATE_DIR),
+        }
     }
 
     fn pending_key_path(&self) -> PathBuf {
-        self.tmpfs_path().join(PRIVATE_DIR).join(PENDING_KEY)
+        self.private_dir().join(PENDING_KEY)
     }
 
     fn guard(&self) -> MutexGuard<'_, ()> {
@@ -477,17 +580,13 @@ impl VolumeDir {
             });
         }
         self.ensure_tmpfs("write private file")?;
-        state::write_atomically(
-            &self.tmpfs_path().join(PRIVATE_DIR).join(name),
-            &secret.0,
-            0o600,
-        )
+        state::write_atomically(&self.private_dir().join(name), &secret.0, 0o600)
     }
 
     /// A secret written by [`VolumeDir::write_private`], if present.
     pub fn read_private(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         validate_file_name(name)?;
-        let path = self.tmpfs_path().join(PRIVATE_DIR).join(name);
+        let path = self.private_dir().join(name);
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(Secret(bytes))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -516,7 +615,14 @@ impl VolumeDir {
     ) -> Result<(), StoreError> {
         let _guard = self.guard();
         self.ensure_tmpfs("publish")?;
-        atomic::publish(&self.pod_path(), files, gid, self.mode == MountMode::Files)
+        let modes = if self.csi_driver.is_some() {
+            atomic::Modes::CsiLib
+        } else if self.mode == MountMode::Files {
+            atomic::Modes::Unprivileged
+        } else {
+            atomic::Modes::Own
+        };
+        atomic::publish(&self.pod_path(), files, gid, modes)
     }
 
     /// Bind-mounts the pod directory read-only (and nodev, noexec, nosuid)
@@ -524,6 +630,20 @@ impl VolumeDir {
     /// already mounted there. No symlink in `target` is followed, and a
     /// directory that is not empty or has another mount is refused.
     pub fn mount_at(&self, target: &Path) -> Result<(), StoreError> {
+        if self.csi_driver.is_some() {
+            // csi-driver mounted it; cert-csi only keeps it.
+            return if self.is_mounted_at(target)? {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    op: "mount",
+                    path: target.to_owned(),
+                    reason: "the volume was adopted from csi-driver and is no longer \
+                             mounted there; unpublish it so the kubelet publishes it afresh"
+                        .into(),
+                })
+            };
+        }
         let _guard = self.guard();
         self.ensure_tmpfs("mount")?;
         let parent =
@@ -608,6 +728,9 @@ impl VolumeDir {
     /// An error if the tmpfs vanished (node reboot, someone unmounted it):
     /// writing then would land on persistent disk.
     fn ensure_tmpfs(&self, op: &'static str) -> Result<(), StoreError> {
+        if let Some(csi) = &self.csi_driver {
+            return csi.require(op);
+        }
         let mnt = self.tmpfs_path();
         if self.mode == MountMode::Files {
             return if mnt.is_dir() {

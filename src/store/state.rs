@@ -62,6 +62,20 @@ pub struct VolumeState {
     /// the pod was given.
     #[serde(default)]
     pub volume_mount_group: Option<String>,
+    /// Set when the volume was published by cert-manager's csi-driver and
+    /// taken over in place: its files live in csi-driver's tmpfs, not in a
+    /// tmpfs of cert-csi's (see `store::csi_driver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+/// Where an adopted volume lives, and since when cert-csi serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopted {
+    /// csi-driver's `--data-root` as found on this node (resolved); the
+    /// volume is `<root>/inmemfs/<volume id>`.
+    pub csi_driver_data_root: PathBuf,
+    pub at: Timestamp,
 }
 
 /// Names one CertificateRequest and where it stands.
@@ -105,6 +119,7 @@ impl VolumeState {
             short_certificates: 0,
             renewal_attempts: 0,
             volume_mount_group: None,
+            adopted: None,
         }
     }
 

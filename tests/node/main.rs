@@ -4,6 +4,7 @@
 
 mod attributes;
 mod csi_sanity;
+mod migration;
 mod observability;
 mod outage;
 mod outcomes;

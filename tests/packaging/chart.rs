@@ -561,6 +561,27 @@ fn check_node(docs: &[Value], values: &Value) {
         );
         assert_eq!(propagation.as_deref(), Some("Bidirectional"), "{what}");
     }
+    // csi-driver's data directory, when its volumes are to be taken over:
+    // passed as the host path it is mounted at, with the host's mounts (its
+    // tmpfs) reaching the container.
+    let adopt = values
+        .pointer("/app/driver/adoptCsiDriverDataDir")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let adopt_flag = node
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix("--adopt-csi-driver-data-root="));
+    if adopt.is_empty() {
+        assert_eq!(adopt_flag, None, "nothing to adopt, no flag");
+    } else {
+        assert_eq!(adopt_flag, Some(adopt));
+        let (host, _, propagation) = host_path(&spec, node, adopt);
+        assert_eq!(host, adopt, "csi-driver's directory at its host path");
+        assert_eq!(propagation.as_deref(), Some("HostToContainer"));
+    }
     for c in [registrar, probe_sidecar] {
         for m in c.volume_mounts.iter().flatten() {
             assert_ne!(

@@ -145,7 +145,27 @@ impl Env {
         Env::start_on(Backend::Sandbox, options, extra_args, Signer::CertCsi).await
     }
 
+    /// Like [`Env::start_with_args`], without starting the node plugin:
+    /// for a test that runs another node plugin first (e.g. cert-manager's
+    /// csi-driver, see [`crate::CsiDriver`]). [`Env::start_plugin`] starts
+    /// it.
+    pub async fn start_without_plugin(options: Options, extra_args: &[&str]) -> Env {
+        Env::start_idle(Backend::from_env(), options, extra_args, Signer::CertCsi).await
+    }
+
     async fn start_on(
+        backend: Backend,
+        options: Options,
+        extra_args: &[&str],
+        signer: Signer,
+    ) -> Env {
+        let mut env = Env::start_idle(backend, options, extra_args, signer).await;
+        env.plugin = Some(env.spawn_plugin());
+        env.wait_ready().await;
+        env
+    }
+
+    async fn start_idle(
         backend: Backend,
         options: Options,
         extra_args: &[&str],
@@ -174,7 +194,7 @@ impl Env {
         let log_path = test_log_path("node");
         let node_id = "node-e2e-1".to_string();
         File::create(&log_path).expect("log file");
-        let mut env = Env {
+        Env {
             base,
             kubeconfig,
             socket,
@@ -196,10 +216,12 @@ impl Env {
             sandbox,
             real,
             _dir: dir,
-        };
-        env.plugin = Some(env.spawn_plugin());
-        env.wait_ready().await;
-        env
+        }
+    }
+
+    /// Adds `cert-csi node` flags for every later start of the plugin.
+    pub fn add_plugin_args(&mut self, args: &[&str]) {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
     }
 
     /// Starts `cert-csi node`, appending its output to the log file.
