@@ -6,6 +6,7 @@
 //! not listed as intentional (README, "Intentional differences") fails.
 
 mod differential;
+mod interop;
 mod matrix;
 mod renewal;
 mod token_request;

@@ -16,6 +16,7 @@
 //!   switches away from;
 //! - [`assertions`]: logs, mounts, openssl, a pod's reader, metrics;
 //! - [`peers`]: upstream csi-driver and cert-manager's controller, run beside.
+//! - [`tls`]: mutual TLS between two identities, judged by openssl.
 
 pub mod assertions;
 pub mod cluster;
@@ -24,6 +25,7 @@ pub mod csi_driver;
 pub mod env;
 pub mod peers;
 pub mod real;
+pub mod tls;
 
 pub use assertions::*;
 pub use cluster::*;
