@@ -226,8 +226,10 @@ pub struct Pkcs12Keystore {
     /// Literal keystore password; alternative to passwordSecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// Encryption profile: `LegacyRC2` (default), `LegacyDES` or `Modern2023`.
+    /// Encryption profile: `LegacyRC2` (default), `LegacyDES`, `Modern2023`
+    /// or `Modern2026`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["LegacyRC2", "LegacyDES", "Modern2023", "Modern2026"]))]
     pub profile: Option<String>,
 }
 

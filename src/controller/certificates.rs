@@ -270,6 +270,10 @@ impl Context {
                -> Result<Option<crate::pki::Secret>, String> {
             match src {
                 None => Ok(None),
+                // Upstream refuses an empty password in either form.
+                Some(PasswordSource::Inline("")) => Err(format!(
+                    "{field}.password: is empty; set a non-empty password or use passwordSecretRef"
+                )),
                 Some(PasswordSource::Inline(p)) => Ok(Some(crate::pki::Secret::from(p))),
                 Some(PasswordSource::SecretRef { name, key }) => {
                     let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
@@ -280,6 +284,11 @@ impl Context {
                     let value = field_owned(&secret, key).ok_or_else(|| {
                         format!("{field}.passwordSecretRef: Secret {ns}/{name} has no key {key:?}; add the keystore password there")
                     })?;
+                    if value.is_empty() {
+                        return Err(format!(
+                            "{field}.passwordSecretRef: key {key:?} of Secret {ns}/{name} is empty; put the keystore password there"
+                        ));
+                    }
                     Ok(Some(crate::pki::Secret::new(value)))
                 }
             }
@@ -708,7 +717,8 @@ async fn issue(
             e @ (OutputError::Keystore { .. }
             | OutputError::Key { .. }
             | OutputError::NoPassword { .. }
-            | OutputError::UnknownFormat { .. }),
+            | OutputError::UnknownFormat { .. }
+            | OutputError::UnknownProfile { .. }),
         ) => {
             return fail(cert, ctx, api, status, reasons::FAILED, &e.to_string()).await;
         }

@@ -47,11 +47,14 @@ pub(super) fn build_files(
         ),
     ];
     if let Some(p12) = &spec.pkcs12 {
+        // As csi-driver's pkg/keystore/pkcs12: LegacyRC2, and the chain
+        // alone (its CA certificates after the leaf; ca.crt is not added).
         let bytes = pki::keystore::pkcs12(
             key,
             issued.chain_pem.as_bytes(),
-            Some(issued.ca_pem.as_bytes()).filter(|ca| !ca.is_empty()),
+            None,
             p12.password.expose(),
+            pki::keystore::Pkcs12Profile::LegacyRc2,
         )
         .map_err(|e| PublishError::Internal(format!("building the PKCS#12 keystore: {e}")))?;
         files.push((p12.filename.clone(), Secret::new(bytes), mode));

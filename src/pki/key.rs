@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
@@ -51,6 +51,8 @@ pub enum KeyError {
         "key-encoding: PKCS1 is only defined for RSA keys, but this key is {algorithm}; use PKCS8"
     )]
     Pkcs1NotRsa { algorithm: String },
+    #[error("SEC1 (EC PRIVATE KEY) is only defined for ECDSA keys, but this key is {algorithm}")]
+    Sec1NotEcdsa { algorithm: String },
     #[error(
         "private key PEM: no PEM block found; expected one of RSA PRIVATE KEY, PRIVATE KEY or EC PRIVATE KEY"
     )]
@@ -310,16 +312,29 @@ impl PrivateKey {
                     .map_err(|e| malformed("PKCS#8", e))?;
                 Ok(Secret::new(info.private_key.as_bytes().to_vec()))
             }
+            KeyEncoding::Sec1 => match &self.signer {
+                Signer::Ecdsa(pair) => {
+                    let der: EcPrivateKeyRfc5915Der = pair
+                        .private_key()
+                        .as_der()
+                        .map_err(|e| malformed("SEC1 EC", e))?;
+                    Ok(Secret::new(der.as_ref().to_vec()))
+                }
+                _ => Err(KeyError::Sec1NotEcdsa {
+                    algorithm: describe_algorithm(self.algorithm),
+                }),
+            },
         }
     }
 
-    /// The private key as PEM: `RSA PRIVATE KEY` for PKCS1 (RSA only) or
-    /// `PRIVATE KEY` for PKCS8.
+    /// The private key as PEM: `RSA PRIVATE KEY` for PKCS1 (RSA only),
+    /// `PRIVATE KEY` for PKCS8, `EC PRIVATE KEY` for SEC1 (ECDSA only).
     pub fn to_pem(&self, encoding: KeyEncoding) -> Result<Secret, KeyError> {
         let der = self.to_der(encoding)?;
         let label = match encoding {
             KeyEncoding::Pkcs1 => "RSA PRIVATE KEY",
             KeyEncoding::Pkcs8 => "PRIVATE KEY",
+            KeyEncoding::Sec1 => "EC PRIVATE KEY",
         };
         let block = pem::Pem::new(label, der.expose().to_vec());
         let text = pem::encode_config(
@@ -581,6 +596,23 @@ mod tests {
         assert_eq!(from8.public_key_der(), key.public_key_der());
         // The PKCS#1 written from a PKCS#1-loaded key is byte-identical.
         assert_eq!(from1.to_pem(KeyEncoding::Pkcs1).unwrap(), pkcs1);
+    }
+
+    #[test]
+    fn ecdsa_round_trips_through_sec1_and_only_ecdsa_has_it() {
+        for curve in [Curve::P256, Curve::P384, Curve::P521] {
+            let key = PrivateKey::generate(KeyAlgorithm::Ecdsa(curve)).unwrap();
+            let sec1 = key.to_pem(KeyEncoding::Sec1).unwrap();
+            assert_eq!(pem_label(&sec1), "EC PRIVATE KEY");
+            let back = PrivateKey::from_pem(sec1.expose()).unwrap();
+            assert_eq!(back.public_key_der(), key.public_key_der());
+            assert_eq!(back.to_pem(KeyEncoding::Sec1).unwrap(), sec1);
+        }
+        for alg in [KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa { bits: 2048 }] {
+            let key = PrivateKey::generate(alg).unwrap();
+            let err = key.to_der(KeyEncoding::Sec1).unwrap_err();
+            assert!(matches!(err, KeyError::Sec1NotEcdsa { .. }), "{err}");
+        }
     }
 
     #[test]

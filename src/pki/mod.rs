@@ -6,11 +6,13 @@
 //! - [`sign`]: the CA and SelfSigned signers' certificate templates.
 //! - [`inspect`]: read certificate chains (serial, names, validity, keys).
 //! - [`keystore`]: PKCS#12, JKS, combined PEM and DER outputs.
+//! - [`pkcs12`]: the PKCS#12 encoder in cert-manager's four profiles.
 
 pub mod csr;
 pub mod inspect;
 pub mod key;
 pub mod keystore;
+pub mod pkcs12;
 pub mod rules;
 pub mod secret;
 pub mod sign;

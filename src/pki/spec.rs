@@ -30,6 +30,9 @@ pub enum KeyEncoding {
     Pkcs1,
     /// `PRIVATE KEY` (RFC 5208).
     Pkcs8,
+    /// `EC PRIVATE KEY` (SEC1, RFC 5915). Only valid for ECDSA; it is what
+    /// cert-manager writes for an ECDSA Certificate with `encoding: PKCS1`.
+    Sec1,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

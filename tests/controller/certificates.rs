@@ -441,10 +441,21 @@ async fn bootstrap_outputs_and_reissue_triggers() {
             "pass:changeit-123",
             "-nokeys",
             "-info",
+            "-legacy",
         ],
         dir.path(),
     );
     assert!(p12.contains("BEGIN CERTIFICATE"), "{p12}");
+    // No profile means LegacyRC2, as upstream (OpenSSL 3 needs -legacy).
+    assert!(
+        p12.contains("PKCS7 Encrypted data: pbeWithSHA1And40BitRC2-CBC"),
+        "{p12}"
+    );
+    // ECDSA with the default encoding (PKCS1) is SEC1, as upstream.
+    assert!(
+        String::from_utf8_lossy(&data(&secret, "tls.key"))
+            .starts_with("-----BEGIN EC PRIVATE KEY-----")
+    );
     run(
         "openssl",
         &[
@@ -454,6 +465,7 @@ async fn bootstrap_outputs_and_reissue_triggers() {
             "-passin",
             "pass:changeit-123",
             "-nokeys",
+            "-legacy",
         ],
         dir.path(),
     );

@@ -410,6 +410,8 @@ async fn files_keystore_lifetime_and_annotations() {
     // PKCS#12 opens with the password (and not without it), holding the leaf.
     assert_chain_and_key(&p12, "tls.crt", "tls.key", "ca.crt");
     let store = path_str(&p12.file("keystore.p12")).to_string();
+    // csi-driver writes go-pkcs12's LegacyRC2 profile, which OpenSSL 3
+    // reads only with its legacy provider.
     let opened = openssl_ok(&[
         "pkcs12",
         "-in",
@@ -417,8 +419,36 @@ async fn files_keystore_lifetime_and_annotations() {
         "-passin",
         "pass:s3cret-pass",
         "-nodes",
+        "-legacy",
     ]);
     assert!(opened.contains("PRIVATE KEY"), "no key in the keystore");
+    let info = openssl(&[
+        "pkcs12",
+        "-in",
+        &store,
+        "-passin",
+        "pass:s3cret-pass",
+        "-info",
+        "-noout",
+        "-legacy",
+    ]);
+    assert!(info.status.success(), "openssl pkcs12 -info failed");
+    let info = String::from_utf8_lossy(&info.stderr);
+    for line in [
+        "MAC: sha1, Iteration 1",
+        "PKCS7 Encrypted data: pbeWithSHA1And40BitRC2-CBC, Iteration 2048",
+        "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 2048",
+    ] {
+        assert!(info.contains(line), "not LegacyRC2 ({line}): {info}");
+    }
+    // The chain alone: ca.crt is not added, as csi-driver passes chain[1:].
+    assert_eq!(
+        opened.matches("BEGIN CERTIFICATE").count(),
+        p12.read_string("tls.crt")
+            .matches("BEGIN CERTIFICATE")
+            .count(),
+        "the keystore holds other certificates than tls.crt's"
+    );
     let leaf_b64: String = p12
         .read_string("tls.crt")
         .lines()
@@ -431,9 +461,17 @@ async fn files_keystore_lifetime_and_annotations() {
         "the keystore does not hold the issued leaf"
     );
     assert!(
-        !openssl(&["pkcs12", "-in", &store, "-passin", "pass:wrong", "-nodes"])
-            .status
-            .success(),
+        !openssl(&[
+            "pkcs12",
+            "-in",
+            &store,
+            "-passin",
+            "pass:wrong",
+            "-nodes",
+            "-legacy"
+        ])
+        .status
+        .success(),
         "the keystore opened with a wrong password"
     );
 

@@ -11,7 +11,7 @@ use thiserror::Error;
 use super::policy::Desired;
 use crate::api::well_known as wk;
 use crate::api::{Certificate, CertificateSpec};
-use crate::pki::keystore::{self, KeystoreError};
+use crate::pki::keystore::{self, KeystoreError, Pkcs12Profile};
 use crate::pki::{CertInfo, PrivateKey};
 
 pub const TLS_CRT: &str = "tls.crt";
@@ -56,6 +56,10 @@ pub enum OutputError {
         "spec.additionalOutputFormats: {value:?} is not an output format; use DER or CombinedPEM"
     )]
     UnknownFormat { value: String },
+    #[error(
+        "spec.keystores.pkcs12.profile: {value} is not a PKCS#12 profile; use LegacyRC2 (the default), LegacyDES, Modern2023 or Modern2026"
+    )]
+    UnknownProfile { value: String },
 }
 
 /// Passwords for the keystores, already read from their Secrets.
@@ -123,7 +127,7 @@ fn wants_format(spec: &CertificateSpec, name: &str) -> bool {
         .any(|f| f.type_ == name)
 }
 
-/// Checks `spec.additionalOutputFormats` names.
+/// Checks `spec.additionalOutputFormats` names and the PKCS#12 profile.
 pub fn check_formats(spec: &CertificateSpec) -> Result<(), OutputError> {
     for f in spec.additional_output_formats.iter().flatten() {
         if f.type_ != "DER" && f.type_ != "CombinedPEM" {
@@ -132,7 +136,35 @@ pub fn check_formats(spec: &CertificateSpec) -> Result<(), OutputError> {
             });
         }
     }
+    pkcs12_profile(spec)?;
     Ok(())
+}
+
+/// `spec.keystores.pkcs12.profile`: unset or empty means LegacyRC2, as
+/// upstream's encoder defaults; other values must be one of the upstream
+/// CRD's enum (which cert-csi's CRD also declares).
+pub fn pkcs12_profile(spec: &CertificateSpec) -> Result<Pkcs12Profile, OutputError> {
+    let profile = spec
+        .keystores
+        .as_ref()
+        .and_then(|k| k.pkcs12.as_ref())
+        .and_then(|p| p.profile.as_deref())
+        .unwrap_or("");
+    if profile.is_empty() {
+        return Ok(Pkcs12Profile::default());
+    }
+    Pkcs12Profile::from_name(profile).ok_or_else(|| OutputError::UnknownProfile {
+        value: crate::volume::short_quote(profile),
+    })
+}
+
+/// `spec.keystores.jks.alias`, or "certificate" when unset.
+fn jks_alias(spec: &CertificateSpec) -> &str {
+    spec.keystores
+        .as_ref()
+        .and_then(|k| k.jks.as_ref())
+        .and_then(|j| j.alias.as_deref())
+        .unwrap_or(keystore::DEFAULT_JKS_ALIAS)
 }
 
 /// Every data key the controller writes for this issuance.
@@ -162,14 +194,15 @@ pub fn secret_data(
     if let Some(pw) = &passwords.pkcs12 {
         let pw = pw.expose_str().unwrap_or_default();
         let field = "spec.keystores.pkcs12";
+        let profile = pkcs12_profile(spec)?;
         data.insert(
             KEYSTORE_P12.to_owned(),
-            keystore::pkcs12(key, chain_pem, ca, pw).map_err(ks(field))?,
+            keystore::pkcs12(key, chain_pem, ca, pw, profile).map_err(ks(field))?,
         );
         if let Some(ca) = ca {
             data.insert(
                 TRUSTSTORE_P12.to_owned(),
-                keystore::pkcs12_truststore(ca, pw).map_err(ks(field))?,
+                keystore::pkcs12_truststore(ca, pw, profile).map_err(ks(field))?,
             );
         }
     }
@@ -178,7 +211,7 @@ pub fn secret_data(
         let field = "spec.keystores.jks";
         data.insert(
             KEYSTORE_JKS.to_owned(),
-            keystore::jks_keystore(key, chain_pem, ca, pw).map_err(ks(field))?,
+            keystore::jks_keystore(key, chain_pem, ca, pw, jks_alias(spec)).map_err(ks(field))?,
         );
         if let Some(ca) = ca {
             data.insert(
@@ -191,7 +224,10 @@ pub fn secret_data(
     if wants_format(spec, "DER") {
         data.insert(
             KEY_DER.to_owned(),
-            keystore::key_der(key).map_err(ks(field))?.expose().to_vec(),
+            keystore::key_der(key, desired.key_encoding)
+                .map_err(ks(field))?
+                .expose()
+                .to_vec(),
         );
     }
     if wants_format(spec, "CombinedPEM") {
@@ -206,8 +242,38 @@ pub fn secret_data(
     Ok(data)
 }
 
+/// One CSV record, as cert-manager's `JoinWithEscapeCSV` writes lists into
+/// annotations (Go's encoding/csv without the line end): a field is quoted
+/// when it holds a comma, a quote, CR or LF, starts with white space, or is
+/// `\.`; quotes inside are doubled. Readers split it back with a CSV parser.
 fn join(items: impl IntoIterator<Item = String>) -> String {
-    items.into_iter().collect::<Vec<_>>().join(",")
+    let fields: Vec<String> = items
+        .into_iter()
+        .map(|f| {
+            let quote = !f.is_empty()
+                && (f == "\\."
+                    || f.contains([',', '"', '\r', '\n'])
+                    || f.chars().next().is_some_and(char::is_whitespace));
+            if quote {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f
+            }
+        })
+        .collect();
+    fields.join(",")
+}
+
+/// An IP SAN as Go's `net.IP.String` prints it: IPv4-mapped IPv6 addresses
+/// in dotted form.
+fn go_ip(ip: &std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        v4 => v4.to_string(),
+    }
 }
 
 /// The upstream annotations, from the Certificate and the issued leaf.
@@ -224,18 +290,17 @@ pub fn secret_annotations(cert: &Certificate, leaf: &CertInfo) -> BTreeMap<Strin
         wk::CERTIFICATE_NAME,
         cert.metadata.name.clone().unwrap_or_default(),
     );
+    // As written in the request's issuerRef (upstream copies it, so an
+    // unset group is "", not cert-manager.io).
     put(wk::ISSUER_NAME, r.name.clone());
-    put(wk::ISSUER_KIND, r.kind_or_default().to_owned());
-    put(wk::ISSUER_GROUP, r.group_or_default().to_owned());
+    put(wk::ISSUER_KIND, r.kind.clone().unwrap_or_default());
+    put(wk::ISSUER_GROUP, r.group.clone().unwrap_or_default());
     put(
         wk::COMMON_NAME,
         subject.common_name.clone().unwrap_or_default(),
     );
     put(wk::ALT_NAMES, join(leaf.sans.dns_names.iter().cloned()));
-    put(
-        wk::IP_SANS,
-        join(leaf.sans.ip_addresses.iter().map(|i| i.to_string())),
-    );
+    put(wk::IP_SANS, join(leaf.sans.ip_addresses.iter().map(go_ip)));
     put(wk::URI_SANS, join(leaf.sans.uris.iter().cloned()));
     let optional: [(&str, &Vec<String>); 8] = [
         (wk::EMAIL_SANS, &leaf.sans.emails),
@@ -306,7 +371,11 @@ pub fn merge(
         },
         ..Default::default()
     });
-    secret.type_ = Some(TLS_SECRET_TYPE.to_owned());
+    // A new Secret is kubernetes.io/tls; an existing one keeps its type, as
+    // upstream does (the type is immutable, so changing it would fail).
+    if secret.type_.as_deref().is_none_or(str::is_empty) {
+        secret.type_ = Some(TLS_SECRET_TYPE.to_owned());
+    }
     let d = secret.data.get_or_insert_with(BTreeMap::new);
     for k in OPTIONAL_KEYS {
         if !data.contains_key(k) {
@@ -349,7 +418,7 @@ pub fn up_to_date(
     let data = secret.data.clone().unwrap_or_default();
     let meta_ok = annotations.iter().all(|(k, v)| have_a.get(k) == Some(v))
         && labels.iter().all(|(k, v)| have_l.get(k) == Some(v));
-    let type_ok = secret.type_.as_deref() == Some(TLS_SECRET_TYPE);
+    let type_ok = secret.type_.as_deref().is_some_and(|t| !t.is_empty());
     let keys_ok = OPTIONAL_KEYS
         .iter()
         .all(|k| data.contains_key(*k) == want.contains_key(*k))
@@ -399,7 +468,20 @@ mod tests {
         assert!(!d.contains_key(KEY_DER));
         assert!(!d.contains_key(CA_CRT));
         assert_eq!(d[TLS_KEY].0, b"key");
-        assert_eq!(merged.type_.as_deref(), Some(TLS_SECRET_TYPE));
+        assert_eq!(
+            merged.type_.as_deref(),
+            Some("Opaque"),
+            "an existing Secret keeps its (immutable) type"
+        );
+        let fresh = merge(
+            None,
+            "ns",
+            "s",
+            data.clone(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        assert_eq!(fresh.type_.as_deref(), Some(TLS_SECRET_TYPE));
         let a = merged.metadata.annotations.clone().unwrap();
         assert_eq!(a["user"], "x");
         assert_eq!(a[wk::ISSUER_NAME], "ca");
@@ -411,6 +493,24 @@ mod tests {
         assert!(!up_to_date(&merged, &ann, &lab, &want_der));
         let other = BTreeMap::from([(wk::ISSUER_NAME.to_owned(), "other".to_owned())]);
         assert!(!up_to_date(&merged, &other, &lab, &data));
+    }
+
+    #[test]
+    fn lists_are_joined_as_go_csv_records() {
+        let j = |v: &[&str]| join(v.iter().map(|s| s.to_string()));
+        assert_eq!(j(&["a", "b"]), "a,b");
+        assert_eq!(j(&[]), "");
+        assert_eq!(j(&["", "x"]), ",x");
+        assert_eq!(
+            j(&["Org, Inc.", " spaced", "quo\"te", "\\.", "tab\there"]),
+            "\"Org, Inc.\",\" spaced\",\"quo\"\"te\",\"\\.\",tab\there"
+        );
+        assert_eq!(
+            go_ip(&"::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1",
+            "Go prints IPv4-mapped addresses dotted"
+        );
+        assert_eq!(go_ip(&"2001:db8::1".parse().unwrap()), "2001:db8::1");
     }
 
     #[test]

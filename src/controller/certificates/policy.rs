@@ -90,8 +90,8 @@ pub struct Desired {
     pub secret_name: String,
     pub issuer_ref: IssuerRef,
     pub key_algorithm: KeyAlgorithm,
-    /// How `tls.key` is written. PKCS1 is RSA only; Ed25519 is always
-    /// PKCS#8 and so is ECDSA (see [`Desired::key_encoding`]).
+    /// How `tls.key` is written. `encoding: PKCS1` (the default) means
+    /// PKCS#1 for RSA and SEC1 for ECDSA; Ed25519 is always PKCS#8.
     pub key_encoding: KeyEncoding,
     pub rotation: RotationPolicy,
     pub subject: SubjectSpec,
@@ -180,11 +180,11 @@ pub fn parse_spec(spec: &CertificateSpec) -> Result<Desired, SpecError> {
         PrivateKeyAlgorithm::Ed25519 => KeyAlgorithm::Ed25519,
     };
     let key_encoding = match (encoding, key_algorithm) {
+        // As cert-manager's pki.EncodePrivateKey: "PKCS1" is the
+        // algorithm's own format, PKCS#1 for RSA and SEC1 ("EC PRIVATE
+        // KEY") for ECDSA; Ed25519 has none, so it is PKCS#8.
         (crate::api::PrivateKeyEncoding::Pkcs1, KeyAlgorithm::Rsa { .. }) => KeyEncoding::Pkcs1,
-        // Ed25519 has no PKCS#1 form (upstream always writes PKCS#8). For
-        // ECDSA upstream writes SEC1 ("EC PRIVATE KEY"), which cert-csi's
-        // pki layer cannot emit yet; PKCS#8 holds the same key and every
-        // TLS stack reads it.
+        (crate::api::PrivateKeyEncoding::Pkcs1, KeyAlgorithm::Ecdsa(_)) => KeyEncoding::Sec1,
         _ => KeyEncoding::Pkcs8,
     };
 
@@ -818,6 +818,22 @@ mod tests {
             KeyEncoding::Pkcs8,
             "Ed25519 is always PKCS#8"
         );
+        for (encoding, want) in [
+            (None, KeyEncoding::Sec1),
+            (Some("PKCS1"), KeyEncoding::Sec1),
+            (Some("PKCS8"), KeyEncoding::Pkcs8),
+        ] {
+            let ec = parse_spec(&CertificateSpec {
+                private_key: Some(CertificatePrivateKey {
+                    algorithm: Some("ECDSA".into()),
+                    encoding: encoding.map(Into::into),
+                    ..Default::default()
+                }),
+                ..spec()
+            })
+            .unwrap();
+            assert_eq!(ec.key_encoding, want, "ECDSA with {encoding:?}");
+        }
     }
 
     #[test]
