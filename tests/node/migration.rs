@@ -17,9 +17,9 @@ use cert_csi::volume::keys;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use test_kit::peers::UpstreamDriver;
 use test_kit::{
-    Capability, CsiDriver, Env, Options, PodReader, Policy, VolumeRequest, mounts_at, openssl_ok,
-    volume_state,
+    Capability, Env, Options, PodReader, Policy, VolumeRequest, mounts_at, openssl_ok, volume_state,
 };
 
 /// One volume under test and what its pod expects to find.
@@ -93,7 +93,7 @@ async fn wait_for(env: &Env, limit: Duration, what: &str, mut done: impl FnMut()
 
 /// The mount on top at the volume's target is csi-driver's bind of the
 /// volume's data directory from its tmpfs.
-fn assert_csi_driver_bind(csi: &CsiDriver, volume: &VolumeRequest) {
+fn assert_csi_driver_bind(csi: &UpstreamDriver, volume: &VolumeRequest) {
     let tmpfs = mounts_at(&csi.tmpfs());
     let tmpfs = tmpfs.last().expect("csi-driver's tmpfs is mounted");
     assert_eq!(tmpfs.fs_type, "tmpfs");
@@ -195,7 +195,7 @@ async fn pod_events(env: &Env, namespace: &str, pod: &str, reason: &str) -> Vec<
 /// Unpublishes through cert-csi and checks what csi-driver's unpublish
 /// would have left: no mount at the target, no volume directory in
 /// csi-driver's tmpfs, and no node state of cert-csi's.
-async fn unpublish_and_check(env: &Env, csi: &CsiDriver, volume: &VolumeRequest) {
+async fn unpublish_and_check(env: &Env, csi: &UpstreamDriver, volume: &VolumeRequest) {
     env.unpublish(&volume.volume_id, &volume.target_path)
         .await
         .unwrap_or_else(|s| panic!("unpublish of {}: {}", volume.volume_name, s.message()));
@@ -232,7 +232,7 @@ async fn csi_driver_volumes_are_adopted_renewed_in_place_and_unpublished() {
     }
     const NAMESPACE: &str = "migration";
     let mut env = Env::start_without_plugin(options(), &[]).await;
-    let mut csi = CsiDriver::start(&env).await;
+    let mut csi = UpstreamDriver::start_for(&env).await;
 
     // csi-driver renews at notAfter − renew-before, half a minute after
     // issuance; cert-csi takes the node over well before that and renews
@@ -408,6 +408,8 @@ async fn csi_driver_volumes_are_adopted_renewed_in_place_and_unpublished() {
                         &format!("pass:{password}"),
                         "-nokeys",
                         "-clcerts",
+                        // LegacyRC2, as csi-driver writes it (and cert-csi).
+                        "-legacy",
                         "-out",
                         path_str(&out),
                     ]);
@@ -479,7 +481,7 @@ async fn a_restart_after_adoption_requests_nothing_and_refused_volumes_still_unp
     // One SAN per volume at most: the third volume asks for two, which
     // csi-driver accepts and cert-csi refuses to take over.
     let mut env = Env::start_without_plugin(options(), &["--max-sans", "1"]).await;
-    let mut csi = CsiDriver::start(&env).await;
+    let mut csi = UpstreamDriver::start_for(&env).await;
     let mut fresh = Vec::new();
     for p in 0..2 {
         let pod = env

@@ -147,7 +147,7 @@ impl Env {
 
     /// Like [`Env::start_with_args`], without starting the node plugin:
     /// for a test that runs another node plugin first (e.g. cert-manager's
-    /// csi-driver, see [`crate::CsiDriver`]). [`Env::start_plugin`] starts
+    /// csi-driver, see [`crate::peers::UpstreamDriver`]). [`Env::start_plugin`] starts
     /// it.
     pub async fn start_without_plugin(options: Options, extra_args: &[&str]) -> Env {
         Env::start_idle(Backend::from_env(), options, extra_args, Signer::CertCsi).await

@@ -12,16 +12,14 @@
 //! - [`cluster`]: the controller and the test's policy approver;
 //! - [`env`]: the node environment ([`Env`]);
 //! - [`controller`]: the controller suites' environment;
-//! - [`csi_driver`]: cert-manager's csi-driver as the node plugin a test
-//!   switches away from;
 //! - [`assertions`]: logs, mounts, openssl, a pod's reader, metrics;
-//! - [`peers`]: upstream csi-driver and cert-manager's controller, run beside.
+//! - [`peers`]: upstream csi-driver and cert-manager's controller, run beside
+//!   cert-csi or before it on the same node;
 //! - [`tls`]: mutual TLS between two identities, judged by openssl.
 
 pub mod assertions;
 pub mod cluster;
 pub mod controller;
-pub mod csi_driver;
 pub mod env;
 pub mod peers;
 pub mod real;
@@ -30,7 +28,6 @@ pub mod tls;
 pub use assertions::*;
 pub use cluster::*;
 pub use controller::{CONTROLLER_TIMEOUT, ControllerEnv, create_namespace};
-pub use csi_driver::CsiDriver;
 pub use env::*;
 pub use real::{Backend, RealCluster};
 

@@ -200,6 +200,43 @@ impl UpstreamDriver {
         }
     }
 
+    /// As the node plugin of `env`'s node before cert-csi takes it over:
+    /// the same API server (admin kubeconfig), node name and kubelet root,
+    /// with its socket and data root in `<env.base>/csi-driver`.
+    pub async fn start_for(env: &crate::Env) -> Self {
+        Self::start(
+            &env.base.join("csi-driver"),
+            &env.kubeconfig,
+            &env.node_id,
+            &[],
+        )
+        .await
+    }
+
+    /// The tmpfs csi-driver keeps every volume in.
+    pub fn tmpfs(&self) -> PathBuf {
+        self.data_root.join("inmemfs")
+    }
+
+    /// A volume's directory in that tmpfs.
+    pub fn volume_dir(&self, volume: &Volume) -> PathBuf {
+        self.tmpfs().join(&volume.volume_id)
+    }
+
+    /// Publishes with the kubelet's two-minute deadline and panics, with
+    /// csi-driver's log, on failure.
+    pub async fn publish_ok(&self, volume: &Volume) {
+        if let Err(status) = self.publish(volume, Duration::from_secs(120)).await {
+            panic!(
+                "csi-driver's publish of {} failed: {:?}: {}\nlog:\n{}",
+                volume.volume_name,
+                status.code(),
+                status.message(),
+                self.log()
+            );
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
