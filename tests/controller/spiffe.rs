@@ -213,7 +213,8 @@ impl Env {
             id_template: spiffe::DEFAULT_ID_TEMPLATE,
             issuers: &format!("clusterissuers.cert-manager.io/{ISSUER}"),
             duration: Duration::from_secs(3600),
-            key_types: "P-256,P-384,Ed25519",
+            // The default of --spiffe-key-types.
+            key_types: "P-256,P-384,P-521,Ed25519",
             node_accounts: &format!("{NODE_NS}:{NODE_SA}"),
         })
         .unwrap();
@@ -534,6 +535,69 @@ async fn token_mode_requester_is_set_by_the_webhook_and_a_correct_request_is_sig
         }
         other => panic!("expected an API error, got {other:?}"),
     }
+    env.stop().await;
+}
+
+/// csi-driver-spiffe cannot be built here (the module proxy refuses every
+/// version), so its driver's request is made the way it makes it, by
+/// OpenSSL rather than by cert-csi: a P-521 key, an empty subject, one
+/// non-critical URI SAN and nothing else, signed with ECDSA-SHA512 (Go's
+/// x509.CreateCertificateRequest of a template holding only the URI), and
+/// the request body as csi-lib writes it (isCA left out, the identity
+/// annotation, the four usages, 1h). cert-csi's SPIFFE approver must
+/// approve it and the signer sign it.
+#[tokio::test]
+async fn a_request_made_as_csi_driver_spiffe_makes_it_is_approved_and_signed() {
+    let env = Env::start().await;
+    let billing = env.as_service_account("shop", "billing", None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let config = dir.path().join("openssl.cnf");
+    // No distro defaults: only what -addext adds.
+    std::fs::write(&config, "[req]\ndistinguished_name = dn\n[dn]\n").unwrap();
+    openssl(
+        &[
+            "ecparam",
+            "-name",
+            "secp521r1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        "",
+    );
+    let csr = openssl(
+        &[
+            "req",
+            "-new",
+            "-config",
+            config.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+            "-subj",
+            "/",
+            "-sha512",
+            "-addext",
+            &format!("subjectAltName=URI:{BILLING_ID}"),
+        ],
+        "",
+    );
+    let text = openssl(&["req", "-noout", "-text"], &csr);
+    assert!(
+        text.contains("X509v3 Subject Alternative Name: \n") && !text.contains("Key Usage"),
+        "the CSR is not shaped as csi-driver-spiffe's:\n{text}"
+    );
+    let mut body = request("from-upstream-driver", &csr);
+    body["spec"].as_object_mut().unwrap().remove("isCA");
+    create(&billing, "shop", body).await;
+    let done = env.decided("shop", "from-upstream-driver").await;
+    assert!(
+        done.condition(types::APPROVED).is_some(),
+        "not approved: {:?}",
+        denial(&done)
+    );
+    check_issued(&env, &done, BILLING_ID);
     env.stop().await;
 }
 
