@@ -286,6 +286,22 @@ fn csi_driver_values_files_install_with_their_meaning() {
     // The pod-level keys, as csi-driver applies them.
     assert_eq!(pod.host_network, Some(true), "hostNetwork");
     assert_eq!(pod.host_network, their_pod.host_network);
+    // Only csi-driver's DaemonSet: the SPIFFE plugin on the host network
+    // would take the same ports on every node.
+    let with_spiffe = render(&[
+        "-f",
+        ALL_KEYS,
+        "--set-json",
+        r#"spiffe={"driver":{"enabled":true,"issuer":{"name":"ca"}}}"#,
+    ])
+    .unwrap();
+    let spiffe_pod = pod_spec(&with_spiffe, "DaemonSet", "cert-csi-spiffe-node");
+    assert_eq!(spiffe_pod.host_network, None);
+    let spiffe_ds = find(&with_spiffe, "DaemonSet", "cert-csi-spiffe-node").unwrap();
+    assert_eq!(
+        spiffe_ds["metadata"]["annotations"]["example.com/rollout"],
+        "careful"
+    );
     assert_eq!(pod.priority_class_name, their_pod.priority_class_name);
     assert_eq!(pod.node_selector, their_pod.node_selector);
     assert_eq!(pod.affinity, their_pod.affinity);
