@@ -5,12 +5,17 @@ The engine comes from PyPI's helm-python-sdk (hack/test installs it), which
 embeds Helm's Go SDK as a shared library.
 
     hack/chart.py render [-f VALUES]... [--set-json K=JSON]... [--name N] [--namespace NS]
+                         [--chart DIR] [--notes]
     hack/chart.py lint   [-f VALUES]... [--set-json K=JSON]...
     hack/chart.py deploy [--stdout]      # regenerate deploy/cert-csi.yaml
 
 Exit codes: 0 success; 1 the chart or the values are wrong (lint errors, a
 schema violation, a template error), with the reason on stderr; 2 bad usage;
 3 the Helm engine is not installed or cannot load.
+
+--chart renders another chart with the same engine (the tests render
+cert-manager's csi-driver chart beside cert-csi's); --notes prints the
+rendered NOTES.txt instead of the manifests.
 """
 
 from __future__ import annotations
@@ -122,18 +127,30 @@ def documents(manifests: dict[str, str]) -> list[tuple[str, str, str]]:
     return docs
 
 
-def render(helm: Any, values: dict[str, Any], name: str, namespace: str) -> str:
+def render_templates(
+    helm: Any, values: dict[str, Any], name: str, namespace: str, path: Path = CHART
+) -> dict[str, str]:
     try:
-        chart = helm.Chart.load(CHART)
+        chart = helm.Chart.load(path)
     except helm.HelmError as e:
-        fail(EXIT_INVALID, f"cannot load {CHART}: {e}")
+        fail(EXIT_INVALID, f"cannot load {path}: {e}")
     with chart:
         try:
             # Rendering validates against values.schema.json first, as
             # helm install does.
-            manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
+            return chart.render(values, name=name, namespace=namespace, is_install=True)
         except (helm.HelmValuesError, helm.HelmRenderError) as e:
             fail(EXIT_INVALID, f"the chart does not render with these values: {e}")
+
+
+def notes(manifests: dict[str, str]) -> str:
+    return "".join(text for source, text in manifests.items() if source.endswith("/NOTES.txt"))
+
+
+def render(
+    helm: Any, values: dict[str, Any], name: str, namespace: str, path: Path = CHART
+) -> str:
+    manifests = render_templates(helm, values, name, namespace, path)
     out = []
     for _kind, source, text in documents(manifests):
         out.append(f"---\n# Source: {source}\n{text}\n")
@@ -181,6 +198,8 @@ def main() -> None:
         if command == "render":
             p.add_argument("--name", default=RELEASE)
             p.add_argument("--namespace", default=NAMESPACE)
+            p.add_argument("--chart", type=Path, default=CHART, metavar="DIR")
+            p.add_argument("--notes", action="store_true", help="print NOTES.txt only")
     p = sub.add_parser("deploy")
     p.add_argument("--stdout", action="store_true", help="print instead of writing the file")
     args = parser.parse_args()
@@ -188,7 +207,11 @@ def main() -> None:
     helm = engine()
     if args.command == "render":
         values = user_values(helm, args.values, args.set_json)
-        sys.stdout.write(render(helm, values, args.name, args.namespace))
+        if args.notes:
+            manifests = render_templates(helm, values, args.name, args.namespace, args.chart)
+            sys.stdout.write(notes(manifests))
+        else:
+            sys.stdout.write(render(helm, values, args.name, args.namespace, args.chart))
     elif args.command == "lint":
         sys.exit(lint(helm, user_values(helm, args.values, args.set_json)))
     elif args.stdout:

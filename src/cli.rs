@@ -646,6 +646,7 @@ pub async fn run_controller(
     tracing::info!(metrics_address = %bound, "serving /metrics, /healthz and /readyz");
     let mut registry = crate::telemetry::Registry::default();
     options.metrics = crate::telemetry::ControllerMetrics::register(&mut registry);
+    crate::telemetry::process::register(&mut registry);
     let health = Health::default();
     let server = tokio::spawn(crate::telemetry::serve(
         listener,

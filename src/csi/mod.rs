@@ -2,6 +2,7 @@
 //! socket. Handlers translate between protobuf and the domain modules and map
 //! each domain error to a gRPC code; they hold no business logic of their own.
 
+pub mod authority;
 pub mod client;
 pub mod identity;
 pub mod kubelet;

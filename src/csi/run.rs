@@ -70,6 +70,7 @@ pub async fn run_with(
     let (scheduler, due) = Scheduler::spawn(shutdown.clone());
     let mut registry = Registry::default();
     let metrics = NodeMetrics::register(&mut registry);
+    crate::telemetry::process::register(&mut registry);
     let events = EventRecorder::new(
         client.clone(),
         NODE_REPORTER,

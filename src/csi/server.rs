@@ -4,9 +4,12 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use futures::TryStreamExt as _;
 use thiserror::Error;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+
+use super::authority::FixAuthority;
 
 use crate::shutdown::CancellationToken;
 
@@ -68,13 +71,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, EndpointError> {
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops accepting
 /// and waits for in-flight calls to finish (tonic's graceful shutdown), so a
-/// SIGTERM never cuts a publish in half.
+/// SIGTERM never cuts a publish in half. Each connection goes through
+/// [`FixAuthority`], so clients that name the socket path as `:authority`
+/// (grpcio, grpc-java, csc) are served like grpc-go's `localhost`.
 pub async fn serve(
     router: tonic::transport::server::Router,
     listener: UnixListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = UnixListenerStream::new(listener);
+    let incoming = UnixListenerStream::new(listener).map_ok(FixAuthority::new);
     router
         .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
         .await

@@ -4,6 +4,7 @@
 //! - [`metrics`]: [`NodeMetrics`] and [`ControllerMetrics`] (prometheus-client).
 //! - [`health`]: one HTTP listener for `/metrics`, `/healthz` and `/readyz`.
 //! - [`events`]: deduplicated, rate-capped `events.k8s.io/v1` Events.
+//! - [`process`]: the standard `process_*` metrics, from `/proc/self`.
 //!
 //! Logs go to stderr so that commands such as `cert-csi crds` keep stdout for
 //! their output. Key material and tokens are never passed to the logger: the
@@ -12,6 +13,7 @@
 pub mod events;
 pub mod health;
 pub mod metrics;
+pub mod process;
 mod series;
 
 use std::io::IsTerminal;

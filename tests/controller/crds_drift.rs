@@ -609,8 +609,11 @@ fn render_chart(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("hack/chart.py prints UTF-8")
 }
 
+/// A csi-driver values file using every key of csi-driver's chart.
+const CSI_DRIVER_VALUES: &str = "tests/chart/values-csi-driver-all.yaml";
+
 /// The chart renders the server judges: default values, tests/chart.rs's
-/// custom values, and every remaining switch on (the SPIFFE driver in
+/// custom values, csi-driver's every key, and every remaining switch on (the SPIFFE driver in
 /// node-account mode with a trust bundle Secret in another namespace, the
 /// webhook and the SPIFFE approver).
 fn chart_renders() -> Vec<(String, String)> {
@@ -637,6 +640,11 @@ fn chart_renders() -> Vec<(String, String)> {
         (
             "the chart (SPIFFE driver, trust bundle, webhook, SPIFFE approver)".to_owned(),
             render_chart(&everything),
+        ),
+        // Every key of csi-driver's chart away from its default.
+        (
+            format!("the chart (-f {CSI_DRIVER_VALUES})"),
+            render_chart(&["-f", CSI_DRIVER_VALUES]),
         ),
     ]
 }

@@ -4,6 +4,7 @@
 
 mod attributes;
 mod csi_sanity;
+mod grpc_clients;
 mod migration;
 mod observability;
 mod outage;

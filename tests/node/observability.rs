@@ -475,3 +475,110 @@ async fn controller_metrics_events_and_json_logs() {
     test_kit::assert_no_secrets_in_log(&controller.log);
     server.stop().await;
 }
+
+/// What the test reads of a process from `/proc` by itself (not through
+/// the crate's collector): CPU seconds, start time since the epoch, and the
+/// soft open-files limit.
+struct ProcView {
+    cpu_seconds: f64,
+    start_time: f64,
+    max_fds: Option<f64>,
+}
+
+fn proc_view(pid: u32) -> ProcView {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .expect("CLK_TCK") as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15, starttime 22.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let field = |n: usize| fields[n - 3].parse::<f64>().unwrap();
+    let boot: f64 = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap();
+    ProcView {
+        cpu_seconds: (field(14) + field(15)) / ticks,
+        start_time: boot + field(22) / ticks,
+        max_fds: soft.parse().ok(),
+    }
+}
+
+/// The standard process metrics in a scrape of `pid`'s endpoint, judged
+/// against /proc read before and after the scrape.
+async fn check_process_metrics(what: &str, pid: u32, metrics: &str) {
+    let before = proc_view(pid);
+    let (code, scrape) = http_get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{what}");
+    let after = proc_view(pid);
+    for (name, kind) in [
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+    ] {
+        assert!(
+            scrape.contains(&format!("# TYPE {name} {kind}\n")),
+            "{what}: no {kind} {name}:\n{scrape}"
+        );
+    }
+    // CPU time only grows: the scraped value lies between the two reads.
+    let cpu = sample(&scrape, "process_cpu_seconds_total", &[]);
+    assert!(
+        before.cpu_seconds <= cpu && cpu <= after.cpu_seconds && cpu > 0.0,
+        "{what}: cpu {cpu}, /proc said {} then {}",
+        before.cpu_seconds,
+        after.cpu_seconds
+    );
+    // The start time is the process's own, to the clock tick.
+    let start = sample(&scrape, "process_start_time_seconds", &[]);
+    assert!(
+        (start - before.start_time).abs() < 0.02,
+        "{what}: start {start}, /proc says {}",
+        before.start_time
+    );
+    let resident = sample(&scrape, "process_resident_memory_bytes", &[]);
+    let virtual_ = sample(&scrape, "process_virtual_memory_bytes", &[]);
+    assert!(
+        resident > 1_000_000.0 && virtual_ > resident,
+        "{what}: resident {resident}, virtual {virtual_}"
+    );
+    let open = sample(&scrape, "process_open_fds", &[]);
+    let max = sample(&scrape, "process_max_fds", &[]);
+    assert_eq!(Some(max), before.max_fds, "{what}: the soft RLIMIT_NOFILE");
+    // stdin, stdout, stderr, the sockets, the epoll instance...
+    assert!(open > 3.0 && open <= max, "{what}: {open} open of {max}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_on_both_endpoints() {
+    if !test_kit::require_root("process_metrics_on_both_endpoints") {
+        return;
+    }
+    let env = Env::start_with(Options {
+        controller: false,
+        ..Options::default()
+    })
+    .await;
+    let node_pid = env.plugin_pid().expect("the node plugin runs");
+    check_process_metrics("node plugin", node_pid, &env.metrics_url()).await;
+
+    let mut controller = ControllerProcess::start(&env.kubeconfig, &[]);
+    let metrics = controller.metrics_url().await;
+    check_process_metrics("controller", controller.child.id(), &metrics).await;
+    controller.stop();
+    env.finish().await;
+}

@@ -26,18 +26,21 @@ use serde::Serialize;
 use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::Value;
 
-const RELEASE: &str = "cert-csi";
-const NAMESPACE: &str = "cert-csi";
+pub(crate) const RELEASE: &str = "cert-csi";
+pub(crate) const NAMESPACE: &str = "cert-csi";
+/// The node plugin's DaemonSet, ServiceAccount and RBAC: csi-driver's
+/// object name, whatever the release (see chart_csi_driver.rs).
+pub(crate) const NODE: &str = "cert-manager-csi-driver";
 const DEPLOY: &str = "deploy/cert-csi.yaml";
 const CUSTOM_VALUES: &str = "tests/chart/values-custom.yaml";
 const CHART_CRDS: &str = "charts/cert-csi/files/crds.yaml";
 const SDK: &str = "helm-python-sdk==0.2.2";
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
@@ -48,7 +51,7 @@ fn in_ci() -> bool {
 /// Runs `python3 hack/chart.py ARGS`. `None` means the engine is not
 /// installed and the test may skip; under CI=true that is a failure, since
 /// hack/test installs it.
-fn chart_py(args: &[&str]) -> Option<Output> {
+pub(crate) fn chart_py(args: &[&str]) -> Option<Output> {
     let output = Command::new("python3")
         .arg(repo().join("hack/chart.py"))
         .args(args)
@@ -73,7 +76,7 @@ fn chart_py(args: &[&str]) -> Option<Output> {
 }
 
 /// Like [`chart_py`], and the command must succeed.
-fn chart_py_ok(args: &[&str]) -> Option<String> {
+pub(crate) fn chart_py_ok(args: &[&str]) -> Option<String> {
     let out = chart_py(args)?;
     assert!(
         out.status.success(),
@@ -86,14 +89,14 @@ fn chart_py_ok(args: &[&str]) -> Option<String> {
 }
 
 /// Every non-empty document of a multi-document YAML stream.
-fn yaml_documents(text: &str) -> Vec<Value> {
+pub(crate) fn yaml_documents(text: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
         .filter(|v| !v.is_null())
         .collect()
 }
 
-fn render(args: &[&str]) -> Option<Vec<Value>> {
+pub(crate) fn render(args: &[&str]) -> Option<Vec<Value>> {
     let mut full = vec!["render"];
     full.extend_from_slice(args);
     chart_py_ok(&full).map(|text| yaml_documents(&text))
@@ -116,7 +119,7 @@ fn custom_docs() -> Option<&'static [Value]> {
 // Values, read independently of the engine
 // ---------------------------------------------------------------------------
 
-fn read_yaml(path: &str) -> Value {
+pub(crate) fn read_yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -187,7 +190,7 @@ fn first_difference(path: String, a: &Value, b: &Value) -> Option<String> {
 /// Deserializes into `T` and demands that nothing was lost: a misspelled
 /// field deserializes fine (k8s-openapi ignores unknown fields) but does not
 /// come back.
-fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
+pub(crate) fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
     let what = format!(
         "{} {}",
         doc["kind"].as_str().unwrap_or("?"),
@@ -203,7 +206,7 @@ fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
 }
 
 /// Checks every document against its type; returns the kinds seen.
-fn check_all_typed(docs: &[Value]) -> Vec<String> {
+pub(crate) fn check_all_typed(docs: &[Value]) -> Vec<String> {
     let mut kinds = Vec::new();
     for doc in docs {
         let api = doc["apiVersion"].as_str().unwrap_or_default();
@@ -248,6 +251,16 @@ fn check_all_typed(docs: &[Value]) -> Vec<String> {
                 );
             }
             // No k8s-openapi type: check the shape prometheus-operator needs.
+            ("monitoring.coreos.com/v1", "PodMonitor") => {
+                assert!(doc["spec"]["selector"]["matchLabels"].is_object(), "{doc}");
+                let endpoints = doc["spec"]["podMetricsEndpoints"]
+                    .as_array()
+                    .expect("podMetricsEndpoints");
+                assert!(!endpoints.is_empty());
+                for e in endpoints {
+                    assert!(e["port"].is_string() && e["path"].is_string(), "{e}");
+                }
+            }
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                 assert!(doc["spec"]["selector"]["matchLabels"].is_object(), "{doc}");
                 let endpoints = doc["spec"]["endpoints"].as_array().expect("endpoints");
@@ -263,20 +276,20 @@ fn check_all_typed(docs: &[Value]) -> Vec<String> {
     kinds
 }
 
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+pub(crate) fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
-fn get<T: DeserializeOwned + Serialize>(docs: &[Value], kind: &str, name: &str) -> T {
+pub(crate) fn get<T: DeserializeOwned + Serialize>(docs: &[Value], kind: &str, name: &str) -> T {
     typed(find(docs, kind, name).unwrap_or_else(|| panic!("no {kind} {name} rendered")))
 }
 
-fn count(docs: &[Value], kind: &str) -> usize {
+pub(crate) fn count(docs: &[Value], kind: &str) -> usize {
     docs.iter().filter(|d| d["kind"] == kind).count()
 }
 
-fn container<'a>(spec: &'a PodSpec, name: &str) -> &'a Container {
+pub(crate) fn container<'a>(spec: &'a PodSpec, name: &str) -> &'a Container {
     spec.containers
         .iter()
         .find(|c| c.name == name)
@@ -284,7 +297,7 @@ fn container<'a>(spec: &'a PodSpec, name: &str) -> &'a Container {
 }
 
 /// The value of `--flag=value` in a container's args.
-fn flag<'a>(c: &'a Container, name: &str) -> &'a str {
+pub(crate) fn flag<'a>(c: &'a Container, name: &str) -> &'a str {
     let prefix = format!("{name}=");
     let found: Vec<&str> = c
         .args
@@ -327,7 +340,7 @@ fn host_path(spec: &PodSpec, c: &Container, path: &str) -> (String, String, Opti
 
 /// The numeric port a probe targets, resolving a named port within its
 /// container (as the kubelet does).
-fn probe_port(c: &Container, probe: &Probe) -> i32 {
+pub(crate) fn probe_port(c: &Container, probe: &Probe) -> i32 {
     let get = probe.http_get.as_ref().expect("an httpGet probe");
     match &get.port {
         IntOrString::Int(n) => *n,
@@ -440,6 +453,17 @@ fn a_values_typo_is_rejected_by_the_schema() {
             "serviceMonitr",
             "metrics:\n  serviceMonitr:\n    enabled: true\n",
         ),
+        // Near misses of csi-driver's keys, which neither chart knows.
+        ("imageRegistri", "imageRegistri: quay.io\n"),
+        (
+            "continueOnNotReadi",
+            "app:\n  driver:\n    continueOnNotReadi: true\n",
+        ),
+        ("intervall", "metrics:\n  podmonitor:\n    intervall: 30s\n"),
+        (
+            "defaultReference",
+            "livenessProbeImage:\n  defaultReference: \":v1\"\n",
+        ),
     ] {
         let file = dir.path().join(format!("{typo}.yaml"));
         std::fs::write(&file, yaml).unwrap();
@@ -522,7 +546,7 @@ fn check_node(docs: &[Value], values: &Value) {
     let liveness_port = vint(values, "/app/livenessProbe/port");
     let metrics_port = vint(values, "/metrics/port");
 
-    let ds: DaemonSet = get(docs, "DaemonSet", &format!("{RELEASE}-node"));
+    let ds: DaemonSet = get(docs, "DaemonSet", NODE);
     let spec = ds.spec.unwrap().template.spec.unwrap();
     let registrar = container(&spec, "node-driver-registrar");
     let probe_sidecar = container(&spec, "livenessprobe");
@@ -671,10 +695,7 @@ fn check_node(docs: &[Value], values: &Value) {
     assert_eq!(port_of_address(&address), metrics_port);
 
     assert_eq!(ds.metadata.namespace.as_deref(), Some(NAMESPACE));
-    assert_eq!(
-        spec.service_account_name.as_deref(),
-        Some(&*format!("{RELEASE}-node"))
-    );
+    assert_eq!(spec.service_account_name.as_deref(), Some(NODE));
 }
 
 #[test]
@@ -688,7 +709,7 @@ fn node_plugin_wiring_with_custom_values() {
     let Some(docs) = custom_docs() else { return };
     let values = values(Some(CUSTOM_VALUES));
     check_node(docs, &values);
-    let ds: DaemonSet = get(docs, "DaemonSet", &format!("{RELEASE}-node"));
+    let ds: DaemonSet = get(docs, "DaemonSet", NODE);
     let spec = ds.spec.unwrap().template.spec.unwrap();
     let node = container(&spec, "cert-csi");
     assert_eq!(
@@ -708,9 +729,15 @@ fn node_plugin_wiring_with_custom_values() {
         flag(container(&controller_spec, "cert-csi"), "--controllers"),
         "-approver"
     );
-    // A digest pins the sidecar and wins over its tag.
+    // A digest beside a tag pins the sidecar, and both are kept
+    // (repo:tag@digest), as csi-driver's chart writes it.
     let registrar = container(&spec, "node-driver-registrar");
-    assert!(registrar.image.as_deref().unwrap().contains("@sha256:"));
+    assert_eq!(
+        registrar.image.as_deref(),
+        Some(
+            "mirror.example.com/csi-node-driver-registrar:v2.13.0@sha256:0000000000000000000000000000000000000000000000000000000000000001"
+        )
+    );
     assert_eq!(
         spec.priority_class_name.as_deref(),
         Some("system-node-critical")
@@ -729,7 +756,7 @@ fn default_images_use_the_chart_app_version() {
     let Some(docs) = default_docs() else { return };
     let chart = read_yaml("charts/cert-csi/Chart.yaml");
     let expected = format!("cert-csi:{}", chart["appVersion"].as_str().unwrap());
-    let ds: DaemonSet = get(docs, "DaemonSet", &format!("{RELEASE}-node"));
+    let ds: DaemonSet = get(docs, "DaemonSet", NODE);
     let deploy: Deployment = get(docs, "Deployment", &format!("{RELEASE}-controller"));
     for spec in [
         ds.spec.unwrap().template.spec.unwrap(),
@@ -845,7 +872,7 @@ fn accepted_flags(subcommand: &str) -> BTreeSet<String> {
 fn check_flags_accepted(docs: &[Value]) {
     let mut checked = 0;
     for (kind, name) in [
-        ("DaemonSet", format!("{RELEASE}-node")),
+        ("DaemonSet", NODE.to_owned()),
         ("Deployment", format!("{RELEASE}-controller")),
     ] {
         let doc = find(docs, kind, &name).unwrap_or_else(|| panic!("no {kind} {name}"));
@@ -905,7 +932,9 @@ fn csidriver_in_both_modes() {
         let name = vstr(&values, "/app/driver/name");
         let driver: CSIDriver = get(docs, "CSIDriver", name);
         let spec = driver.spec;
-        assert_eq!(spec.attach_required, Some(false));
+        // Left to its default, as csi-driver leaves it: the field is
+        // immutable (chart_csi_driver.rs).
+        assert_eq!(spec.attach_required, None);
         assert_eq!(spec.pod_info_on_mount, Some(true));
         assert_eq!(
             spec.volume_lifecycle_modes,
@@ -923,7 +952,12 @@ fn csidriver_in_both_modes() {
     }
 }
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> PolicyRule {
+pub(crate) fn rule(
+    groups: &[&str],
+    resources: &[&str],
+    verbs: &[&str],
+    names: &[&str],
+) -> PolicyRule {
     let strings = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
     PolicyRule {
         api_groups: Some(strings(groups)),
@@ -935,7 +969,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> 
 }
 
 /// Each granted (group, resource, verb, resourceName) once.
-fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
+pub(crate) fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for r in rules {
         let names = r
@@ -1018,7 +1052,7 @@ fn spiffe_approver_and_webhook_with_custom_values() {
 #[test]
 fn rbac_is_least_privilege_per_component() {
     let Some(docs) = default_docs() else { return };
-    let node: ClusterRole = get(docs, "ClusterRole", &format!("{RELEASE}-node"));
+    let node: ClusterRole = get(docs, "ClusterRole", NODE);
     let expected_node = [
         rule(
             &["cert-manager.io"],
@@ -1103,8 +1137,7 @@ fn rbac_is_least_privilege_per_component() {
     assert_eq!(count(docs, "RoleBinding"), 0, "nor a RoleBinding");
 
     // Each binding gives its role to the ServiceAccount its pods run as.
-    for component in ["node", "controller"] {
-        let name = format!("{RELEASE}-{component}");
+    for name in [NODE.to_owned(), format!("{RELEASE}-controller")] {
         let sa: ServiceAccount = get(docs, "ServiceAccount", &name);
         assert_eq!(sa.metadata.namespace.as_deref(), Some(NAMESPACE));
         let binding: ClusterRoleBinding = get(docs, "ClusterRoleBinding", &name);
@@ -1148,7 +1181,7 @@ fn rbac_is_least_privilege_per_component() {
 }
 
 /// Labels a Service's selector picks, compared with a pod template's.
-fn selects(service: &Service, template_labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(service: &Service, template_labels: &BTreeMap<String, String>) -> bool {
     let selector = service
         .spec
         .as_ref()
@@ -1172,7 +1205,7 @@ fn metrics_services_and_service_monitors() {
     };
     check_all_typed(&docs);
     let port = vint(&values(None), "/metrics/port");
-    let ds: DaemonSet = get(&docs, "DaemonSet", &format!("{RELEASE}-node"));
+    let ds: DaemonSet = get(&docs, "DaemonSet", NODE);
     let deploy: Deployment = get(&docs, "Deployment", &format!("{RELEASE}-controller"));
     for (component, template) in [
         ("node", ds.spec.unwrap().template),
@@ -1631,6 +1664,7 @@ fn spiffe_driver_and_trust_bundle() {
 
         let driver: CSIDriver = get(&docs, "CSIDriver", "spiffe.csi.cert-manager.io");
         let spec = driver.spec;
+        assert_eq!(spec.attach_required, None);
         let requests = spec.token_requests.expect("tokenRequests");
         assert_eq!(requests.len(), 1);
         assert_eq!(requests[0].audience, "");
@@ -1667,7 +1701,7 @@ fn spiffe_driver_and_trust_bundle() {
             "/var/lib/kubelet/plugins/spiffe.csi.cert-manager.io/csi.sock"
         );
         // The other driver follows the same bundle.
-        let node: DaemonSet = get(&docs, "DaemonSet", &format!("{RELEASE}-node"));
+        let node: DaemonSet = get(&docs, "DaemonSet", NODE);
         let node_pod = node.spec.unwrap().template.spec.unwrap();
         assert_eq!(flag(container(&node_pod, "cert-csi"), trust_flag), source);
 
@@ -1735,7 +1769,7 @@ fn spiffe_driver_and_trust_bundle() {
             .collect();
         assert_eq!(
             subjects,
-            BTreeSet::from([format!("{RELEASE}-node"), format!("{RELEASE}-spiffe-node")])
+            BTreeSet::from([NODE.to_owned(), format!("{RELEASE}-spiffe-node")])
         );
     }
 }

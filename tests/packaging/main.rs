@@ -4,6 +4,7 @@
 
 mod bench_smoke;
 mod chart;
+mod chart_csi_driver;
 mod demo;
 mod readme;
 mod sandbox_cli;
