@@ -684,18 +684,7 @@ impl ControllerProcess {
 
     /// SIGTERM, then SIGKILL if it lingers; always reaped.
     fn stop(&self) {
-        let mut child = self.child.lock().unwrap();
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        test_kit::stop_child(&mut self.child.lock().unwrap(), Duration::from_secs(5));
     }
 }
 

@@ -907,23 +907,9 @@ impl Env {
 
     /// SIGTERM, a grace period, then SIGKILL; always reaped.
     fn stop_plugin(&mut self) {
-        let Some(mut child) = self.plugin.take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
+        if let Some(mut child) = self.plugin.take() {
+            crate::stop_child(&mut child, Duration::from_secs(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -45,6 +45,22 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Stops a process the test started, by its pid: SIGTERM (as a DaemonSet
+/// rollout or a Deployment does), then SIGKILL after `grace`; always reaped.
+pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The build directory of the running test binary (`target/debug`): cargo
 /// runs integration tests from `target/<profile>/deps/`. The kit is a
 /// library, so cargo's `CARGO_BIN_EXE_*` and `CARGO_TARGET_TMPDIR`, which

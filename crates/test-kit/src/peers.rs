@@ -41,21 +41,6 @@ fn peer_log(label: &str) -> (PathBuf, File) {
     (path, file)
 }
 
-/// Stops `child` with SIGTERM, then SIGKILL after `grace`.
-fn stop_child(child: &mut Child, grace: Duration) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// cert-manager v1.21's controller loops (see hack/tools/cert-manager),
 /// against the API server of `kubeconfig`.
 pub struct CertManagerController {
@@ -104,7 +89,7 @@ impl CertManagerController {
 
 impl Drop for CertManagerController {
     fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(5));
+        crate::stop_child(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -287,7 +272,7 @@ impl UpstreamDriver {
     /// and data stay, as they do in a cluster.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, Duration::from_secs(5));
+            crate::stop_child(&mut child, Duration::from_secs(5));
         }
     }
 }
