@@ -2,12 +2,14 @@
 //!
 //! - [`key`]: generate and load private keys, PEM in and out, signing.
 //! - [`csr`]: build PKCS#10 requests from a subject and SANs.
+//! - [`dn`]: subjects encoded byte for byte as cert-manager encodes them.
 //! - [`rules`]: parse requests and apply cert-manager's webhook checks.
 //! - [`sign`]: the CA and SelfSigned signers' certificate templates.
 //! - [`inspect`]: read certificate chains (serial, names, validity, keys).
 //! - [`keystore`]: PKCS#12, JKS, combined PEM and DER outputs.
 
 pub mod csr;
+pub mod dn;
 pub mod inspect;
 pub mod key;
 pub mod keystore;
