@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub kubelet_root_dir: PathBuf,
     /// Caps on one volume's attributes and SANs.
     pub input: crate::volume::InputLimits,
+    /// Refuse volumes with unknown attributes (`--strict-attributes`)
+    /// instead of warning about them.
+    pub strict_attributes: bool,
 }
 
 impl NodeConfig {
@@ -54,6 +57,7 @@ impl NodeConfig {
             slow_issuance: Duration::from_secs(10),
             kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
             input: crate::volume::InputLimits::default(),
+            strict_attributes: false,
         }
     }
 }

@@ -209,6 +209,7 @@ pub struct NodeMetrics {
     queue_depth: Gauge,
     renewal_failures: Counter,
     renewals_guarded: Counter,
+    unknown_attributes: Counter,
 }
 
 fn issuance_histogram() -> Histogram {
@@ -229,6 +230,7 @@ impl NodeMetrics {
             queue_depth: Gauge::default(),
             renewal_failures: Counter::default(),
             renewals_guarded: Counter::default(),
+            unknown_attributes: Counter::default(),
         };
         // Every reason and kind exists from the start at zero, so `rate()`
         // and alerts work before the first failure.
@@ -273,7 +275,17 @@ impl NodeMetrics {
             "Certificates too short to renew normally, whose renewal the guard delayed to the minimum interval or beyond",
             metrics.renewals_guarded.clone(),
         );
+        registry.register(
+            "cert_csi_unknown_attributes",
+            "Misspelt or unknown volume attributes met by a first publish and handled as upstream handles them (ignored, or copied as annotations); --strict-attributes refuses them instead",
+            metrics.unknown_attributes.clone(),
+        );
         metrics
+    }
+
+    /// A publish met a volume attribute that is most likely misspelt.
+    pub fn unknown_attribute(&self) {
+        self.unknown_attributes.inc();
     }
 
     /// The renewal guard delayed a volume whose certificate was too short.
