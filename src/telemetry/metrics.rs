@@ -605,6 +605,22 @@ mod tests {
     }
 
     #[test]
+    fn unknown_attributes_are_counted_from_zero() {
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::register(&mut registry);
+        assert_eq!(
+            lines(&registry, "cert_csi_unknown_attributes_total"),
+            ["cert_csi_unknown_attributes_total 0"]
+        );
+        metrics.unknown_attribute();
+        metrics.unknown_attribute();
+        assert_eq!(
+            lines(&registry, "cert_csi_unknown_attributes_total"),
+            ["cert_csi_unknown_attributes_total 2"]
+        );
+    }
+
+    #[test]
     fn republishing_a_volume_keeps_one_series() {
         let mut registry = Registry::default();
         let metrics = NodeMetrics::register(&mut registry);

@@ -97,7 +97,8 @@ pub struct AttributeError {
 }
 
 /// Something accepted but worth telling the user (e.g. an attribute that has
-/// no effect). The node plugin logs these and may emit them as Events.
+/// no effect). The node plugin logs these and puts each on the pod as a
+/// Warning Event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttributeWarning {
     pub attribute: String,
