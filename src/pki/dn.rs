@@ -689,4 +689,27 @@ mod tests {
             )
         );
     }
+    mod properties {
+        use super::super::*;
+        use der::{Decode, Encode};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Any text either fails with a message or encodes to a Name
+            /// that x509-cert reads and writes back byte for byte (so the
+            /// request carries exactly what was encoded).
+            #[test]
+            fn literal_subjects_parse_or_fail_cleanly(
+                dn in "([A-Za-z0-9 .+,;=#\\\\\"<>]|\\PC){0,40}"
+            ) {
+                if let Ok(rdns) = parse_literal(&dn) {
+                    let der = encode(&rdns).unwrap();
+                    let name = x509_cert::name::Name::from_der(&der).unwrap();
+                    prop_assert_eq!(name.to_der().unwrap(), der);
+                }
+            }
+        }
+    }
 }

@@ -313,4 +313,22 @@ mod tests {
         assert!(expand("${}", &VARS).unwrap().dropped[0].contains("names no variable"));
         assert!(expand("$POD_NAME", &VARS).unwrap().dropped.is_empty());
     }
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Expansion never panics, and text without '$' is unchanged.
+            #[test]
+            fn expansion_is_total(value in "([${}_A-Z0-9 ]|\\PC){0,30}") {
+                let vars = super::VARS;
+                match expand(&value, &vars) {
+                    Ok(out) if !value.contains('$') => prop_assert_eq!(out.text, value),
+                    _ => {}
+                }
+            }
+        }
+    }
 }

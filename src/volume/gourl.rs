@@ -545,4 +545,21 @@ mod tests {
             assert!(host_valid_for_x509(bad).is_err(), "{bad}");
         }
     }
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn uris_parse_or_fail_cleanly(
+                uri in "([a-zA-Z0-9:/?#@%\\[\\]. *+-]|\\PC){0,30}"
+            ) {
+                if let Ok(text) = request_uri_string(&uri) {
+                    let _ = host_valid_for_x509(&text);
+                }
+            }
+        }
+    }
 }

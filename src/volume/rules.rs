@@ -631,4 +631,28 @@ mod tests {
         }
         assert!(check_annotation_key(&format!("example.com/{}", "a".repeat(64))).is_err());
     }
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn csv_never_panics(value in "([a,\" \\r\\n]|\\PC){0,30}") {
+                let _ = split_csv(&value);
+            }
+
+            /// Entries without quotes, commas or line breaks come back as
+            /// they were joined.
+            #[test]
+            fn plain_entries_round_trip(
+                entries in proptest::collection::vec("[^\",\\r\\n]{0,8}", 1..5)
+            ) {
+                let joined = entries.join(",");
+                prop_assume!(!joined.is_empty());
+                prop_assert_eq!(split_csv(&joined).unwrap(), entries);
+            }
+        }
+    }
 }
