@@ -586,7 +586,7 @@ async fn upstream_inputs_reach_the_request_as_upstream_writes_them() {
         &[
             (
                 keys::DNS_NAMES,
-                "a.example, trailing.example., _srv.example, 10.9.9.9",
+                "a.example, trailing.example., _srv.example, 10.9.9.9,",
             ),
             (keys::URI_SANS, "/app, SPIFFE://td/ns/${POD_NAMESPACE}"),
             (keys::IP_SANS, "::ffff:10.1.2.3"),
@@ -723,7 +723,8 @@ async fn upstream_inputs_reach_the_request_as_upstream_writes_them() {
         "DNS:a.example",
         "DNS:trailing.example.",
         "DNS:_srv.example",
-        "DNS:10.9.9.9",
+        // The empty entry is an empty dNSName, as upstream requests it.
+        "DNS:10.9.9.9, DNS:,",
         "URI:/app",
         "URI:spiffe://td/ns/upstream",
         "IP Address:10.1.2.3",
