@@ -312,6 +312,13 @@ pub struct NodeArgs {
     /// volume may ask for.
     #[arg(long, env = "MAX_SANS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sans: u32,
+    /// Refuse a volume whose attributes hold an unknown
+    /// `csi.cert-manager.io/*` key (or an attribute's name without a prefix
+    /// or under a misspelt one), naming the nearest attribute. Without it
+    /// such keys are handled as cert-manager's csi-driver handles them
+    /// (ignored, or copied as annotations), with a Warning Event on the pod.
+    #[arg(long, env = "STRICT_ATTRIBUTES")]
+    pub strict_attributes: bool,
     /// First wait after a failed renewal; doubles per failure, with jitter
     /// (Go duration).
     #[arg(long, env = "RENEWAL_RETRY_BASE", default_value = "30s", value_parser = parse_duration)]
@@ -591,6 +598,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 max_context_bytes: args.max_volume_context_bytes as usize,
                 max_sans: args.max_sans as usize,
             },
+            strict_attributes: args.strict_attributes,
         },
     };
     crate::csi::run::run_with(options, extras, shutdown).await

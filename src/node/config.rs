@@ -39,6 +39,9 @@ pub struct NodeConfig {
     /// cert-manager csi-driver's `--data-root` on this node: at start, the
     /// volumes it left mounted there are taken over (see `node::adopt`).
     pub adopt_csi_driver_data_root: Option<PathBuf>,
+    /// Refuse volumes with unknown attributes (`--strict-attributes`)
+    /// instead of warning about them.
+    pub strict_attributes: bool,
 }
 
 impl NodeConfig {
@@ -58,6 +61,7 @@ impl NodeConfig {
             kubelet_root_dir: PathBuf::from(DEFAULT_KUBELET_ROOT_DIR),
             input: crate::volume::InputLimits::default(),
             adopt_csi_driver_data_root: None,
+            strict_attributes: false,
         }
     }
 }

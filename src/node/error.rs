@@ -18,6 +18,11 @@ pub const EVENT_FAILED: &str = "IssuanceFailed";
 pub const EVENT_SLOW: &str = "IssuanceSlow";
 pub const EVENT_RENEWAL_FAILED: &str = "RenewalFailed";
 pub const EVENT_RENEWAL_GUARDED: &str = "RenewalGuarded";
+/// A volume attribute that is most likely misspelt, handled as upstream
+/// handles it (see `VolumeSpec::unknown_attributes`).
+pub const EVENT_UNKNOWN_ATTRIBUTE: &str = "UnknownAttribute";
+/// Any other attribute accepted as upstream accepts it but worth fixing.
+pub const EVENT_ATTRIBUTE_WARNING: &str = "AttributeWarning";
 
 /// Everything that can stop a publish (or a renewal, which runs the same
 /// steps), each mapped to the gRPC code the kubelet and the user see.

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::deliver::{build_files, private_files, record_issued};
-use super::error::{EVENT_SLOW, PublishError, encoding_error};
+use super::driver::Driver;
+use super::error::{
+    EVENT_ATTRIBUTE_WARNING, EVENT_SLOW, EVENT_UNKNOWN_ATTRIBUTE, PublishError, encoding_error,
+};
 use super::request::OpenRequest;
 use super::service::VolumeManager;
 use crate::issuance::{self, IssuanceError, Issued};
@@ -63,6 +66,7 @@ impl VolumeManager {
         self.volumes
             .check_target(&spec.volume_id, &spec.target_path)
             .await?;
+        self.report_warnings(&spec);
         self.remember_tokens(&spec);
         let outcome = self.issue(&spec, &req, &fingerprint, state).await;
         if let Err(error) = &outcome {
@@ -81,6 +85,9 @@ impl VolumeManager {
     /// could not be made anyway (no pod token, trust bundle not loaded).
     fn validate(&self, req: &PublishRequest) -> Result<VolumeSpec, PublishError> {
         volume::check_context_size(&req.context, &self.config.input)?;
+        if self.config.strict_attributes && matches!(self.driver, Driver::CertManager { .. }) {
+            volume::check_unknown_attributes(&req.context)?;
+        }
         let input = PublishInput {
             volume_id: &req.volume_id,
             target_path: &req.target_path,
@@ -97,7 +104,7 @@ impl VolumeManager {
         for warning in &spec.warnings {
             // Accepted for compatibility but worth fixing (e.g. subject
             // attributes that literal-subject overrides).
-            tracing::warn!(volume_id = %spec.volume_id, %warning, "volume attribute ignored");
+            tracing::warn!(volume_id = %spec.volume_id, %warning, "volume attribute accepted with a warning");
         }
         volume::check_san_count(&spec.sans, &self.config.input)?;
         pki::csr::subject_name(&spec.subject).map_err(encoding_error)?;
@@ -267,6 +274,33 @@ impl VolumeManager {
                 tracing::warn!(%volume_id, %error, "could not delete old CertificateRequests");
             }
         });
+    }
+
+    /// Tells the pod about each attribute accepted with a warning, once per
+    /// first publish (a republish does not repeat it), and counts the
+    /// unknown ones: a misspelt attribute no longer fails the mount, so
+    /// this is where it shows.
+    fn report_warnings(&self, spec: &VolumeSpec) {
+        let volume = volume_name(&spec.target_path, &spec.volume_id);
+        for warning in &spec.warnings {
+            let unknown = spec.unknown_attributes.contains(&warning.attribute);
+            if unknown {
+                self.metrics.unknown_attribute();
+                tracing::warn!(
+                    volume_id = %spec.volume_id,
+                    attribute = %warning.attribute,
+                    nearest = volume::nearest_attribute(&warning.attribute).as_deref().unwrap_or(""),
+                    "unknown volume attribute"
+                );
+            }
+            let reason = if unknown {
+                EVENT_UNKNOWN_ATTRIBUTE
+            } else {
+                EVENT_ATTRIBUTE_WARNING
+            };
+            let note = format!("volume {volume}: {warning}");
+            self.pod_event(&spec.pod, EventType::Warning, reason, "Publish", note);
+        }
     }
 
     /// Counts a failed first issuance and tells the pod why, when the

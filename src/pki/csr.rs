@@ -6,23 +6,21 @@
 //! lists (several O, OU, ...) and literal subjects may hold multi-valued
 //! RDNs; both must reach the CA byte for byte.
 
-use std::str::FromStr;
-
 use der::asn1::{Any, BitString, OctetString, SetOfVec};
-use der::{Decode, Encode, Tag};
-use x509_cert::attr::{Attribute, AttributeTypeAndValue};
+use der::{Decode, Encode};
+use x509_cert::attr::Attribute;
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, SubjectAltName};
-use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::name::Name;
 use x509_cert::request::{CertReq, CertReqInfo, Version};
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
+use super::dn;
 use super::key::PrivateKey;
 use super::key::RsaDigest;
 use super::rules::{
-    CsrError, EncodedUsages, OID_BC, OID_C, OID_CN, OID_EKU, OID_EXTENSION_REQUEST, OID_KU, OID_L,
-    OID_O, OID_OU, OID_POSTAL, OID_SAN, OID_SERIAL, OID_ST, OID_STREET,
+    CsrError, EncodedUsages, OID_BC, OID_EKU, OID_EXTENSION_REQUEST, OID_KU, OID_SAN,
 };
 use super::spec::{SanSpec, SubjectSpec, Usage};
 
@@ -48,138 +46,23 @@ pub struct Csr {
     pub der: Vec<u8>,
 }
 
-/// Characters PrintableString allows (X.680 41.4). Go, and so cert-manager,
-/// uses PrintableString for a subject value made only of these and
-/// UTF8String otherwise; matching that keeps subjects byte-identical.
-fn is_printable(s: &str) -> bool {
-    s.bytes().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b' ' | b'\'' | b'(' | b')' | b'+' | b',' | b'-' | b'.' | b'/' | b':' | b'=' | b'?'
-            )
-    })
-}
-
-fn atv(
-    field: &'static str,
-    oid: der::asn1::ObjectIdentifier,
-    value: &str,
-) -> Result<AttributeTypeAndValue, CsrError> {
-    let bad = |reason: String| CsrError::Field {
-        field,
-        value: value.to_string(),
-        reason,
-    };
-    if value.is_empty() {
-        return Err(bad("empty values are not allowed; remove it".into()));
-    }
-    let tag = if is_printable(value) {
-        Tag::PrintableString
-    } else if oid == OID_C {
-        return Err(bad(
-            "a country must be a PrintableString (letters, digits, space and '()+,-./:=?), normally an ISO 3166 code such as \"DE\"".into(),
-        ));
-    } else {
-        Tag::Utf8String
-    };
-    let value = Any::new(tag, value.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    Ok(AttributeTypeAndValue { oid, value })
-}
-
-/// The subject as cert-manager encodes it: the literal subject parsed as
-/// RFC 4514, or the fields in Go's `pkix.Name.ToRDNSequence` order (C, ST,
-/// L, street, postalCode, O, OU, CN, serialNumber), several values of one
-/// field sharing one RDN.
+/// The subject as cert-manager encodes it (see [`super::dn`]): the literal
+/// subject parsed as go-ldap reads it, or the fields in Go's
+/// `pkix.Name.ToRDNSequence` order, values as PrintableString or
+/// UTF8String exactly as Go chooses.
 pub fn subject_name(subject: &SubjectSpec) -> Result<Name, CsrError> {
-    if let Some(literal) = &subject.literal {
-        if literal.trim().is_empty() {
-            return Err(CsrError::LiteralSubject {
-                reason: "the value is empty".into(),
-            });
+    let rdns = match &subject.literal {
+        Some(literal) => {
+            dn::parse_literal(literal).map_err(|reason| CsrError::LiteralSubject { reason })?
         }
-        return Name::from_str(literal).map_err(|e| CsrError::LiteralSubject {
-            reason: format!(
-                "{} is not a valid RFC 4514 distinguished name ({e})",
-                crate::volume::short_quote(literal)
-            ),
-        });
-    }
-    let groups: [(&'static str, der::asn1::ObjectIdentifier, Vec<&str>); 9] = [
-        (
-            "countries",
-            OID_C,
-            subject.countries.iter().map(String::as_str).collect(),
-        ),
-        (
-            "provinces",
-            OID_ST,
-            subject.provinces.iter().map(String::as_str).collect(),
-        ),
-        (
-            "localities",
-            OID_L,
-            subject.localities.iter().map(String::as_str).collect(),
-        ),
-        (
-            "streetaddresses",
-            OID_STREET,
-            subject
-                .street_addresses
-                .iter()
-                .map(String::as_str)
-                .collect(),
-        ),
-        (
-            "postalcodes",
-            OID_POSTAL,
-            subject.postal_codes.iter().map(String::as_str).collect(),
-        ),
-        (
-            "organizations",
-            OID_O,
-            subject.organizations.iter().map(String::as_str).collect(),
-        ),
-        (
-            "organizationalunits",
-            OID_OU,
-            subject
-                .organizational_units
-                .iter()
-                .map(String::as_str)
-                .collect(),
-        ),
-        (
-            "common-name",
-            OID_CN,
-            subject.common_name.as_deref().into_iter().collect(),
-        ),
-        (
-            "serialnumber",
-            OID_SERIAL,
-            subject.serial_number.as_deref().into_iter().collect(),
-        ),
-    ];
-    let mut rdns = RdnSequence::default();
-    for (field, oid, values) in groups {
-        if values.is_empty() {
-            continue;
-        }
-        let atvs = values
-            .iter()
-            .map(|v| atv(field, oid, v))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rdn = RelativeDistinguishedName::try_from(atvs).map_err(|e| CsrError::Field {
-            field,
-            value: values.join(","),
-            reason: format!("values must be distinct ({e})"),
-        })?;
-        rdns.push(rdn);
-    }
-    // Name wraps RdnSequence without a public constructor; both share one
-    // encoding, so a DER round trip converts without unsafe features.
-    let der = rdns.to_der().map_err(build_err)?;
-    Name::from_der(&der).map_err(build_err)
+        None => dn::fields_rdns(subject),
+    };
+    let der = dn::encode(&rdns).map_err(build_err)?;
+    let name = Name::from_der(&der).map_err(build_err)?;
+    // x509-cert keeps what it decodes; were it ever to reorder a SET, the
+    // request would no longer match upstream's byte for byte.
+    debug_assert_eq!(name.to_der().ok().as_deref(), Some(der.as_slice()));
+    Ok(name)
 }
 
 fn build_err(e: impl std::fmt::Display) -> CsrError {
@@ -522,10 +405,13 @@ mod tests {
         let name = Name::from_der(&p.subject_der).unwrap();
         assert_eq!(
             name.iter_rdn().next().unwrap().iter().next().unwrap().oid,
-            OID_C
+            crate::pki::rules::OID_C
         );
+        // The CSR's subject is exactly what the dn module encodes.
+        let rdns = dn::parse_literal("CN=app,OU=a+OU=b,O=Example\\, Inc.,C=US").unwrap();
+        assert_eq!(p.subject_der, dn::encode(&rdns).unwrap());
 
-        for bad in ["", "CN", "NOSUCHATTR=x", "CN=a,,O=b"] {
+        for bad in ["CN", "NOSUCHATTR=x", "CN=a,,O=b"] {
             let s = SubjectSpec {
                 literal: Some(bad.into()),
                 ..Default::default()
@@ -541,12 +427,6 @@ mod tests {
     #[test]
     fn field_errors_name_the_field() {
         let key = ec_key();
-        let s = SubjectSpec {
-            countries: vec!["Deutschländ".into()],
-            ..Default::default()
-        };
-        let err = build_csr(&key, &s, &SanSpec::default(), &CsrOptions::default()).unwrap_err();
-        assert!(err.to_string().starts_with("countries:"), "{err}");
         let bad_dns = SanSpec {
             dns_names: vec!["bücher.example".into()],
             ..Default::default()
@@ -572,7 +452,24 @@ mod tests {
         let p = parse_csr(&csr.der).unwrap();
         assert_eq!(p.subject_fields.organizations, vec!["Bücher & Co"]);
         let name = Name::from_der(&p.subject_der).unwrap();
-        assert_eq!(name.iter().next().unwrap().value.tag(), Tag::Utf8String);
+        assert_eq!(
+            name.iter().next().unwrap().value.tag(),
+            der::Tag::Utf8String
+        );
+        // As Go, a country that is not PrintableString is a UTF8String
+        // (upstream accepts it), and an empty value an empty PrintableString.
+        let s = SubjectSpec {
+            countries: vec!["Deutschländ".into(), String::new()],
+            ..Default::default()
+        };
+        let csr = build_csr(&key, &s, &SanSpec::default(), &CsrOptions::default()).unwrap();
+        let p = parse_csr(&csr.der).unwrap();
+        let tags: Vec<der::Tag> = Name::from_der(&p.subject_der)
+            .unwrap()
+            .iter()
+            .map(|atv| atv.value.tag())
+            .collect();
+        assert_eq!(tags, [der::Tag::PrintableString, der::Tag::Utf8String]);
     }
 
     #[test]

@@ -35,15 +35,24 @@ const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840
 const OID_ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const OID_ECDSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
 
-/// The RSA sizes aws-lc-rs can generate. Any size in 2048..=8192 can be
-/// loaded from PEM, but generation is limited to these four.
-pub const RSA_GENERATABLE_BITS: [u32; 4] = [2048, 3072, 4096, 8192];
+/// The RSA sizes cert-csi makes, as cert-manager allows them
+/// (`pki.MinRSAKeySize`..=`pki.MaxRSAKeySize`).
+pub const RSA_BITS: std::ops::RangeInclusive<u32> = 2048..=8192;
+
+/// The RSA sizes aws-lc-rs generates itself. Others in [`RSA_BITS`] come
+/// from the `rsa` crate: aws-lc rounds a size down to a multiple of 128
+/// bits, where Go (and so cert-manager) makes a modulus of exactly the
+/// size asked for.
+const AWS_LC_RSA_SIZES: [(u32, KeySize); 4] = [
+    (2048, KeySize::Rsa2048),
+    (3072, KeySize::Rsa3072),
+    (4096, KeySize::Rsa4096),
+    (8192, KeySize::Rsa8192),
+];
 
 #[derive(Debug, Error)]
 pub enum KeyError {
-    #[error(
-        "key-size: RSA {bits} cannot be generated; use one of 2048, 3072, 4096 or 8192 (the sizes the crypto library supports)"
-    )]
+    #[error("key-size: RSA {bits} is outside 2048 to 8192 bits; use a size in that range")]
     UnsupportedRsaSize { bits: u32 },
     #[error("key generation failed for {algorithm}: the crypto library reported an error")]
     Generate { algorithm: String },
@@ -126,24 +135,26 @@ fn malformed(format: &'static str, reason: impl fmt::Display) -> KeyError {
 }
 
 impl PrivateKey {
-    /// Makes a new key. RSA sizes other than those in [`RSA_GENERATABLE_BITS`]
-    /// are refused with an error naming `key-size`.
+    /// Makes a new key. RSA sizes outside [`RSA_BITS`] are refused with an
+    /// error naming `key-size`.
     pub fn generate(algorithm: KeyAlgorithm) -> Result<PrivateKey, KeyError> {
         let gen_err = || KeyError::Generate {
             algorithm: describe_algorithm(algorithm),
         };
         let pkcs8 = match algorithm {
             KeyAlgorithm::Rsa { bits } => {
-                let size = match bits {
-                    2048 => KeySize::Rsa2048,
-                    3072 => KeySize::Rsa3072,
-                    4096 => KeySize::Rsa4096,
-                    8192 => KeySize::Rsa8192,
-                    _ => return Err(KeyError::UnsupportedRsaSize { bits }),
-                };
-                let pair = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|_| gen_err())?;
-                let der: Pkcs8V1Der = pair.as_der().map_err(|_| gen_err())?;
-                Secret::new(der.as_ref().to_vec())
+                if !RSA_BITS.contains(&bits) {
+                    return Err(KeyError::UnsupportedRsaSize { bits });
+                }
+                match AWS_LC_RSA_SIZES.iter().find(|(b, _)| *b == bits) {
+                    Some((_, size)) => {
+                        let pair =
+                            aws_lc_rs::rsa::KeyPair::generate(*size).map_err(|_| gen_err())?;
+                        let der: Pkcs8V1Der = pair.as_der().map_err(|_| gen_err())?;
+                        Secret::new(der.as_ref().to_vec())
+                    }
+                    None => rsa_of_any_size(bits).ok_or_else(gen_err)?,
+                }
             }
             KeyAlgorithm::Ecdsa(curve) => {
                 let pair = EcdsaKeyPair::generate(ecdsa_signing(curve)).map_err(|_| gen_err())?;
@@ -168,8 +179,8 @@ impl PrivateKey {
         if oid == OID_RSA_ENCRYPTION {
             let pair =
                 aws_lc_rs::rsa::KeyPair::from_pkcs8(der).map_err(|e| malformed("PKCS#8 RSA", e))?;
-            let bits = (pair.public_modulus_len() * 8) as u32;
             let spki = rsa_spki(&pair)?;
+            let bits = rsa_bits(&spki).ok_or_else(|| malformed("PKCS#8 RSA", "no modulus"))?;
             Ok(PrivateKey {
                 algorithm: KeyAlgorithm::Rsa { bits },
                 pkcs8: Secret::new(der.to_vec()),
@@ -236,8 +247,8 @@ impl PrivateKey {
         let pair =
             aws_lc_rs::rsa::KeyPair::from_der(der).map_err(|e| malformed("PKCS#1 RSA", e))?;
         let pkcs8: Pkcs8V1Der = pair.as_der().map_err(|e| malformed("PKCS#1 RSA", e))?;
-        let bits = (pair.public_modulus_len() * 8) as u32;
         let spki = rsa_spki(&pair)?;
+        let bits = rsa_bits(&spki).ok_or_else(|| malformed("PKCS#1 RSA", "no modulus"))?;
         Ok(PrivateKey {
             algorithm: KeyAlgorithm::Rsa { bits },
             pkcs8: Secret::new(pkcs8.as_ref().to_vec()),
@@ -447,6 +458,55 @@ pub enum RsaDigest {
     Sha256,
 }
 
+/// An RSA key of a size aws-lc does not make, from the `rsa` crate, whose
+/// generator gives a modulus of exactly `bits` bits (two primes, e = 65537,
+/// as Go's rsa.GenerateKey). Returns the PKCS#8 DER.
+fn rsa_of_any_size(bits: u32) -> Option<Secret> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::PrivateKey::new(&mut AwsLcRandom, bits as usize).ok()?;
+    let der = key.to_pkcs8_der().ok()?;
+    Some(Secret::new(der.as_bytes().to_vec()))
+}
+
+/// aws-lc's system random generator as a `rand_core` generator, so that the
+/// `rsa` crate draws from the same source as every other key cert-csi makes.
+struct AwsLcRandom;
+
+impl rsa::rand_core::TryRng for AwsLcRandom {
+    type Error = RandomError;
+
+    fn try_next_u32(&mut self) -> Result<u32, RandomError> {
+        let mut b = [0u8; 4];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, RandomError> {
+        let mut b = [0u8; 8];
+        self.try_fill_bytes(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), RandomError> {
+        aws_lc_rs::rand::fill(dst).map_err(|_| RandomError)
+    }
+}
+
+impl rsa::rand_core::TryCryptoRng for AwsLcRandom {}
+
+#[derive(Debug, Error)]
+#[error("the system random generator failed")]
+struct RandomError;
+
+/// The exact bit length of the modulus of an RSA SubjectPublicKeyInfo (a
+/// byte count would call a 2049-bit key 2056 bits).
+fn rsa_bits(spki_der: &[u8]) -> Option<u32> {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    let key = rsa::PublicKey::from_public_key_der(spki_der).ok()?;
+    Some(key.n().bit_width())
+}
+
 fn rsa_spki(pair: &aws_lc_rs::rsa::KeyPair) -> Result<Vec<u8>, KeyError> {
     pair.public_key()
         .as_der()
@@ -472,9 +532,9 @@ pub fn algorithm_of_spki(spki_der: &[u8]) -> Option<KeyAlgorithm> {
     let spki = x509_cert::spki::SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
     let oid = spki.algorithm.oid;
     if oid == OID_RSA_ENCRYPTION {
-        let key = aws_lc_rs::rsa::PublicKey::from_der(spki.subject_public_key.raw_bytes()).ok()?;
+        aws_lc_rs::rsa::PublicKey::from_der(spki.subject_public_key.raw_bytes()).ok()?;
         Some(KeyAlgorithm::Rsa {
-            bits: (key.modulus_len() * 8) as u32,
+            bits: rsa_bits(spki_der)?,
         })
     } else if oid == OID_EC_PUBLIC_KEY {
         let curve: ObjectIdentifier = spki.algorithm.parameters?.decode_as().ok()?;
@@ -625,8 +685,34 @@ mod tests {
     }
 
     #[test]
+    fn rsa_of_any_size_in_range_has_exactly_that_many_bits() {
+        // 2049 is odd and not a multiple of 8; aws-lc would round it down.
+        let key = PrivateKey::generate(KeyAlgorithm::Rsa { bits: 2049 }).unwrap();
+        assert_eq!(key.algorithm(), KeyAlgorithm::Rsa { bits: 2049 });
+        let pkcs1 = key.to_pem(KeyEncoding::Pkcs1).unwrap();
+        let back = PrivateKey::from_pem(pkcs1.expose()).unwrap();
+        assert_eq!(back.algorithm(), KeyAlgorithm::Rsa { bits: 2049 });
+        assert_eq!(back.public_key_der(), key.public_key_der());
+        assert_eq!(
+            algorithm_of_spki(key.public_key_der()),
+            Some(KeyAlgorithm::Rsa { bits: 2049 })
+        );
+        // It signs, and the signature verifies with the public key.
+        let sig = key.sign(b"hello").unwrap();
+        assert!(
+            verify_known_signature(
+                &key.signature_algorithm_id().oid,
+                key.public_key_der(),
+                b"hello",
+                &sig
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
     fn unsupported_rsa_sizes_are_refused_with_the_field_name() {
-        for bits in [1024, 2047, 2560, 6144, 8193] {
+        for bits in [1024, 2047, 8193, 16384] {
             let err = PrivateKey::generate(KeyAlgorithm::Rsa { bits }).unwrap_err();
             assert!(matches!(err, KeyError::UnsupportedRsaSize { bits: b } if b == bits));
             assert!(err.to_string().starts_with("key-size:"), "{err}");

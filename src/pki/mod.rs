@@ -2,6 +2,7 @@
 //!
 //! - [`key`]: generate and load private keys, PEM in and out, signing.
 //! - [`csr`]: build PKCS#10 requests from a subject and SANs.
+//! - [`dn`]: subjects encoded byte for byte as cert-manager encodes them.
 //! - [`rules`]: parse requests and apply cert-manager's webhook checks.
 //! - [`sign`]: the CA and SelfSigned signers' certificate templates.
 //! - [`inspect`]: read certificate chains (serial, names, validity, keys).
@@ -9,6 +10,7 @@
 //! - [`pkcs12`]: the PKCS#12 encoder in cert-manager's four profiles.
 
 pub mod csr;
+pub mod dn;
 pub mod inspect;
 pub mod key;
 pub mod keystore;

@@ -209,6 +209,7 @@ pub struct NodeMetrics {
     queue_depth: Gauge,
     renewal_failures: Counter,
     renewals_guarded: Counter,
+    unknown_attributes: Counter,
 }
 
 fn issuance_histogram() -> Histogram {
@@ -229,6 +230,7 @@ impl NodeMetrics {
             queue_depth: Gauge::default(),
             renewal_failures: Counter::default(),
             renewals_guarded: Counter::default(),
+            unknown_attributes: Counter::default(),
         };
         // Every reason and kind exists from the start at zero, so `rate()`
         // and alerts work before the first failure.
@@ -273,7 +275,17 @@ impl NodeMetrics {
             "Certificates too short to renew normally, whose renewal the guard delayed to the minimum interval or beyond",
             metrics.renewals_guarded.clone(),
         );
+        registry.register(
+            "cert_csi_unknown_attributes",
+            "Misspelt or unknown volume attributes met by a first publish and handled as upstream handles them (ignored, or copied as annotations); --strict-attributes refuses them instead",
+            metrics.unknown_attributes.clone(),
+        );
         metrics
+    }
+
+    /// A publish met a volume attribute that is most likely misspelt.
+    pub fn unknown_attribute(&self) {
+        self.unknown_attributes.inc();
     }
 
     /// The renewal guard delayed a volume whose certificate was too short.
@@ -590,6 +602,22 @@ mod tests {
             let want = format!("certmanager_csi_issue_errors_total{{reason=\"{reason}\"}} 0");
             assert!(errors.contains(&want), "missing {want} in {errors:?}");
         }
+    }
+
+    #[test]
+    fn unknown_attributes_are_counted_from_zero() {
+        let mut registry = Registry::default();
+        let metrics = NodeMetrics::register(&mut registry);
+        assert_eq!(
+            lines(&registry, "cert_csi_unknown_attributes_total"),
+            ["cert_csi_unknown_attributes_total 0"]
+        );
+        metrics.unknown_attribute();
+        metrics.unknown_attribute();
+        assert_eq!(
+            lines(&registry, "cert_csi_unknown_attributes_total"),
+            ["cert_csi_unknown_attributes_total 2"]
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl AttributeDoc {
     }
 }
 
-const LIST_RULE: &str = "comma-separated; write \\, for a comma inside a value; entries trimmed, none empty; variables expanded; ignored when literal-subject is set";
+const LIST_RULE: &str = "one line of CSV, as cert-manager reads it: comma-separated, an entry in double quotes may hold commas (\"Example, Inc\",Other) and \"\" is a quote in it; entries are not trimmed and empty ones are kept (both with a warning); variables expanded first; ignored when literal-subject is set";
 
 /// Every attribute, in the order of the reference table.
 pub const ATTRIBUTES: &[AttributeDoc] = &[
@@ -98,12 +98,12 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "literal-subject",
         default: "",
-        rule: "an RFC 4514 distinguished name such as CN=app,O=Example; variables expanded; the other subject attributes are then ignored (with a warning)",
+        rule: "a distinguished name as cert-manager reads it, such as CN=app, O=Example: spaces around separators are ignored, ',' or ';' separate RDNs and '+' joins attributes of one; types C, O, OU, CN, SERIALNUMBER, L, ST, STREET, DC, UID (any case) or dotted OIDs; values are PrintableString where possible, else UTF8String; variables expanded; the other subject attributes are then ignored (with a warning)",
     },
     AttributeDoc {
         key: "common-name",
         default: "",
-        rule: "the subject common name; variables expanded",
+        rule: "the subject common name; variables expanded; over 64 characters (RFC 5280) is accepted with a warning",
     },
     AttributeDoc {
         key: "organizations",
@@ -143,22 +143,22 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "serialnumber",
         default: "",
-        rule: "the subject serialNumber attribute (not the certificate serial); variables expanded",
+        rule: "the subject serialNumber attribute (not the certificate serial), as written: variables are not expanded, as upstream",
     },
     AttributeDoc {
         key: "dns-names",
         default: "",
-        rule: "comma-separated, trimmed, none empty; each a DNS name or a wildcard (*.example.com) after variable expansion",
+        rule: "comma-separated, variables expanded, entries trimmed and requested as given (ASCII only), as upstream; empty entries and names that are no valid DNS name (a trailing dot, '_', an IP address) are kept with a warning",
     },
     AttributeDoc {
         key: "ip-sans",
         default: "",
-        rule: "comma-separated, trimmed, none empty; each an IPv4 or IPv6 address",
+        rule: "comma-separated, trimmed; each an IPv4 or IPv6 address; no variables",
     },
     AttributeDoc {
         key: "uri-sans",
         default: "",
-        rule: "comma-separated, trimmed, none empty; each an absolute URI with a scheme (e.g. spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME); variables expanded",
+        rule: "comma-separated, variables expanded, trimmed; each an absolute URI (spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME) or an absolute path (/app), read by Go's url.ParseRequestURI and requested in the form Go writes it back (a warning says when that differs)",
     },
     AttributeDoc {
         key: "duration",
@@ -173,7 +173,7 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "key-usages",
         default: "digital signature,key encipherment",
-        rule: "comma-separated cert-manager usage names (e.g. server auth, client auth), trimmed; goes into the CertificateRequest's spec.usages",
+        rule: "comma-separated cert-manager usage names (e.g. server auth, client auth), trimmed, none empty; goes into the CertificateRequest's spec.usages as given, repeats included",
     },
     AttributeDoc {
         key: "key-algorithm",
@@ -183,7 +183,7 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "key-size",
         default: "2048 for RSA, 256 for ECDSA",
-        rule: "RSA: 2048, 3072, 4096 or 8192; ECDSA: 256, 384 or 521; must be empty for Ed25519",
+        rule: "RSA: any size from 2048 to 8192; ECDSA: 256, 384 or 521; must be empty for Ed25519",
     },
     AttributeDoc {
         key: "key-encoding",
@@ -213,7 +213,7 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "renew-before",
         default: "one third of the lifetime issued",
-        rule: "a Go duration greater than zero; ignored (with a warning) when not less than the duration, and in favour of the default when more than three quarters of the lifetime the issuer actually gave (see When volumes renew)",
+        rule: "a Go duration, not negative; ignored (with a warning) when zero or not less than the duration, and in favour of the default when more than three quarters of the lifetime the issuer actually gave (see When volumes renew)",
     },
     AttributeDoc {
         key: "reuse-private-key",
@@ -223,17 +223,17 @@ pub const ATTRIBUTES: &[AttributeDoc] = &[
     AttributeDoc {
         key: "pkcs12-enable",
         default: "false",
-        rule: "true or false; when true, also write a PKCS#12 keystore; requires pkcs12-password",
+        rule: "true or false; true also writes a PKCS#12 keystore and requires pkcs12-password; false writes none (the other pkcs12 attributes are then accepted and unused)",
     },
     AttributeDoc {
         key: "pkcs12-filename",
         default: "keystore.p12",
-        rule: "a file name, same rules as certificate-file; only with pkcs12-enable set to true",
+        rule: "a file name, same rules as certificate-file; not allowed without pkcs12-enable",
     },
     AttributeDoc {
         key: "pkcs12-password",
         default: "",
-        rule: "required with pkcs12-enable set to true, and only allowed then; the keystore password",
+        rule: "the keystore password; required with pkcs12-enable set to true, not allowed without pkcs12-enable",
     },
 ];
 

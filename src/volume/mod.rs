@@ -8,20 +8,34 @@
 //!
 //! [`parse`] checks everything before anything happens (no I/O, no keys, no
 //! API objects) and returns the **first** error in a fixed order: the
-//! kubelet's fields, then unknown keys (a typo explains later errors), then
-//! the attributes group by group (issuer, subject, SANs, lifetime, usages,
-//! key, files and PKCS#12, fs-group, reuse-private-key). One clear message beats a
-//! list, and fixing one error at a time converges because the order is fixed.
+//! kubelet's fields, then the keys, then the attributes group by group
+//! (issuer, subject, SANs, lifetime, usages, key, files and PKCS#12,
+//! fs-group, reuse-private-key). One clear message beats a list, and fixing
+//! one error at a time converges because the order is fixed.
 //!
-//! Where cert-csi differs from cert-manager's csi-driver, on purpose:
-//! - unknown `csi.cert-manager.io/*` keys are rejected with a suggestion;
-//! - lists reject empty entries, subject lists accept `\,` escapes and are trimmed;
-//! - `$$` is a literal `$`, and broken `${` is an error (see the `expand` module);
-//! - `pkcs12-filename`/`pkcs12-password` are rejected unless `pkcs12-enable` is `true`;
-//! - RSA sizes are limited to what aws-lc can generate (2048, 3072, 4096, 8192).
+//! What upstream (cert-manager's csi-driver) accepts is accepted, and reaches
+//! the CertificateRequest as upstream would write it: variables as Go's
+//! `os.Expand` reads them (the `expand` module), subject lists as CSV, SANs
+//! split and trimmed, literal subjects and URIs parsed and written back as
+//! Go does (`pki::dn`, the `gourl` module). Input upstream keeps but that is
+//! most likely a mistake (an unknown `csi.cert-manager.io/*` key, an empty
+//! list entry, a value past RFC 5280's bounds) is accepted with a warning,
+//! which the node plugin logs and shows on the pod.
+//!
+//! Where cert-csi still differs, on purpose:
+//! - an issuer name or group that no Kubernetes object can have, a zero or
+//!   negative duration, a negative renew-before, and file names with
+//!   control or invisible formatting characters are refused (upstream
+//!   accepts them and then never issues, or misbehaves);
+//! - an empty value means "unset" for every attribute, where upstream
+//!   refuses an empty `pkcs12-filename`/`pkcs12-password` without
+//!   `pkcs12-enable`, and `pkcs12-enable: "false"` needs no password;
+//! - a zero renew-before renews at the default point, not at expiry;
+//! - literal subject keywords are matched in any case (`cn=app`).
 
 pub mod attributes;
 pub mod expand;
+pub mod gourl;
 mod rules;
 pub mod spiffe_attributes;
 pub use rules::short_quote;
@@ -38,6 +52,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::api::duration;
+use crate::pki;
 use crate::pki::{Curve, KeyAlgorithm, KeyEncoding, KeySpec, SanSpec, SubjectSpec, Usage};
 pub use attributes::{ATTRIBUTES, AttributeDoc, CREDENTIAL_BUNDLE_FILE, keys, kubelet};
 use attributes::{KUBELET_GROUP, PREFIX, RESERVED_GROUP};
@@ -82,7 +97,8 @@ pub struct AttributeError {
 }
 
 /// Something accepted but worth telling the user (e.g. an attribute that has
-/// no effect). The node plugin logs these and may emit them as Events.
+/// no effect). The node plugin logs these and puts each on the pod as a
+/// Warning Event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttributeWarning {
     pub attribute: String,
@@ -178,6 +194,13 @@ pub struct VolumeSpec {
     /// The kubelet's `serviceAccount.tokens` JSON; never stored or logged.
     pub tokens: Option<SecretString>,
     pub warnings: Vec<AttributeWarning>,
+    /// Keys that are most likely misspelt attributes, sorted: unknown
+    /// `csi.cert-manager.io/*` keys, attribute names without a prefix or
+    /// under a prefix close to ours. They are handled as upstream handles
+    /// them (ignored, or copied as annotations), each with a warning; the
+    /// node plugin reports them, or refuses the volume with
+    /// `--strict-attributes` (see [`check_unknown_attributes`]).
+    pub unknown_attributes: Vec<String>,
 }
 
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(2160 * 3600);
@@ -211,11 +234,13 @@ pub fn parse(input: &PublishInput<'_>) -> Result<VolumeSpec, AttributeError> {
         service_account_name: &pod.service_account,
     };
 
-    let annotations = check_keys(ctx, &mut warnings)?;
+    let (annotations, unknown_attributes) = check_keys(ctx, &mut warnings)?;
     let issuer = parse_issuer(ctx)?;
     let subject = parse_subject(ctx, &vars, &mut warnings)?;
-    let sans = parse_sans(ctx, &vars)?;
-    parse_rest(input, pod, annotations, issuer, subject, sans, warnings)
+    let sans = parse_sans(ctx, &vars, &mut warnings)?;
+    let mut spec = parse_rest(input, pod, annotations, issuer, subject, sans, warnings)?;
+    spec.unknown_attributes = unknown_attributes;
+    Ok(spec)
 }
 
 /// The checks every driver shares, in this order: volume id, target path,
@@ -269,8 +294,16 @@ fn parse_rest(
     };
     let renew_before = match get(ctx, keys::RENEW_BEFORE) {
         Some(v) => {
-            let renew = positive_duration(keys::RENEW_BEFORE, v)?;
-            if renew >= duration {
+            let renew = go_duration(keys::RENEW_BEFORE, v)?;
+            if renew.is_zero() {
+                // Upstream renews such a volume only at expiry, leaving the
+                // pod an expired certificate until the new one arrives.
+                warnings.push(AttributeWarning {
+                    attribute: keys::RENEW_BEFORE.to_string(),
+                    message: "is zero, which would renew only at expiry; the certificate renews a third of its lifetime before expiry instead".to_string(),
+                });
+                None
+            } else if renew >= duration {
                 warnings.push(AttributeWarning {
                     attribute: keys::RENEW_BEFORE.to_string(),
                     message: format!(
@@ -336,6 +369,7 @@ fn parse_rest(
         annotations,
         tokens,
         warnings,
+        unknown_attributes: Vec::new(),
     })
 }
 
@@ -409,37 +443,35 @@ fn required_pod_field(ctx: &HashMap<String, String>, key: &str) -> Result<String
     }
 }
 
-/// Sorts every key into: our attribute, a kubelet key, an annotation to pass
-/// through, or an error. Returns the annotations.
+/// Sorts every key into: our attribute, a stray key (see [`stray_key`]:
+/// ignored or passed on as upstream does, with a warning), a kubelet key,
+/// an annotation to pass through, or an error. Returns the annotations and
+/// the stray keys.
 fn check_keys(
     ctx: &HashMap<String, String>,
     warnings: &mut Vec<AttributeWarning>,
-) -> Result<BTreeMap<String, String>, AttributeError> {
+) -> Result<(BTreeMap<String, String>, Vec<String>), AttributeError> {
     let mut sorted: Vec<(&String, &String)> = ctx.iter().collect();
     sorted.sort();
     let mut annotations = BTreeMap::new();
+    let mut strays = Vec::new();
     for (key, value) in sorted {
-        if let Some(suffix) = key.strip_prefix(PREFIX) {
-            if attributes::find(key).is_none() {
-                return Err(error(key, unknown_attribute_message(suffix)));
-            }
+        let stray = stray_key(key);
+        if let Some((kind, doc)) = stray {
+            warn(warnings, key, stray_warning(kind, doc));
+            strays.push(key.clone());
+        }
+        if key.starts_with(PREFIX) {
             continue;
         }
-        let Some((group, name)) = key.split_once('/') else {
-            if let Some(doc) = attributes::suggest(key) {
-                return Err(error(
+        let Some((group, _)) = key.split_once('/') else {
+            if stray.is_none() {
+                warn(
+                    warnings,
                     key,
-                    format!(
-                        "has no prefix, so it means nothing to cert-csi; did you mean {}?",
-                        doc.full_key()
-                    ),
-                ));
+                    "has no prefix and is not a cert-csi attribute, so it is ignored",
+                );
             }
-            warnings.push(AttributeWarning {
-                attribute: key.clone(),
-                message: "has no prefix and is not a cert-csi attribute, so it is ignored"
-                    .to_string(),
-            });
             continue;
         };
         if group == KUBELET_GROUP {
@@ -451,23 +483,8 @@ fn check_keys(
             check_reserved_key(key)?;
             continue;
         }
-        let target = PREFIX.trim_end_matches('/');
-        // A near-miss prefix on an attribute name is a typo, not an annotation:
-        // as an annotation it would change nothing about the certificate.
-        let lowered = name.to_ascii_lowercase();
-        if attributes::edit_distance(&group.to_ascii_lowercase(), target) <= 4
-            && let Some(doc) = ATTRIBUTES
-                .iter()
-                .find(|a| attributes::edit_distance(&lowered, a.key) <= 1)
-        {
-            return Err(error(
-                key,
-                format!(
-                    "did you mean {}? Keys with other prefixes are copied to the CertificateRequest as annotations and do not change the certificate",
-                    doc.full_key()
-                ),
-            ));
-        }
+        // Upstream copies every other key onto the request; one the API
+        // server would refuse fails there, so it is refused here first.
         if let Err(reason) = rules::check_annotation_key(key) {
             return Err(error(
                 key,
@@ -478,12 +495,101 @@ fn check_keys(
         }
         annotations.insert(key.clone(), value.clone());
     }
-    Ok(annotations)
+    Ok((annotations, strays))
+}
+
+/// How a key strays from the attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stray {
+    /// Under `csi.cert-manager.io/` but no attribute: upstream ignores it.
+    Unknown,
+    /// An attribute's name without a prefix: upstream ignores it.
+    Unprefixed,
+    /// An attribute's name under a prefix close to ours: upstream copies
+    /// it onto the request as an annotation, where it changes nothing.
+    OtherPrefix,
+}
+
+/// Whether `key` is most likely a misspelt attribute, and which one.
+fn stray_key(key: &str) -> Option<(Stray, Option<&'static AttributeDoc>)> {
+    if let Some(suffix) = key.strip_prefix(PREFIX) {
+        return attributes::find(key)
+            .is_none()
+            .then(|| (Stray::Unknown, attributes::suggest(suffix)));
+    }
+    let Some((group, name)) = key.split_once('/') else {
+        return attributes::suggest(key).map(|doc| (Stray::Unprefixed, Some(doc)));
+    };
+    if group == KUBELET_GROUP || group == RESERVED_GROUP {
+        return None;
+    }
+    let target = PREFIX.trim_end_matches('/');
+    let lowered = name.to_ascii_lowercase();
+    if attributes::edit_distance(&group.to_ascii_lowercase(), target) > 4 {
+        return None;
+    }
+    ATTRIBUTES
+        .iter()
+        .find(|a| attributes::edit_distance(&lowered, a.key) <= 1)
+        .map(|doc| (Stray::OtherPrefix, Some(doc)))
+}
+
+const STRICT_HINT: &str = "(the node plugin's --strict-attributes refuses such volumes)";
+
+fn stray_warning(kind: Stray, doc: Option<&AttributeDoc>) -> String {
+    let fix = match doc {
+        Some(doc) => format!("did you mean {}?", doc.full_key()),
+        None => "check the spelling against the attribute list".to_string(),
+    };
+    let what = match kind {
+        Stray::Unknown => {
+            "is not a csi.cert-manager.io attribute and is ignored, as cert-manager's csi-driver ignores it"
+        }
+        Stray::Unprefixed => {
+            "has no prefix, so it is ignored, as cert-manager's csi-driver ignores it"
+        }
+        Stray::OtherPrefix => {
+            "is copied to the CertificateRequest as an annotation, as cert-manager's csi-driver copies it, and does not change the certificate"
+        }
+    };
+    format!("{what}; {fix} {STRICT_HINT}")
+}
+
+/// With `--strict-attributes`: the first stray key (in sorted order) as an
+/// error naming the attribute it was most likely meant to be. Checked
+/// before anything else, because a typo explains the errors it causes.
+pub fn check_unknown_attributes(ctx: &HashMap<String, String>) -> Result<(), AttributeError> {
+    let Some((key, (kind, doc))) = ctx
+        .keys()
+        .filter_map(|k| stray_key(k).map(|s| (k, s)))
+        .min_by(|a, b| a.0.cmp(b.0))
+    else {
+        return Ok(());
+    };
+    let message = match (kind, doc) {
+        (Stray::Unknown, _) => unknown_attribute_message(&key[PREFIX.len()..]),
+        (Stray::Unprefixed, Some(doc)) => format!(
+            "has no prefix, so it means nothing to cert-csi; did you mean {}?",
+            doc.full_key()
+        ),
+        (_, doc) => format!(
+            "did you mean {}? Keys with other prefixes are copied to the CertificateRequest as annotations and do not change the certificate",
+            doc.map(|d| d.full_key()).unwrap_or_default()
+        ),
+    };
+    Err(error(key, message))
+}
+
+/// The attribute a stray key (see [`VolumeSpec::unknown_attributes`]) was
+/// most likely meant to be.
+pub fn nearest_attribute(key: &str) -> Option<String> {
+    stray_key(key)
+        .and_then(|(_, doc)| doc)
+        .map(|doc| doc.full_key())
 }
 
 fn unknown_attribute_message(suffix: &str) -> String {
-    let why =
-        "cert-csi rejects unknown attributes so that a typo cannot silently change the certificate";
+    let why = "this node plugin runs with --strict-attributes, which refuses unknown attributes so that a typo cannot silently change the certificate";
     match attributes::suggest(suffix) {
         Some(doc) => format!(
             "unknown attribute; did you mean {}? ({why})",
@@ -555,43 +661,73 @@ fn parse_issuer(ctx: &HashMap<String, String>) -> Result<IssuerRef, AttributeErr
     })
 }
 
-fn expanded(key: &str, value: &str, vars: &Variables<'_>) -> Result<String, AttributeError> {
-    expand(value, vars).map_err(|e| error(key, e.to_string()))
+/// A value with its variables expanded as upstream expands them; what Go
+/// silently drops (`${}`, an unclosed `${`) becomes a warning.
+fn expanded(
+    key: &str,
+    value: &str,
+    vars: &Variables<'_>,
+    warnings: &mut Vec<AttributeWarning>,
+) -> Result<String, AttributeError> {
+    let out = expand(value, vars).map_err(|e| error(key, e.to_string()))?;
+    for message in out.dropped {
+        warn(warnings, key, message);
+    }
+    Ok(out.text)
 }
 
-/// Splits a list attribute, rejects empty entries and expands each entry.
-fn list(
+fn warn(warnings: &mut Vec<AttributeWarning>, key: &str, message: impl Into<String>) {
+    warnings.push(AttributeWarning {
+        attribute: key.to_string(),
+        message: message.into(),
+    });
+}
+
+/// Warns about list entries that upstream keeps but are most likely
+/// mistakes: empty ones, and ones with white space at either end.
+fn warn_about_entries(warnings: &mut Vec<AttributeWarning>, key: &str, entries: &[String]) {
+    if let Some(n) = rules::first_empty(entries) {
+        warn(
+            warnings,
+            key,
+            format!(
+                "entry {n} is empty and is kept as an empty value, as cert-manager's csi-driver keeps it; remove the extra comma"
+            ),
+        );
+    }
+    if let Some(entry) = entries.iter().find(|e| e.trim() != e.as_str()) {
+        warn(
+            warnings,
+            key,
+            format!(
+                "the entry {} starts or ends with white space, which is kept in the certificate as cert-manager's csi-driver keeps it (entries are CSV, not trimmed); remove the space after the comma",
+                short_quote(entry)
+            ),
+        );
+    }
+}
+
+/// A subject list: the value expanded, then read as one CSV record, as
+/// csi-driver does (`SplitWithEscapeCSV`).
+fn subject_list(
     ctx: &HashMap<String, String>,
     key: &str,
-    escaped: bool,
-    vars: Option<&Variables<'_>>,
+    vars: &Variables<'_>,
+    warnings: &mut Vec<AttributeWarning>,
 ) -> Result<Vec<String>, AttributeError> {
     let Some(value) = get(ctx, key) else {
         return Ok(Vec::new());
     };
-    let entries = if escaped {
-        rules::split_escaped(value)
-    } else {
-        rules::split_plain(value)
-    };
-    if let Some(n) = rules::first_empty(&entries) {
-        let escape_hint = if escaped {
-            " (write \\, for a comma inside a value)"
-        } else {
-            ""
-        };
-        return Err(error(
+    let value = expanded(key, value, vars, warnings)?;
+    let entries = rules::split_csv(&value).map_err(|m| {
+        let shown = short_quote(&value);
+        error(
             key,
-            format!(
-                "entry {n} of {value_q} is empty; remove the extra comma{escape_hint}",
-                value_q = short_quote(value)
-            ),
-        ));
-    }
-    match vars {
-        Some(vars) => entries.iter().map(|e| expanded(key, e, vars)).collect(),
-        None => Ok(entries),
-    }
+            format!("{shown} is not a comma-separated list as cert-manager reads it (CSV): {m}"),
+        )
+    })?;
+    warn_about_entries(warnings, key, &entries);
+    Ok(entries)
 }
 
 fn parse_subject(
@@ -611,206 +747,288 @@ fn parse_subject(
         keys::SERIAL_NUMBER,
     ];
     if let Some(literal) = get(ctx, keys::LITERAL_SUBJECT) {
-        // Upstream silently ignores the other subject attributes here. A pod
-        // spec written for upstream must keep working, so this is not an
-        // error, but it is not silent either: the warning reaches the logs
-        // and the pod's events.
+        // Upstream silently ignores the other subject attributes here (it
+        // does not even expand them). A pod spec written for upstream must
+        // keep working, so this is not an error, but it is not silent
+        // either: the warning reaches the logs and the pod's events.
         let ignored: Vec<&str> = FIELDS
             .into_iter()
             .filter(|k| get(ctx, k).is_some())
             .collect();
         if !ignored.is_empty() {
-            warnings.push(AttributeWarning {
-                attribute: keys::LITERAL_SUBJECT.to_string(),
-                message: format!(
+            warn(
+                warnings,
+                keys::LITERAL_SUBJECT,
+                format!(
                     "is set, so {} {} ignored; put those values into the literal subject or remove them",
                     ignored.join(", "),
                     if ignored.len() == 1 { "is" } else { "are" }
                 ),
-            });
+            );
         }
         // Expanded like upstream, so CN=$POD_NAME works in a literal subject.
-        let literal = expanded(keys::LITERAL_SUBJECT, literal, vars)?;
-        let length = literal.chars().count();
-        if length > LITERAL_SUBJECT_LIMIT {
-            return Err(error(
-                keys::LITERAL_SUBJECT,
-                format!(
-                    "{} is {length} characters long; a subject may be at most {LITERAL_SUBJECT_LIMIT} (RFC 5280 bounds each attribute, e.g. CN to 64)",
-                    short_quote(&literal)
-                ),
-            ));
-        }
-        rules::check_rfc4514(&literal).map_err(|m| {
+        let literal = expanded(keys::LITERAL_SUBJECT, literal, vars, warnings)?;
+        let rdns = pki::dn::parse_literal(&literal).map_err(|m| {
             error(
                 keys::LITERAL_SUBJECT,
                 format!(
-                    "{literal_q} is not a valid RFC 4514 distinguished name: {m}",
+                    "{literal_q} is not a distinguished name cert-manager can encode: {m}",
                     literal_q = short_quote(&literal)
                 ),
             )
         })?;
+        if rdns.is_empty() {
+            warn(
+                warnings,
+                keys::LITERAL_SUBJECT,
+                "is blank, so the certificate's subject is empty (as upstream); remove the attribute or write a distinguished name such as CN=app",
+            );
+        }
+        warn_about_bounds(
+            warnings,
+            rdns.iter()
+                .flatten()
+                .map(|a| (a.oid, a.value.as_str(), keys::LITERAL_SUBJECT)),
+        );
         return Ok(SubjectSpec {
             literal: Some(literal),
             ..SubjectSpec::default()
         });
     }
-    let single = |key: &str| -> Result<Option<String>, AttributeError> {
-        get(ctx, key).map(|v| expanded(key, v, vars)).transpose()
-    };
+    let serial_number = get(ctx, keys::SERIAL_NUMBER).map(|v| {
+        if v.contains('$') {
+            warn(
+                warnings,
+                keys::SERIAL_NUMBER,
+                "is not expanded (cert-manager's csi-driver expands variables in the other subject attributes, not in this one), so its '$' is kept as written",
+            );
+        }
+        v.to_string()
+    });
     let subject = SubjectSpec {
         literal: None,
-        common_name: single(keys::COMMON_NAME)?,
-        organizations: list(ctx, keys::ORGANIZATIONS, true, Some(vars))?,
-        organizational_units: list(ctx, keys::ORGANIZATIONAL_UNITS, true, Some(vars))?,
-        countries: list(ctx, keys::COUNTRIES, true, Some(vars))?,
-        provinces: list(ctx, keys::PROVINCES, true, Some(vars))?,
-        localities: list(ctx, keys::LOCALITIES, true, Some(vars))?,
-        street_addresses: list(ctx, keys::STREET_ADDRESSES, true, Some(vars))?,
-        postal_codes: list(ctx, keys::POSTAL_CODES, true, Some(vars))?,
-        serial_number: single(keys::SERIAL_NUMBER)?,
+        common_name: get(ctx, keys::COMMON_NAME)
+            .map(|v| expanded(keys::COMMON_NAME, v, vars, warnings))
+            .transpose()?,
+        organizations: subject_list(ctx, keys::ORGANIZATIONS, vars, warnings)?,
+        organizational_units: subject_list(ctx, keys::ORGANIZATIONAL_UNITS, vars, warnings)?,
+        countries: subject_list(ctx, keys::COUNTRIES, vars, warnings)?,
+        provinces: subject_list(ctx, keys::PROVINCES, vars, warnings)?,
+        localities: subject_list(ctx, keys::LOCALITIES, vars, warnings)?,
+        street_addresses: subject_list(ctx, keys::STREET_ADDRESSES, vars, warnings)?,
+        postal_codes: subject_list(ctx, keys::POSTAL_CODES, vars, warnings)?,
+        serial_number,
     };
-    check_subject_bounds(&subject)?;
+    let fields: [(&str, &str, Vec<&String>); 9] = [
+        (
+            keys::COMMON_NAME,
+            "2.5.4.3",
+            subject.common_name.iter().collect(),
+        ),
+        (
+            keys::ORGANIZATIONS,
+            "2.5.4.10",
+            subject.organizations.iter().collect(),
+        ),
+        (
+            keys::ORGANIZATIONAL_UNITS,
+            "2.5.4.11",
+            subject.organizational_units.iter().collect(),
+        ),
+        (
+            keys::COUNTRIES,
+            "2.5.4.6",
+            subject.countries.iter().collect(),
+        ),
+        (
+            keys::PROVINCES,
+            "2.5.4.8",
+            subject.provinces.iter().collect(),
+        ),
+        (
+            keys::LOCALITIES,
+            "2.5.4.7",
+            subject.localities.iter().collect(),
+        ),
+        (
+            keys::STREET_ADDRESSES,
+            "2.5.4.9",
+            subject.street_addresses.iter().collect(),
+        ),
+        (
+            keys::POSTAL_CODES,
+            "2.5.4.17",
+            subject.postal_codes.iter().collect(),
+        ),
+        (
+            keys::SERIAL_NUMBER,
+            "2.5.4.5",
+            subject.serial_number.iter().collect(),
+        ),
+    ];
+    let all = fields.iter().flat_map(|(key, oid, values)| {
+        let oid = der::asn1::ObjectIdentifier::new_unwrap(oid);
+        values.iter().map(move |v| (oid, v.as_str(), *key))
+    });
+    warn_about_bounds(warnings, all);
     Ok(subject)
 }
 
 /// RFC 5280's upper bounds on subject attribute values (Appendix A.1,
-/// `ub-*`), in characters after variable expansion. Longer values make
-/// certificates that strict parsers refuse, and unbounded ones made a
-/// 1.9 MB request that no status write could hold.
+/// `ub-*`), in characters, by attribute type. Upstream does not check them
+/// and Go signs longer values, so a longer value is accepted with a
+/// warning: strict parsers may refuse the certificate.
 const SUBJECT_BOUNDS: [(&str, usize); 9] = [
-    (keys::COMMON_NAME, 64),
-    (keys::ORGANIZATIONS, 64),
-    (keys::ORGANIZATIONAL_UNITS, 64),
-    (keys::COUNTRIES, 2),
-    (keys::PROVINCES, 128),
-    (keys::LOCALITIES, 128),
-    (keys::STREET_ADDRESSES, 128),
-    (keys::POSTAL_CODES, 40),
-    (keys::SERIAL_NUMBER, 64),
+    ("2.5.4.3", 64),
+    ("2.5.4.10", 64),
+    ("2.5.4.11", 64),
+    ("2.5.4.6", 2),
+    ("2.5.4.8", 128),
+    ("2.5.4.7", 128),
+    ("2.5.4.9", 128),
+    ("2.5.4.17", 40),
+    ("2.5.4.5", 64),
 ];
 
-/// The longest literal subject accepted: all the bounds above together,
-/// rounded up; no real distinguished name comes near it.
-pub const LITERAL_SUBJECT_LIMIT: usize = 1024;
-
-fn check_subject_bounds(subject: &SubjectSpec) -> Result<(), AttributeError> {
-    let values = |key: &str| -> Vec<&String> {
-        match key {
-            keys::COMMON_NAME => subject.common_name.iter().collect(),
-            keys::ORGANIZATIONS => subject.organizations.iter().collect(),
-            keys::ORGANIZATIONAL_UNITS => subject.organizational_units.iter().collect(),
-            keys::COUNTRIES => subject.countries.iter().collect(),
-            keys::PROVINCES => subject.provinces.iter().collect(),
-            keys::LOCALITIES => subject.localities.iter().collect(),
-            keys::STREET_ADDRESSES => subject.street_addresses.iter().collect(),
-            keys::POSTAL_CODES => subject.postal_codes.iter().collect(),
-            _ => subject.serial_number.iter().collect(),
+fn warn_about_bounds<'a>(
+    warnings: &mut Vec<AttributeWarning>,
+    values: impl IntoIterator<Item = (der::asn1::ObjectIdentifier, &'a str, &'a str)>,
+) {
+    let mut warned: Vec<&str> = Vec::new();
+    for (oid, value, key) in values {
+        if warned.contains(&key) {
+            continue;
         }
-    };
-    for (key, bound) in SUBJECT_BOUNDS {
-        for value in values(key) {
-            let length = value.chars().count();
-            if length > bound {
-                let hint = if key == keys::COUNTRIES {
-                    " (a two-letter ISO 3166 code, e.g. DE)"
-                } else {
-                    ""
-                };
-                return Err(error(
-                    key,
-                    format!(
-                        "{} is {length} characters long; RFC 5280 allows at most {bound} for this attribute{hint}",
-                        short_quote(value)
-                    ),
-                ));
-            }
+        let Some((_, bound)) = SUBJECT_BOUNDS
+            .iter()
+            .find(|(o, _)| der::asn1::ObjectIdentifier::new_unwrap(o) == oid)
+        else {
+            continue;
+        };
+        let length = value.chars().count();
+        if length > *bound {
+            warn(
+                warnings,
+                key,
+                format!(
+                    "{} is {length} characters long, more than the {bound} RFC 5280 allows for this attribute; it is requested as given (as upstream does), but strict TLS clients may refuse the certificate",
+                    short_quote(value)
+                ),
+            );
+            // One warning per attribute is enough to act on.
+            warned.push(key);
         }
     }
-    Ok(())
-}
-
-fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(items.len());
-    for item in items {
-        if !out.contains(&item) {
-            out.push(item);
-        }
-    }
-    out
 }
 
 fn parse_sans(
     ctx: &HashMap<String, String>,
     vars: &Variables<'_>,
+    warnings: &mut Vec<AttributeWarning>,
 ) -> Result<SanSpec, AttributeError> {
-    let dns_names = list(ctx, keys::DNS_NAMES, false, Some(vars))?;
-    for name in &dns_names {
-        rules::check_dns_name(name).map_err(|m| {
-            error(
+    // dns-names: expanded, split and trimmed, nothing else (upstream). Go
+    // can only encode ASCII (IA5String) and fails the request otherwise.
+    let mut dns_names = Vec::new();
+    if let Some(value) = get(ctx, keys::DNS_NAMES) {
+        let value = expanded(keys::DNS_NAMES, value, vars, warnings)?;
+        dns_names = rules::split_plain(&value);
+        if let Some(name) = dns_names.iter().find(|n| !n.is_ascii()) {
+            return Err(error(
                 keys::DNS_NAMES,
                 format!(
-                    "{m}; fix the entry (after variable expansion it reads {name_q})",
+                    "{name_q} is not ASCII, and a DNS name in a certificate must be; write internationalised names in their xn-- (punycode) form",
                     name_q = short_quote(name)
                 ),
-            )
-        })?;
-    }
-    let mut ip_addresses = Vec::new();
-    for entry in list(ctx, keys::IP_SANS, false, None)? {
-        let ip: IpAddr = entry.parse().map_err(|_| {
-            error(
-                keys::IP_SANS,
+            ));
+        }
+        warn_about_entries(warnings, keys::DNS_NAMES, &dns_names);
+        if let Some(why) = dns_names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .find_map(|n| rules::check_dns_name(n).err())
+        {
+            warn(
+                warnings,
+                keys::DNS_NAMES,
                 format!(
-                    "{entry_q} is not an IPv4 or IPv6 address; write addresses such as 10.0.0.1 or fd00::1 (no ranges, ports or zone ids)", entry_q = short_quote(&entry)
+                    "{why}; it is requested as given, as cert-manager's csi-driver does, but TLS clients may not match it"
                 ),
-            )
-        })?;
-        ip_addresses.push(ip);
+            );
+        }
     }
-    let uris = list(ctx, keys::URI_SANS, false, Some(vars))?;
-    for uri in &uris {
-        check_uri(uri)?;
+    // ip-sans: split and trimmed, never expanded; each must be an address.
+    let mut ip_addresses = Vec::new();
+    if let Some(value) = get(ctx, keys::IP_SANS) {
+        for entry in rules::split_plain(value) {
+            let ip: IpAddr = entry.parse().map_err(|_| {
+                error(
+                    keys::IP_SANS,
+                    format!(
+                        "{entry_q} is not an IPv4 or IPv6 address; write addresses such as 10.0.0.1 or fd00::1 (no ranges, ports, zone ids or empty entries)",
+                        entry_q = short_quote(&entry)
+                    ),
+                )
+            })?;
+            // Go writes an IPv4-mapped IPv6 address as the 4-byte IPv4
+            // address (net.IP.To4), and so does upstream's CSR.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(IpAddr::V4)
+                    .unwrap_or(IpAddr::V6(v6)),
+                v4 => v4,
+            };
+            ip_addresses.push(ip);
+        }
     }
+    // uri-sans: expanded, split and trimmed, each read by Go's
+    // url.ParseRequestURI and written back as Go writes it.
+    let mut uris = Vec::new();
+    if let Some(value) = get(ctx, keys::URI_SANS) {
+        let value = expanded(keys::URI_SANS, value, vars, warnings)?;
+        for entry in rules::split_plain(&value) {
+            let fail = |why: String| {
+                error(
+                    keys::URI_SANS,
+                    format!("{entry_q} {why}", entry_q = short_quote(&entry)),
+                )
+            };
+            let uri = gourl::request_uri_string(&entry).map_err(|e| {
+                fail(format!(
+                    "is not a URI cert-manager's csi-driver accepts ({e}); write an absolute URI such as spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME, or an absolute path such as /app"
+                ))
+            })?;
+            if !uri.is_ascii() {
+                return Err(fail(
+                    "holds non-ASCII characters in its query or opaque part, which a certificate cannot carry (IA5String); percent-encode them".to_string(),
+                ));
+            }
+            gourl::host_valid_for_x509(&uri).map_err(fail)?;
+            if uri != entry {
+                warn(
+                    warnings,
+                    keys::URI_SANS,
+                    format!(
+                        "{} is requested as {}, the form Go's URL parser writes it in (as upstream requests it)",
+                        short_quote(&entry),
+                        short_quote(&uri)
+                    ),
+                );
+            }
+            uris.push(uri);
+        }
+    }
+    // Kept as given, repeats included: upstream's request has them all.
     Ok(SanSpec {
-        dns_names: dedup(dns_names),
-        ip_addresses: dedup(ip_addresses),
-        uris: dedup(uris),
+        dns_names,
+        ip_addresses,
+        uris,
         emails: Vec::new(),
     })
 }
 
-fn check_uri(uri: &str) -> Result<(), AttributeError> {
-    let fail = |why: String| error(keys::URI_SANS, why);
-    if let Some(c) = uri.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(fail(format!(
-            "{uri_q} contains {c:?}; percent-encode it (a space is %20)",
-            uri_q = short_quote(uri)
-        )));
-    }
-    match url::Url::parse(uri) {
-        Ok(_) => Ok(()),
-        Err(url::ParseError::RelativeUrlWithoutBase) => Err(fail(format!(
-            "{uri_q} has no scheme; write an absolute URI such as spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME",
-            uri_q = short_quote(uri)
-        ))),
-        Err(e) => Err(fail(format!(
-            "{uri_q} is not a valid URI: {e}",
-            uri_q = short_quote(uri)
-        ))),
-    }
-}
-
 fn positive_duration(key: &str, value: &str) -> Result<Duration, AttributeError> {
-    let parsed = duration::parse_go(value).map_err(|e| {
-        let days_hint = match &e {
-            duration::DurationError::UnknownUnit { unit, .. } if unit == "d" => {
-                "; there is no day unit, write hours (720h is 30 days)"
-            }
-            _ => "",
-        };
-        error(key, format!("{e}{days_hint}"))
-    })?;
+    let parsed = go_duration(key, value)?;
     if parsed.is_zero() {
         return Err(error(
             key,
@@ -821,6 +1039,19 @@ fn positive_duration(key: &str, value: &str) -> Result<Duration, AttributeError>
         ));
     }
     Ok(parsed)
+}
+
+/// A Go duration that is not negative.
+fn go_duration(key: &str, value: &str) -> Result<Duration, AttributeError> {
+    duration::parse_go(value).map_err(|e| {
+        let days_hint = match &e {
+            duration::DurationError::UnknownUnit { unit, .. } if unit == "d" => {
+                "; there is no day unit, write hours (720h is 30 days)"
+            }
+            _ => "",
+        };
+        error(key, format!("{e}{days_hint}"))
+    })
 }
 
 fn boolean(ctx: &HashMap<String, String>, key: &str) -> Result<Option<bool>, AttributeError> {
@@ -838,10 +1069,21 @@ fn boolean(ctx: &HashMap<String, String>, key: &str) -> Result<Option<bool>, Att
     }
 }
 
+/// key-usages: split and trimmed, each a cert-manager usage name, in the
+/// order given and with repeats, as upstream puts them into `spec.usages`.
 fn parse_usages(ctx: &HashMap<String, String>) -> Result<Vec<Usage>, AttributeError> {
-    let names = list(ctx, keys::KEY_USAGES, false, None)?;
-    if names.is_empty() {
+    let Some(value) = get(ctx, keys::KEY_USAGES) else {
         return Ok(Usage::defaults());
+    };
+    let names = rules::split_plain(value);
+    if let Some(n) = rules::first_empty(&names) {
+        return Err(error(
+            keys::KEY_USAGES,
+            format!(
+                "entry {n} of {value_q} is empty; remove the extra comma",
+                value_q = short_quote(value)
+            ),
+        ));
     }
     let mut usages = Vec::with_capacity(names.len());
     for name in names {
@@ -860,7 +1102,7 @@ fn parse_usages(ctx: &HashMap<String, String>) -> Result<Vec<Usage>, AttributeEr
         })?;
         usages.push(usage);
     }
-    Ok(dedup(usages))
+    Ok(usages)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -887,8 +1129,11 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
         }
     };
     let size = get(ctx, keys::KEY_SIZE);
+    // Read as Go's strconv.Atoi reads it (upstream), so a leading '+' is
+    // fine; a '-' can only give a size that is too small anyway.
     let number = |v: &str| -> Result<u32, AttributeError> {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        let digits = v.strip_prefix('+').unwrap_or(v);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(error(
                 keys::KEY_SIZE,
                 format!(
@@ -898,7 +1143,7 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
             ));
         }
         // Digits only, so the one failure left is a number too large for u32.
-        Ok(v.parse().unwrap_or(u32::MAX))
+        Ok(digits.parse().unwrap_or(u32::MAX))
     };
     let key_algorithm = match algorithm {
         Algorithm::Rsa => {
@@ -906,17 +1151,22 @@ fn parse_key(ctx: &HashMap<String, String>) -> Result<KeySpec, AttributeError> {
                 None => 2048,
                 Some(v) => number(v)?,
             };
-            if !matches!(bits, 2048 | 3072 | 4096 | 8192) {
-                let why = if bits < 2048 {
-                    "is too small; RSA keys must be at least 2048 bits"
-                } else if bits > 8192 {
-                    "is too large; RSA keys can be at most 8192 bits"
-                } else {
-                    "is not a size cert-csi can generate"
-                };
+            // Any size from 2048 to 8192 bits, as upstream
+            // (pki.MinRSAKeySize and pki.MaxRSAKeySize).
+            if bits < 2048 {
                 return Err(error(
                     keys::KEY_SIZE,
-                    format!("{bits} {why}; use 2048, 3072, 4096 or 8192"),
+                    format!(
+                        "{bits} is too small; RSA keys must be at least 2048 bits (e.g. 2048, 3072 or 4096)"
+                    ),
+                ));
+            }
+            if bits > 8192 {
+                return Err(error(
+                    keys::KEY_SIZE,
+                    format!(
+                        "{bits} is too large; RSA keys can be at most 8192 bits (e.g. 4096 or 8192)"
+                    ),
                 ));
             }
             KeyAlgorithm::Rsa { bits }
@@ -993,25 +1243,34 @@ fn file_name(
     Ok(name.to_string())
 }
 
+/// The keystore attributes, by upstream's rules (`pkcs12Values` and the
+/// writer): only "true" writes a keystore; "false" accepts a file name and
+/// a password and writes nothing; with `pkcs12-enable` unset, a file name
+/// or password is refused.
 fn parse_pkcs12(ctx: &HashMap<String, String>) -> Result<Option<Pkcs12Spec>, AttributeError> {
-    let enabled = boolean(ctx, keys::PKCS12_ENABLE)?;
-    if enabled != Some(true) {
-        let state = match enabled {
-            Some(_) => "is \"false\"",
-            None => "is not set",
-        };
-        for key in [keys::PKCS12_FILENAME, keys::PKCS12_PASSWORD] {
-            if get(ctx, key).is_some() {
-                return Err(error(
-                    key,
-                    format!(
-                        "is only used when {} is \"true\", and it {state}; set pkcs12-enable to \"true\" to write a keystore, or remove this attribute",
-                        keys::PKCS12_ENABLE
-                    ),
-                ));
+    match boolean(ctx, keys::PKCS12_ENABLE)? {
+        Some(true) => {}
+        Some(false) => {
+            // Checked as upstream checks it, though nothing is written.
+            if get(ctx, keys::PKCS12_FILENAME).is_some() {
+                file_name(ctx, keys::PKCS12_FILENAME, DEFAULT_PKCS12_FILE)?;
             }
+            return Ok(None);
         }
-        return Ok(None);
+        None => {
+            for key in [keys::PKCS12_FILENAME, keys::PKCS12_PASSWORD] {
+                if get(ctx, key).is_some() {
+                    return Err(error(
+                        key,
+                        format!(
+                            "is only used together with {}, which is not set; set pkcs12-enable to \"true\" to write a keystore, or remove this attribute",
+                            keys::PKCS12_ENABLE
+                        ),
+                    ));
+                }
+            }
+            return Ok(None);
+        }
     }
     let filename = file_name(ctx, keys::PKCS12_FILENAME, DEFAULT_PKCS12_FILE)?;
     // The password is never echoed, not even in an error.
@@ -1045,10 +1304,11 @@ fn parse_fs_group_key(
     let from_attribute = match get(ctx, key) {
         None => None,
         Some(v) => {
-            let gid = v
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| v.parse::<u64>().ok())
+            // Read as csi-lib reads it (strconv.ParseInt), so a leading
+            // '+' is fine.
+            let digits = v.strip_prefix('+').unwrap_or(v);
+            let gid = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u64>().ok())
                 .flatten()
                 .filter(|g| (1..=u64::from(u32::MAX)).contains(g));
             match gid {

@@ -4,29 +4,166 @@
 use std::net::IpAddr;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
-/// Splits a subject list on commas that are not escaped. `\,` is a comma
-/// inside an entry and `\\` a backslash; any other backslash is kept as is,
-/// so values such as `C:\dir` need no escaping. Entries are trimmed, because
-/// `O1, O2` means `O2`, not ` O2`, to everyone who writes it.
-pub fn split_escaped(value: &str) -> Vec<String> {
-    let mut entries = Vec::new();
-    let mut current = String::new();
-    let mut chars = value.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.peek() {
-                Some(',') | Some('\\') => current.push(chars.next().expect("peeked")),
-                _ => current.push('\\'),
-            },
-            ',' => entries.push(std::mem::take(&mut current)),
-            _ => current.push(c),
-        }
+/// Splits a subject list as cert-manager's `SplitWithEscapeCSV` does (which
+/// csi-driver calls for every subject list): the value is one record of
+/// RFC 4180 CSV as Go's `encoding/csv` reads it. An entry in double quotes
+/// may hold commas and newlines, and `""` inside it is one quote; a quote
+/// anywhere else is an error; nothing is trimmed, so `a, b` has the entry
+/// ` b`; empty entries stay; a value that reads as several lines of CSV is
+/// refused. No CSV crate reads exactly Go's dialect (bare-quote errors,
+/// line handling), so the reader is written out here.
+pub fn split_csv(value: &str) -> Result<Vec<String>, String> {
+    let mut lines = GoLines::new(value.as_bytes());
+    let mut records: Vec<Vec<Vec<u8>>> = Vec::new();
+    // Go's ReadAll: records until the input ends; empty lines are skipped.
+    while let Some(line) = lines.next_non_empty() {
+        records.push(read_record(line, &mut lines)?);
     }
-    entries.push(current);
-    entries.into_iter().map(|e| e.trim().to_string()).collect()
+    match records.len() {
+        0 => Err(format!(
+            "{value_q} holds no value; remove the attribute or give a value",
+            value_q = short_quote(value)
+        )),
+        1 => Ok(records
+            .remove(0)
+            .into_iter()
+            // Only split at ASCII bytes, so every entry is still UTF-8.
+            .map(|entry| String::from_utf8(entry).expect("split at ASCII bytes"))
+            .collect()),
+        _ => Err(format!(
+            "{value_q} reads as several lines of CSV; write the entries on one line separated by commas, or put an entry that holds a line break in double quotes",
+            value_q = short_quote(value)
+        )),
+    }
 }
 
-/// Splits a plain comma-separated list and trims each entry.
+/// Lines as Go's `csv.Reader.readLine` yields them: each with its `\n`, a
+/// `\r\n` ending normalised to `\n`, and a `\r` just before the end dropped.
+struct GoLines<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> GoLines<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        GoLines { rest: input }
+    }
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let end = self
+            .rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(self.rest.len(), |i| i + 1);
+        let mut line = self.rest[..end].to_vec();
+        self.rest = &self.rest[end..];
+        if !line.ends_with(b"\n") && line.ends_with(b"\r") {
+            line.pop();
+        }
+        if line.ends_with(b"\r\n") {
+            line.truncate(line.len() - 2);
+            line.push(b'\n');
+        }
+        Some(line)
+    }
+
+    fn next_non_empty(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let line = self.next()?;
+            if !(line.is_empty() || line == b"\n") {
+                return Some(line);
+            }
+        }
+    }
+}
+
+fn without_newline(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
+}
+
+/// Go's `csv.Reader.readRecord` with the default settings (comma `,`, no
+/// comment character, no lazy quotes, no trimming).
+fn read_record(first: Vec<u8>, lines: &mut GoLines<'_>) -> Result<Vec<Vec<u8>>, String> {
+    let mut fields = Vec::new();
+    let mut line = first;
+    let mut pos = 0;
+    loop {
+        if line.get(pos) != Some(&b'"') {
+            // An unquoted entry: up to the next comma or the line's end.
+            let rest = &line[pos..];
+            let comma = rest.iter().position(|&b| b == b',');
+            let field = match comma {
+                Some(i) => &rest[..i],
+                None => without_newline(rest),
+            };
+            if let Some(j) = field.iter().position(|&b| b == b'"') {
+                return Err(format!(
+                    "has a '\"' inside an entry that does not start with one (column {}); put the whole entry in double quotes and double each quote inside, e.g. \"Example \"\"Inc\"\"\"",
+                    pos + j + 1
+                ));
+            }
+            fields.push(field.to_vec());
+            match comma {
+                Some(i) => pos += i + 1,
+                None => return Ok(fields),
+            }
+            continue;
+        }
+        // A quoted entry, which may continue over several lines.
+        pos += 1;
+        let mut field = Vec::new();
+        loop {
+            let rest = &line[pos..];
+            if let Some(i) = rest.iter().position(|&b| b == b'"') {
+                field.extend_from_slice(&rest[..i]);
+                pos += i + 1;
+                match line.get(pos) {
+                    Some(b'"') => {
+                        field.push(b'"');
+                        pos += 1;
+                    }
+                    Some(b',') => {
+                        pos += 1;
+                        fields.push(field);
+                        break;
+                    }
+                    None | Some(b'\n') if line.len() - pos <= 1 => {
+                        fields.push(field);
+                        return Ok(fields);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "has a closing '\"' followed by more text (column {}); a quoted entry ends at its closing quote, so put a comma after it, and double each quote inside it",
+                            pos
+                        ));
+                    }
+                }
+            } else if !rest.is_empty() {
+                field.extend_from_slice(rest);
+                match lines.next() {
+                    Some(next) => {
+                        line = next;
+                        pos = 0;
+                    }
+                    None => {
+                        line = Vec::new();
+                        pos = 0;
+                    }
+                }
+            } else {
+                return Err(
+                    "has a '\"' that opens an entry but never closes it; close the quote, or double it (\"\") for a literal quote inside a quoted entry".to_string(),
+                );
+            }
+        }
+    }
+}
+
+/// Splits a plain list as csi-driver's `splitList` does: at every comma,
+/// each entry trimmed of Unicode white space (Go's `strings.TrimSpace` and
+/// Rust's `trim` agree on it), empty entries kept.
 pub fn split_plain(value: &str) -> Vec<String> {
     value.split(',').map(|e| e.trim().to_string()).collect()
 }
@@ -286,124 +423,6 @@ pub fn check_annotation_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A light RFC 4514 syntax check: `type=value` pairs joined by `,` (RDNs)
-/// and `+` (multi-valued RDNs), types as keywords or dotted OIDs, values
-/// with RFC 4514 escapes or as `#` hex strings. Spaces around separators are
-/// tolerated because cert-manager's parser tolerates them. The pki module
-/// does the full parse and maps keywords to OIDs.
-pub fn check_rfc4514(dn: &str) -> Result<(), String> {
-    if dn.trim().is_empty() {
-        return Err("is empty; write a distinguished name such as CN=app,O=Example".to_string());
-    }
-    let chars: Vec<char> = dn.chars().collect();
-    let mut i = 0;
-    loop {
-        // Attribute type.
-        let type_start = i;
-        while i < chars.len() && chars[i] != '=' && chars[i] != ',' && chars[i] != '+' {
-            i += 1;
-        }
-        let attr_type: String = chars[type_start..i].iter().collect::<String>();
-        let attr_type = attr_type.trim();
-        if i >= chars.len() || chars[i] != '=' {
-            return Err(format!(
-                "{attr_type_q} (at character {type_start}) has no '='; every part must be type=value, e.g. CN=app",
-                attr_type_q = short_quote(attr_type)
-            ));
-        }
-        check_attribute_type(attr_type)?;
-        i += 1; // '='
-
-        // Attribute value.
-        while i < chars.len() && chars[i] == ' ' {
-            i += 1;
-        }
-        if i < chars.len() && chars[i] == '#' {
-            let hex_start = i + 1;
-            i += 1;
-            while i < chars.len() && chars[i].is_ascii_hexdigit() {
-                i += 1;
-            }
-            let digits = i - hex_start;
-            if digits == 0 || digits % 2 != 0 {
-                return Err(format!(
-                    "the value of {attr_type} starts with '#' but is not an even number of hex digits; escape a literal '#' as \\#"
-                ));
-            }
-            while i < chars.len() && chars[i] == ' ' {
-                i += 1;
-            }
-        } else {
-            while i < chars.len() && chars[i] != ',' && chars[i] != '+' {
-                match chars[i] {
-                    '\\' => {
-                        let next = chars.get(i + 1).copied();
-                        match next {
-                            Some(c) if "\"+,;<>\\ #=".contains(c) => i += 2,
-                            Some(c)
-                                if c.is_ascii_hexdigit()
-                                    && chars.get(i + 2).is_some_and(|d| d.is_ascii_hexdigit()) =>
-                            {
-                                i += 3
-                            }
-                            _ => {
-                                return Err(format!(
-                                    "the value of {attr_type} has a '\\' at character {i} that escapes nothing; escape only special characters (\\, \\+ \\\" \\\\ \\< \\> \\; \\#) or write \\XX hex pairs"
-                                ));
-                            }
-                        }
-                    }
-                    c @ ('"' | ';' | '<' | '>' | '\0') => {
-                        return Err(format!(
-                            "the value of {attr_type} contains an unescaped {c:?} at character {i}; escape it with a backslash"
-                        ));
-                    }
-                    _ => i += 1,
-                }
-            }
-        }
-        if i >= chars.len() {
-            return Ok(());
-        }
-        if chars[i] != ',' && chars[i] != '+' {
-            return Err(format!(
-                "the hex value of {attr_type} is followed by {:?} at character {i}; a '#' value is only hex digits",
-                chars[i]
-            ));
-        }
-        // ',' or '+': another attribute must follow.
-        i += 1;
-        if chars[i..].iter().all(|c| *c == ' ') {
-            return Err(format!(
-                "ends with '{}' and nothing after it; remove it or add type=value",
-                chars[i - 1]
-            ));
-        }
-    }
-}
-
-fn check_attribute_type(attr_type: &str) -> Result<(), String> {
-    if attr_type.is_empty() {
-        return Err("has an '=' with no attribute type before it; write e.g. CN=app".to_string());
-    }
-    let is_keyword = attr_type.starts_with(|c: char| c.is_ascii_alphabetic())
-        && attr_type
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-');
-    let is_oid = attr_type.contains('.')
-        && attr_type
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()));
-    if is_keyword || is_oid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{attr_type_q} is not an attribute type; use a keyword such as CN, O, OU, C, L, ST, or a dotted OID such as 2.5.4.3",
-            attr_type_q = short_quote(attr_type)
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,25 +431,54 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Outputs of cert-manager's `SplitWithEscapeCSV` (v1.20.2).
     #[test]
-    fn escaped_lists_split_on_unescaped_commas_only() {
-        assert_eq!(split_escaped("a,b"), strings(&["a", "b"]));
-        assert_eq!(split_escaped(" a , b "), strings(&["a", "b"]));
-        assert_eq!(
-            split_escaped("Foo\\, Inc,Bar"),
-            strings(&["Foo, Inc", "Bar"])
-        );
-        assert_eq!(
-            split_escaped("back\\\\,slash"),
-            strings(&["back\\", "slash"])
-        );
-        assert_eq!(split_escaped("C:\\dir"), strings(&["C:\\dir"]));
-        assert_eq!(split_escaped("end\\"), strings(&["end\\"]));
-        assert_eq!(split_escaped("a,,b"), strings(&["a", "", "b"]));
-        assert_eq!(split_escaped(""), strings(&[""]));
-        assert_eq!(first_empty(&split_escaped("a,,b")), Some(2));
-        assert_eq!(first_empty(&split_escaped("a,b,")), Some(3));
-        assert_eq!(first_empty(&split_escaped("a,b")), None);
+    fn subject_lists_split_as_go_csv() {
+        let cases: &[(&str, &[&str])] = &[
+            ("a,b", &["a", "b"]),
+            ("\"Example, Inc\",Other", &["Example, Inc", "Other"]),
+            (" a , b ", &[" a ", " b "]),
+            ("a,,b", &["a", "", "b"]),
+            ("a,", &["a", ""]),
+            (",", &["", ""]),
+            ("\"a\"\"b\"", &["a\"b"]),
+            ("\"a\nb\"", &["a\nb"]),
+            ("\"a\r\nb\"", &["a\nb"]),
+            ("\na", &["a"]),
+            ("a\n", &["a"]),
+            ("a\r", &["a"]),
+            ("a\r\n", &["a"]),
+            ("a\rb", &["a\rb"]),
+            ("C:\\dir", &["C:\\dir"]),
+            ("Foo\\, Inc", &["Foo\\", " Inc"]),
+            ("\"\",x", &["", "x"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                split_csv(input).as_deref(),
+                Ok(strings(want).as_slice()),
+                "{input:?}"
+            );
+        }
+        for (input, fragment) in [
+            ("Example \"Inc\"", "does not start with one"),
+            (" \"a\"", "does not start with one"),
+            ("\"a\"b", "followed by more text"),
+            ("\"unterminated", "never closes"),
+            ("a\nb", "several lines"),
+            ("\n", "holds no value"),
+        ] {
+            let err = split_csv(input).expect_err(input);
+            assert!(err.contains(fragment), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn plain_lists_split_and_trim() {
+        assert_eq!(split_plain(" a , b ,,c"), strings(&["a", "b", "", "c"]));
+        assert_eq!(split_plain(""), strings(&[""]));
+        assert_eq!(first_empty(&split_plain("a,,b")), Some(2));
+        assert_eq!(first_empty(&split_plain("a,b")), None);
     }
 
     #[test]
@@ -583,52 +631,28 @@ mod tests {
         }
         assert!(check_annotation_key(&format!("example.com/{}", "a".repeat(64))).is_err());
     }
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
 
-    #[test]
-    fn rfc4514_accepts_valid_names() {
-        for ok in [
-            "CN=app",
-            "CN=app,O=Example",
-            "CN=app, O=Example, C=DE",
-            "CN=app+UID=42,O=Example",
-            "CN=Foo\\, Inc,O=x",
-            "CN=\\#hash",
-            "CN=quote\\\"d",
-            "CN=caf\\C3\\A9",
-            "2.5.4.3=app",
-            "1.3.6.1.4.1.1466.0=#04024869",
-            "CN=",
-            "CN=a=b",
-            "CN=web-0.shop.svc,OU=pods,O=cert-csi",
-            "serialNumber=1234,CN=x",
-        ] {
-            assert_eq!(check_rfc4514(ok), Ok(()), "{ok}");
-        }
-    }
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
 
-    #[test]
-    fn rfc4514_rejects_invalid_names() {
-        let bad: &[(&str, &str)] = &[
-            ("", "is empty"),
-            ("   ", "is empty"),
-            ("app", "has no '='"),
-            ("CN=app,", "nothing after it"),
-            ("CN=app+", "nothing after it"),
-            ("CN=app,O", "has no '='"),
-            ("=app", "no attribute type"),
-            ("C N=app", "not an attribute type"),
-            ("1.2.=x", "not an attribute type"),
-            ("CN=a;b", "unescaped ';'"),
-            ("CN=a<b", "unescaped '<'"),
-            ("CN=\"quoted\"", "unescaped '\"'"),
-            ("CN=bad\\escape", "escapes nothing"),
-            ("CN=#zz", "hex digits"),
-            ("CN=#123", "hex digits"),
-            ("CN=#0402xyz", "only hex digits"),
-        ];
-        for (dn, fragment) in bad {
-            let err = check_rfc4514(dn).expect_err(dn);
-            assert!(err.contains(fragment), "{dn:?}: {err}");
+            #[test]
+            fn csv_never_panics(value in "([a,\" \\r\\n]|\\PC){0,30}") {
+                let _ = split_csv(&value);
+            }
+
+            /// Entries without quotes, commas or line breaks come back as
+            /// they were joined.
+            #[test]
+            fn plain_entries_round_trip(
+                entries in proptest::collection::vec("[^\",\\r\\n]{0,8}", 1..5)
+            ) {
+                let joined = entries.join(",");
+                prop_assume!(!joined.is_empty());
+                prop_assert_eq!(split_csv(&joined).unwrap(), entries);
+            }
         }
     }
 }

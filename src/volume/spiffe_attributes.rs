@@ -255,6 +255,7 @@ pub fn parse(
         annotations,
         tokens,
         warnings,
+        unknown_attributes: Vec::new(),
     })
 }
 

@@ -53,7 +53,13 @@ fn ok(pairs: &[(&str, &str)]) -> VolumeSpec {
 }
 
 fn rejected(pairs: &[(&str, &str)]) -> AttributeError {
-    parse_ctx(&with(pairs)).expect_err(&format!("{pairs:?} should be rejected"))
+    match parse_ctx(&with(pairs)) {
+        Ok(_) => {
+            let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+            panic!("{keys:?} with these values should be rejected")
+        }
+        Err(e) => e,
+    }
 }
 
 #[test]
@@ -196,17 +202,17 @@ fn issuer_attributes() {
 }
 
 #[test]
-fn subject_attributes_are_split_escaped_and_expanded() {
+fn subject_attributes_are_csv_and_expanded() {
     let spec = ok(&[
         (keys::COMMON_NAME, "${POD_NAME}.${POD_NAMESPACE}"),
-        (keys::ORGANIZATIONS, "Example\\, Inc, $POD_NAMESPACE"),
+        (keys::ORGANIZATIONS, "\"Example, Inc\",$POD_NAMESPACE"),
         (keys::ORGANIZATIONAL_UNITS, "pods"),
-        (keys::COUNTRIES, "DE, FR"),
+        (keys::COUNTRIES, "DE,FR"),
         (keys::PROVINCES, "Berlin"),
         (keys::LOCALITIES, "Berlin,Paris"),
-        (keys::STREET_ADDRESSES, "1 Main St"),
+        (keys::STREET_ADDRESSES, "\"1 Main St, Floor 2\""),
         (keys::POSTAL_CODES, "10115"),
-        (keys::SERIAL_NUMBER, "$POD_UID"),
+        (keys::SERIAL_NUMBER, "1234"),
     ]);
     assert_eq!(
         spec.subject,
@@ -218,11 +224,90 @@ fn subject_attributes_are_split_escaped_and_expanded() {
             countries: vec!["DE".into(), "FR".into()],
             provinces: vec!["Berlin".into()],
             localities: vec!["Berlin".into(), "Paris".into()],
-            street_addresses: vec!["1 Main St".into()],
+            street_addresses: vec!["1 Main St, Floor 2".into()],
             postal_codes: vec!["10115".into()],
-            serial_number: Some(POD_UID.into()),
+            serial_number: Some("1234".into()),
         }
     );
+    assert!(spec.warnings.is_empty(), "{:?}", spec.warnings);
+}
+
+#[test]
+fn subject_lists_keep_what_upstream_keeps_with_warnings() {
+    // Not trimmed, empty entries kept: upstream's CSV reader does the same.
+    let spec = ok(&[(keys::ORGANIZATIONS, "Example, Other,,")]);
+    assert_eq!(
+        spec.subject.organizations,
+        vec!["Example", " Other", "", ""]
+    );
+    let messages: Vec<String> = spec.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].contains("entry 3 is empty"), "{messages:?}");
+    assert!(messages[1].contains("\" Other\""), "{messages:?}");
+    assert!(
+        spec.warnings
+            .iter()
+            .all(|w| w.attribute == keys::ORGANIZATIONS),
+        "{messages:?}"
+    );
+    // Variables are expanded before the value is split.
+    let spec = ok(&[(keys::LOCALITIES, "$POD_NAMESPACE,\"$POD_NAME, x\"")]);
+    assert_eq!(spec.subject.localities, vec!["shop", "web-0, x"]);
+    // A backslash is no escape in CSV.
+    let spec = ok(&[(keys::ORGANIZATIONS, "Foo\\, Inc")]);
+    assert_eq!(spec.subject.organizations, vec!["Foo\\", " Inc"]);
+}
+
+#[test]
+fn serialnumber_is_not_expanded() {
+    let spec = ok(&[(keys::SERIAL_NUMBER, "$POD_UID")]);
+    assert_eq!(spec.subject.serial_number.as_deref(), Some("$POD_UID"));
+    assert_eq!(spec.warnings.len(), 1);
+    assert_eq!(spec.warnings[0].attribute, keys::SERIAL_NUMBER);
+    assert!(spec.warnings[0].message.contains("not expanded"));
+    // Even a name upstream would fail on elsewhere.
+    let spec = ok(&[(keys::SERIAL_NUMBER, "$$NOPE")]);
+    assert_eq!(spec.subject.serial_number.as_deref(), Some("$$NOPE"));
+}
+
+#[test]
+fn variables_follow_go_os_expand() {
+    // '$$' names the special variable '$' upstream, which does not exist.
+    for key in [
+        keys::COMMON_NAME,
+        keys::ORGANIZATIONS,
+        keys::DNS_NAMES,
+        keys::URI_SANS,
+        keys::LITERAL_SUBJECT,
+    ] {
+        let err = rejected(&[(key, "a$$b")]);
+        assert_eq!(err.attribute, key);
+        assert!(err.message.contains("'$$' is not an escape"), "{err}");
+        let err = rejected(&[(key, "$NODE_NAME")]);
+        assert!(
+            err.message.contains("unknown variable ${NODE_NAME}"),
+            "{err}"
+        );
+    }
+    // A broken "${" is dropped as Go drops it, with a warning.
+    let spec = ok(&[(keys::COMMON_NAME, "x${POD_NAME")]);
+    assert_eq!(spec.subject.common_name.as_deref(), Some("xPOD_NAME"));
+    assert_eq!(spec.warnings.len(), 1);
+    assert!(spec.warnings[0].message.contains("no closing '}'"));
+    // A '$' before what cannot start a name stays.
+    let spec = ok(&[(keys::COMMON_NAME, "a$.b")]);
+    assert_eq!(spec.subject.common_name.as_deref(), Some("a$.b"));
+    // ip-sans and key-usages are never expanded; a '$' there is just bad.
+    let err = rejected(&[(keys::IP_SANS, "$POD_NAME")]);
+    assert!(err.message.contains("not an IPv4 or IPv6 address"), "{err}");
+    // Only the chosen subject is expanded: with literal-subject set, the
+    // other subject attributes are not read at all (as upstream).
+    let spec = ok(&[
+        (keys::LITERAL_SUBJECT, "CN=x"),
+        (keys::COMMON_NAME, "$NOPE"),
+        (keys::ORGANIZATIONS, "\"unclosed"),
+    ]);
+    assert_eq!(spec.subject.literal.as_deref(), Some("CN=x"));
 }
 
 #[test]
@@ -248,6 +333,21 @@ fn literal_subject_wins_with_a_warning() {
 
     let alone = ok(&[(keys::LITERAL_SUBJECT, "CN=a")]);
     assert!(alone.warnings.is_empty());
+
+    // Spaces after separators, ';' and unescaped quotes: as go-ldap reads them.
+    for literal in [
+        "CN=app, O=Example",
+        "CN = app ; O = \"Ex\"",
+        "cn=app,2.5.4.10=x",
+    ] {
+        let spec = ok(&[(keys::LITERAL_SUBJECT, literal)]);
+        assert_eq!(spec.subject.literal.as_deref(), Some(literal));
+        assert!(spec.warnings.is_empty(), "{literal}: {:?}", spec.warnings);
+    }
+    // Blank: an empty subject, with a warning.
+    let spec = ok(&[(keys::LITERAL_SUBJECT, "   ")]);
+    assert_eq!(spec.subject.literal.as_deref(), Some("   "));
+    assert!(spec.warnings[0].message.contains("subject is empty"));
 }
 
 #[test]
@@ -263,9 +363,15 @@ fn san_attributes() {
             "spiffe://cluster.local/ns/$POD_NAMESPACE/sa/$SERVICE_ACCOUNT_NAME, urn:uuid:$POD_UID",
         ),
     ]);
+    // Kept as given, repeats included, as upstream's request has them.
     assert_eq!(
         spec.sans.dns_names,
-        vec!["web-0.shop.svc.cluster.local", "*.example.com", "localhost"]
+        vec![
+            "web-0.shop.svc.cluster.local",
+            "*.example.com",
+            "localhost",
+            "localhost"
+        ]
     );
     assert_eq!(
         spec.sans.ip_addresses,
@@ -273,6 +379,7 @@ fn san_attributes() {
             "10.0.0.1".parse::<IpAddr>().unwrap(),
             "::1".parse().unwrap(),
             "fd00::2".parse().unwrap(),
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
         ]
     );
     assert_eq!(
@@ -283,6 +390,78 @@ fn san_attributes() {
         ]
     );
     assert!(spec.sans.emails.is_empty());
+    assert!(spec.warnings.is_empty(), "{:?}", spec.warnings);
+}
+
+#[test]
+fn dns_names_are_split_and_trimmed_only() {
+    // What upstream accepts: trailing dots, '_', IP-like names, a lone
+    // wildcard, empty entries. Each kind is kept, with a warning.
+    for (value, want, warning) in [
+        ("example.com.", vec!["example.com."], "trailing dot"),
+        ("_srv.example.com", vec!["_srv.example.com"], "'_'"),
+        ("10.1.2.3", vec!["10.1.2.3"], "ip-sans"),
+        ("a.*.example.com", vec!["a.*.example.com"], "wildcard"),
+        (
+            "a.example,,b.example",
+            vec!["a.example", "", "b.example"],
+            "entry 2 is empty",
+        ),
+        ("a.example,", vec!["a.example", ""], "entry 2 is empty"),
+    ] {
+        let spec = ok(&[(keys::DNS_NAMES, value)]);
+        assert_eq!(spec.sans.dns_names, want, "{value}");
+        assert!(
+            spec.warnings
+                .iter()
+                .any(|w| w.attribute == keys::DNS_NAMES && w.message.contains(warning)),
+            "{value}: {:?}",
+            spec.warnings
+        );
+    }
+    // Go encodes only ASCII (IA5String): upstream fails the request.
+    let err = rejected(&[(keys::DNS_NAMES, "bücher.example")]);
+    assert_eq!(err.attribute, keys::DNS_NAMES);
+    assert!(err.message.contains("punycode"), "{err}");
+}
+
+#[test]
+fn ip_sans_follow_go() {
+    // An IPv4-mapped IPv6 address is written as the IPv4 address (Go's To4).
+    let spec = ok(&[(keys::IP_SANS, "::ffff:10.0.0.1")]);
+    assert_eq!(
+        spec.sans.ip_addresses,
+        vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+    );
+    // An empty entry is no address (net.ParseIP("") fails upstream too).
+    let err = rejected(&[(keys::IP_SANS, "10.0.0.1,")]);
+    assert_eq!(err.attribute, keys::IP_SANS);
+    assert!(err.message.contains("\"\" is not an IPv4"), "{err}");
+}
+
+#[test]
+fn uri_sans_take_absolute_paths_and_go_s_form() {
+    let spec = ok(&[(keys::URI_SANS, "/app, urn:x:$POD_NAME, SPIFFE://td/ns/a")]);
+    assert_eq!(
+        spec.sans.uris,
+        vec!["/app", "urn:x:web-0", "spiffe://td/ns/a"]
+    );
+    // The lower-cased scheme differs from what was written: a warning says so.
+    assert_eq!(spec.warnings.len(), 1, "{:?}", spec.warnings);
+    assert!(spec.warnings[0].message.contains("\"spiffe://td/ns/a\""));
+    let spec = ok(&[(keys::URI_SANS, "/a b#c")]);
+    assert_eq!(spec.sans.uris, vec!["/a%20b%23c"]);
+    for (value, fragment) in [
+        ("relative/path", "neither an absolute URI"),
+        ("/a,", "empty url"),
+        ("https://exa mple.com/", "invalid character ' '"),
+        ("https://example.com./", "ends with '.'"),
+        ("urn:ü", "non-ASCII"),
+    ] {
+        let err = rejected(&[(keys::URI_SANS, value)]);
+        assert_eq!(err.attribute, keys::URI_SANS, "{value}");
+        assert!(err.message.contains(fragment), "{value}: {err}");
+    }
 }
 
 #[test]
@@ -344,8 +523,9 @@ fn key_usages() {
     let all: Vec<&str> = Usage::ALL.iter().map(|(_, n)| *n).collect();
     let spec = ok(&[(keys::KEY_USAGES, &all.join(","))]);
     assert_eq!(spec.usages.len(), Usage::ALL.len());
+    // Repeats stay: upstream puts the list into spec.usages as given.
     let spec = ok(&[(keys::KEY_USAGES, "server auth,server auth")]);
-    assert_eq!(spec.usages, vec![Usage::ServerAuth]);
+    assert_eq!(spec.usages, vec![Usage::ServerAuth, Usage::ServerAuth]);
 }
 
 #[test]
@@ -372,6 +552,27 @@ fn key_algorithms_sizes_and_encodings() {
             &[(keys::KEY_SIZE, "8192")],
             KeyAlgorithm::Rsa { bits: 8192 },
             KeyEncoding::Pkcs1,
+        ),
+        // Any RSA size in 2048..=8192, as upstream; strconv.Atoi allows '+'.
+        (
+            &[(keys::KEY_SIZE, "2049")],
+            KeyAlgorithm::Rsa { bits: 2049 },
+            KeyEncoding::Pkcs1,
+        ),
+        (
+            &[(keys::KEY_SIZE, "3000")],
+            KeyAlgorithm::Rsa { bits: 3000 },
+            KeyEncoding::Pkcs1,
+        ),
+        (
+            &[(keys::KEY_SIZE, "+4096")],
+            KeyAlgorithm::Rsa { bits: 4096 },
+            KeyEncoding::Pkcs1,
+        ),
+        (
+            &[(keys::KEY_ALGORITHM, "ECDSA"), (keys::KEY_SIZE, "+384")],
+            KeyAlgorithm::Ecdsa(Curve::P384),
+            KeyEncoding::Pkcs8,
         ),
         (
             &[(keys::KEY_ENCODING, "PKCS8")],
@@ -462,6 +663,17 @@ fn file_names_and_pkcs12() {
 
     let spec = ok(&[(keys::PKCS12_ENABLE, "false")]);
     assert_eq!(spec.pkcs12, None);
+    // "false" with a password and a file name: accepted, nothing written
+    // (upstream's validation accepts it and its writer skips the keystore).
+    let spec = ok(&[
+        (keys::PKCS12_ENABLE, "false"),
+        (keys::PKCS12_PASSWORD, "s3cret"),
+        (keys::PKCS12_FILENAME, "app.p12"),
+    ]);
+    assert_eq!(spec.pkcs12, None);
+    // An empty value means unset, for these too.
+    let spec = ok(&[(keys::PKCS12_PASSWORD, ""), (keys::PKCS12_FILENAME, "")]);
+    assert_eq!(spec.pkcs12, None);
     // Without pkcs12 the keystore name does not collide with anything.
     let spec = ok(&[(keys::CA_FILE, "keystore.p12")]);
     assert_eq!(spec.ca_file, "keystore.p12");
@@ -494,6 +706,9 @@ fn fs_group_and_volume_mount_group() {
     assert_eq!(run(&max, None).unwrap().fs_group, Some(u32::MAX));
     let one = with(&[(keys::FS_GROUP, "1")]);
     assert_eq!(run(&one, None).unwrap().fs_group, Some(1));
+    // strconv.ParseInt, as csi-lib reads it, takes a '+'.
+    let plus = with(&[(keys::FS_GROUP, "+5")]);
+    assert_eq!(run(&plus, None).unwrap().fs_group, Some(5));
 
     for bad in ["abc", "-1", "3000 ", "1e3", "4294967296"] {
         let err = run(&base(), Some(bad)).expect_err(bad);
@@ -527,13 +742,26 @@ fn annotations_pass_through() {
 }
 
 #[test]
-fn unprefixed_keys_are_ignored_with_a_warning_unless_they_look_like_attributes() {
+fn unprefixed_keys_are_ignored_with_a_warning() {
     let spec = ok(&[("foo", "bar")]);
     assert_eq!(spec.warnings.len(), 1);
     assert_eq!(spec.warnings[0].attribute, "foo");
     assert!(spec.warnings[0].message.contains("ignored"));
+    assert!(spec.unknown_attributes.is_empty());
 
-    let err = rejected(&[("dns-names", "a.example.com")]);
+    // One that looks like an attribute is a stray: reported, and refused
+    // in strict mode.
+    let spec = ok(&[("dns-names", "a.example.com")]);
+    assert_eq!(spec.unknown_attributes, vec!["dns-names"]);
+    assert!(spec.sans.dns_names.is_empty());
+    assert!(
+        spec.warnings[0]
+            .message
+            .contains("did you mean csi.cert-manager.io/dns-names?"),
+        "{:?}",
+        spec.warnings
+    );
+    let err = check_unknown_attributes(&with(&[("dns-names", "a.example.com")])).unwrap_err();
     assert_eq!(err.attribute, "dns-names");
     assert!(
         err.message
@@ -542,58 +770,89 @@ fn unprefixed_keys_are_ignored_with_a_warning_unless_they_look_like_attributes()
     );
 }
 
+const STRAYS: [(&str, &str); 10] = [
+    (
+        "csi.cert-manager.io/dns-name",
+        "csi.cert-manager.io/dns-names",
+    ),
+    ("csi.cert-manager.io/ip-san", "csi.cert-manager.io/ip-sans"),
+    (
+        "csi.cert-manager.io/issuer-nme",
+        "csi.cert-manager.io/issuer-name",
+    ),
+    (
+        "csi.cert-manager.io/private-key-file",
+        "csi.cert-manager.io/privatekey-file",
+    ),
+    (
+        "csi.cert-manager.io/DNS-Names",
+        "csi.cert-manager.io/dns-names",
+    ),
+    (
+        "csi.cert-manager.io/organisations",
+        "csi.cert-manager.io/organizations",
+    ),
+    (
+        "csi.cert-manager.io/pkcs12-file",
+        "csi.cert-manager.io/pkcs12-filename",
+    ),
+    // A near-miss prefix: upstream copies it as an annotation.
+    ("cert-manager.io/dns-names", "csi.cert-manager.io/dns-names"),
+    (
+        "csi.certmanager.io/duration",
+        "csi.cert-manager.io/duration",
+    ),
+    ("csi.cert-manager.com/is-ca", "csi.cert-manager.io/is-ca"),
+];
+
 #[test]
-fn unknown_attributes_suggest_the_nearest_key() {
-    let cases = [
-        (
-            "csi.cert-manager.io/dns-name",
-            "did you mean csi.cert-manager.io/dns-names?",
-        ),
-        (
-            "csi.cert-manager.io/ip-san",
-            "did you mean csi.cert-manager.io/ip-sans?",
-        ),
-        (
-            "csi.cert-manager.io/issuer-nme",
-            "did you mean csi.cert-manager.io/issuer-name?",
-        ),
-        (
-            "csi.cert-manager.io/private-key-file",
-            "did you mean csi.cert-manager.io/privatekey-file?",
-        ),
-        (
-            "csi.cert-manager.io/DNS-Names",
-            "did you mean csi.cert-manager.io/dns-names?",
-        ),
-        (
-            "csi.cert-manager.io/organisations",
-            "did you mean csi.cert-manager.io/organizations?",
-        ),
-        (
-            "csi.cert-manager.io/pkcs12-file",
-            "did you mean csi.cert-manager.io/pkcs12-filename?",
-        ),
-        // A wrong prefix would otherwise become an annotation and change nothing.
-        (
-            "cert-manager.io/dns-names",
-            "did you mean csi.cert-manager.io/dns-names?",
-        ),
-        (
-            "csi.certmanager.io/duration",
-            "did you mean csi.cert-manager.io/duration?",
-        ),
-        (
-            "CSI.cert-manager.io/is-ca",
-            "did you mean csi.cert-manager.io/is-ca?",
-        ),
-    ];
-    for (key, fragment) in cases {
-        let err = rejected(&[(key, "x")]);
-        assert_eq!(err.attribute, key);
-        assert!(err.message.contains(fragment), "{key}: {err}");
+fn unknown_attributes_are_ignored_as_upstream_with_the_nearest_key() {
+    for (key, nearest) in STRAYS {
+        let spec = ok(&[(key, "x")]);
+        assert_eq!(spec.unknown_attributes, vec![key.to_string()]);
+        assert_eq!(nearest_attribute(key).as_deref(), Some(nearest), "{key}");
+        let warning = spec
+            .warnings
+            .iter()
+            .find(|w| w.attribute == key)
+            .unwrap_or_else(|| panic!("no warning for {key}: {:?}", spec.warnings));
+        assert!(
+            warning
+                .message
+                .contains(&format!("did you mean {nearest}?")),
+            "{warning}"
+        );
+        assert!(warning.message.contains("--strict-attributes"), "{warning}");
+        // Only keys of other prefixes become annotations, as upstream.
+        assert_eq!(
+            spec.annotations.contains_key(key),
+            !key.starts_with(attributes::PREFIX),
+            "{key}"
+        );
     }
-    let err = rejected(&[("csi.cert-manager.io/frobnicate", "x")]);
+    let spec = ok(&[("csi.cert-manager.io/frobnicate", "x")]);
+    assert_eq!(
+        spec.unknown_attributes,
+        vec!["csi.cert-manager.io/frobnicate"]
+    );
+    assert_eq!(nearest_attribute("csi.cert-manager.io/frobnicate"), None);
+    assert!(spec.warnings[0].message.contains("check the spelling"));
+}
+
+#[test]
+fn strict_mode_refuses_unknown_attributes_with_the_nearest_key() {
+    for (key, nearest) in STRAYS {
+        let err = check_unknown_attributes(&with(&[(key, "x")])).unwrap_err();
+        assert_eq!(err.attribute, key);
+        assert!(
+            err.message.contains(&format!("did you mean {nearest}?")),
+            "{key}: {err}"
+        );
+    }
+    let err =
+        check_unknown_attributes(&with(&[("csi.cert-manager.io/frobnicate", "x")])).unwrap_err();
     assert!(err.message.contains("unknown attribute"), "{err}");
+    assert!(err.message.contains("--strict-attributes"), "{err}");
     for doc in ATTRIBUTES {
         assert!(
             err.message.contains(doc.key),
@@ -601,17 +860,27 @@ fn unknown_attributes_suggest_the_nearest_key() {
             doc.key
         );
     }
+    // Known keys, the kubelet's, annotations and cert-csi's own pass.
+    check_unknown_attributes(&with(&[
+        (keys::DNS_NAMES, "a"),
+        ("example.com/team", "x"),
+        (CREDENTIAL_BUNDLE_FILE, "b.pem"),
+        ("foo", "bar"),
+    ]))
+    .unwrap();
 }
 
 #[test]
 fn an_unknown_key_is_reported_before_what_it_causes() {
-    // The typo leaves issuer-name unset; the typo is the useful message.
+    // The typo leaves issuer-name unset; in strict mode the typo is the
+    // message (it is checked first), otherwise the warning names it.
     let mut ctx = base();
     ctx.remove(keys::ISSUER_NAME);
     ctx.insert("csi.cert-manager.io/issuer-nam".into(), "ca".into());
-    let err = parse_ctx(&ctx).unwrap_err();
+    let err = check_unknown_attributes(&ctx).unwrap_err();
     assert_eq!(err.attribute, "csi.cert-manager.io/issuer-nam");
     assert!(err.message.contains("issuer-name"));
+    assert_eq!(parse_ctx(&ctx).unwrap_err().attribute, keys::ISSUER_NAME);
 }
 
 #[test]
@@ -620,13 +889,28 @@ fn the_first_error_is_deterministic() {
         ("csi.cert-manager.io/zzz-unknown", "x"),
         ("csi.cert-manager.io/aaa-unknown", "x"),
         (keys::DURATION, "bad"),
+        (keys::RENEW_BEFORE, "bad"),
     ]);
     for _ in 0..20 {
         // HashMap iteration order varies between maps; the answer must not.
         let copy: HashMap<String, String> = ctx.clone().into_iter().collect();
         assert_eq!(
-            parse_ctx(&copy).unwrap_err().attribute,
+            check_unknown_attributes(&copy).unwrap_err().attribute,
             "csi.cert-manager.io/aaa-unknown"
+        );
+        assert_eq!(parse_ctx(&copy).unwrap_err().attribute, keys::DURATION);
+        let spec_keys = parse_ctx(&with(&[
+            ("csi.cert-manager.io/zzz-unknown", "x"),
+            ("csi.cert-manager.io/aaa-unknown", "x"),
+        ]))
+        .unwrap()
+        .unknown_attributes;
+        assert_eq!(
+            spec_keys,
+            [
+                "csi.cert-manager.io/aaa-unknown",
+                "csi.cert-manager.io/zzz-unknown"
+            ]
         );
     }
 }
@@ -689,11 +973,6 @@ fn bad_inputs_name_the_attribute_and_say_why() {
         ),
         // Keys.
         (
-            vec![Set("csi.cert-manager.io/dns-name", "a")],
-            "csi.cert-manager.io/dns-name",
-            "did you mean csi.cert-manager.io/dns-names?",
-        ),
-        (
             vec![Set("cert-csi.io/anything", "a")],
             "cert-csi.io/anything",
             "reserved",
@@ -746,17 +1025,27 @@ fn bad_inputs_name_the_attribute_and_say_why() {
         (
             vec![Set(keys::LITERAL_SUBJECT, "app")],
             keys::LITERAL_SUBJECT,
-            "not a valid RFC 4514",
+            "type=value",
         ),
         (
             vec![Set(keys::LITERAL_SUBJECT, "CN=a;b")],
             keys::LITERAL_SUBJECT,
-            "unescaped ';'",
+            "type=value",
+        ),
+        (
+            vec![Set(keys::LITERAL_SUBJECT, "CN=a,EMAIL=b")],
+            keys::LITERAL_SUBJECT,
+            "not an attribute type",
+        ),
+        (
+            vec![Set(keys::LITERAL_SUBJECT, "CN=bad\\escape")],
+            keys::LITERAL_SUBJECT,
+            "escapes nothing",
         ),
         (
             vec![Set(keys::LITERAL_SUBJECT, "CN=$NODE_NAME")],
             keys::LITERAL_SUBJECT,
-            "unknown variable $NODE_NAME",
+            "unknown variable ${NODE_NAME}",
         ),
         (
             vec![Set(keys::COMMON_NAME, "$HOSTNAME")],
@@ -764,46 +1053,40 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "$POD_NAME, $POD_NAMESPACE, $POD_UID, $SERVICE_ACCOUNT_NAME",
         ),
         (
-            vec![Set(keys::COMMON_NAME, "${POD_NAME")],
+            vec![Set(keys::COMMON_NAME, "$$")],
             keys::COMMON_NAME,
-            "no closing '}'",
+            "'$$' is not an escape",
         ),
         (
-            vec![Set(keys::ORGANIZATIONS, "a,,b")],
+            vec![Set(keys::ORGANIZATIONS, "Example \"Inc\"")],
             keys::ORGANIZATIONS,
-            "entry 2 of \"a,,b\" is empty",
+            "does not start with one",
         ),
-        (vec![Set(keys::COUNTRIES, "DE,")], keys::COUNTRIES, "\\,"),
         (
-            vec![Set(keys::LOCALITIES, "${}")],
+            vec![Set(keys::COUNTRIES, "\"DE")],
+            keys::COUNTRIES,
+            "never closes",
+        ),
+        (
+            vec![Set(keys::PROVINCES, "a\nb")],
+            keys::PROVINCES,
+            "several lines",
+        ),
+        (
+            vec![Set(keys::LOCALITIES, "$1")],
             keys::LOCALITIES,
-            "names no variable",
+            "names the variable \"1\"",
         ),
         // SANs.
         (
-            vec![Set(keys::DNS_NAMES, "a.example.com,,b.example.com")],
+            vec![Set(keys::DNS_NAMES, "bücher.example")],
             keys::DNS_NAMES,
-            "entry 2",
-        ),
-        (
-            vec![Set(keys::DNS_NAMES, "under_score.example.com")],
-            keys::DNS_NAMES,
-            "'_'",
-        ),
-        (
-            vec![Set(keys::DNS_NAMES, "10.1.2.3")],
-            keys::DNS_NAMES,
-            "ip-sans",
+            "not ASCII",
         ),
         (
             vec![Set(keys::DNS_NAMES, "$POD_NAME.$NODE")],
             keys::DNS_NAMES,
-            "unknown variable $NODE",
-        ),
-        (
-            vec![Set(keys::DNS_NAMES, "a.*.example.com")],
-            keys::DNS_NAMES,
-            "wildcard",
+            "unknown variable ${NODE}",
         ),
         (
             vec![Set(keys::IP_SANS, "10.0.0.0/8")],
@@ -816,19 +1099,19 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "not an IPv4 or IPv6",
         ),
         (
-            vec![Set(keys::URI_SANS, "/relative/path")],
+            vec![Set(keys::URI_SANS, "relative/path")],
             keys::URI_SANS,
-            "has no scheme",
+            "or an absolute path such as /app",
         ),
         (
             vec![Set(keys::URI_SANS, "https://exa mple.com")],
             keys::URI_SANS,
-            "percent-encode",
+            "invalid character ' ' in the host",
         ),
         (
             vec![Set(keys::URI_SANS, "http://[::1")],
             keys::URI_SANS,
-            "not a valid URI",
+            "missing ']'",
         ),
         // Durations and booleans.
         (
@@ -844,9 +1127,9 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "greater than zero",
         ),
         (
-            vec![Set(keys::RENEW_BEFORE, "0")],
+            vec![Set(keys::RENEW_BEFORE, "-1m")],
             keys::RENEW_BEFORE,
-            "greater than zero",
+            "negative",
         ),
         (
             vec![Set(keys::RENEW_BEFORE, "soon")],
@@ -901,9 +1184,14 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "at most 8192",
         ),
         (
-            vec![Set(keys::KEY_SIZE, "2049")],
+            vec![Set(keys::KEY_SIZE, "8193")],
             keys::KEY_SIZE,
-            "2048, 3072, 4096 or 8192",
+            "at most 8192",
+        ),
+        (
+            vec![Set(keys::KEY_SIZE, "-2048")],
+            keys::KEY_SIZE,
+            "not a number",
         ),
         (
             vec![Set(keys::KEY_SIZE, "big")],
@@ -1010,17 +1298,17 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "is not set",
         ),
         (
-            vec![
-                Set(keys::PKCS12_ENABLE, "false"),
-                Set(keys::PKCS12_PASSWORD, "pw"),
-            ],
-            keys::PKCS12_PASSWORD,
-            "is \"false\"",
-        ),
-        (
             vec![Set(keys::PKCS12_FILENAME, "a.p12")],
             keys::PKCS12_FILENAME,
-            "only used when csi.cert-manager.io/pkcs12-enable is \"true\"",
+            "only used together with csi.cert-manager.io/pkcs12-enable, which is not set",
+        ),
+        (
+            vec![
+                Set(keys::PKCS12_ENABLE, "false"),
+                Set(keys::PKCS12_FILENAME, "/abs.p12"),
+            ],
+            keys::PKCS12_FILENAME,
+            "absolute",
         ),
         (
             vec![
@@ -1048,7 +1336,12 @@ fn bad_inputs_name_the_attribute_and_say_why() {
             "\"-5\" is not a group id",
         ),
         (
-            vec![Set(keys::FS_GROUP, "+5")],
+            vec![Set(keys::FS_GROUP, "+")],
+            keys::FS_GROUP,
+            "not a group id",
+        ),
+        (
+            vec![Set(keys::FS_GROUP, "+-5")],
             keys::FS_GROUP,
             "not a group id",
         ),
@@ -1111,7 +1404,7 @@ fn messages_never_echo_the_pkcs12_password() {
     let cases: &[&[(&str, &str)]] = &[
         &[(keys::PKCS12_PASSWORD, password)],
         &[
-            (keys::PKCS12_ENABLE, "false"),
+            (keys::PKCS12_ENABLE, "yes"),
             (keys::PKCS12_PASSWORD, password),
         ],
         &[
@@ -1268,7 +1561,13 @@ fn other_prefixes_near_ours_are_typos_only_for_attribute_names() {
             .map(String::as_str),
         Some("web")
     );
-    let err = rejected(&[("cert-manager.io/issuer-name", "ca")]);
+    assert!(spec.unknown_attributes.is_empty());
+    // One that is an attribute name is a stray: passed on as upstream
+    // does, with a warning; refused in strict mode.
+    let spec = ok(&[("cert-manager.io/issuer-name", "ca")]);
+    assert_eq!(spec.unknown_attributes, ["cert-manager.io/issuer-name"]);
+    let err =
+        check_unknown_attributes(&with(&[("cert-manager.io/issuer-name", "ca")])).unwrap_err();
     assert!(
         err.message
             .contains("did you mean csi.cert-manager.io/issuer-name?"),
@@ -1338,18 +1637,26 @@ fn the_credential_bundle_is_cert_csis_only_own_attribute() {
 }
 
 #[test]
-fn subject_attributes_are_capped_at_rfc_5280_bounds() {
-    // At the bound is fine, one character over is not.
+fn values_past_rfc_5280_bounds_are_accepted_with_a_warning() {
+    // At the bound no warning; one character over, a warning (upstream
+    // does not check, and Go signs longer values).
     let cn64 = "a".repeat(64);
-    assert_eq!(
-        ok(&[(keys::COMMON_NAME, &cn64)]).subject.common_name,
-        Some(cn64.clone())
+    assert!(ok(&[(keys::COMMON_NAME, &cn64)]).warnings.is_empty());
+    let spec = ok(&[(keys::COMMON_NAME, &"a".repeat(65))]);
+    assert_eq!(spec.subject.common_name, Some("a".repeat(65)));
+    assert_eq!(spec.warnings.len(), 1);
+    assert_eq!(spec.warnings[0].attribute, keys::COMMON_NAME);
+    assert!(
+        spec.warnings[0].message.contains("more than the 64"),
+        "{}",
+        spec.warnings[0]
     );
-    let err = rejected(&[(keys::COMMON_NAME, &"a".repeat(65))]);
-    assert_eq!(err.attribute, keys::COMMON_NAME);
-    assert!(err.message.contains("at most 64"), "{err}");
     // Counted in characters, not bytes.
-    ok(&[(keys::COMMON_NAME, &"é".repeat(64))]);
+    assert!(
+        ok(&[(keys::COMMON_NAME, &"é".repeat(64))])
+            .warnings
+            .is_empty()
+    );
     for (key, bound) in [
         (keys::ORGANIZATIONS, 64),
         (keys::ORGANIZATIONAL_UNITS, 64),
@@ -1360,27 +1667,40 @@ fn subject_attributes_are_capped_at_rfc_5280_bounds() {
         (keys::POSTAL_CODES, 40),
         (keys::SERIAL_NUMBER, 64),
     ] {
-        ok(&[(key, &"b".repeat(bound))]);
-        let err = rejected(&[(key, &format!("ok,{}", "b".repeat(bound + 1)))]);
-        assert_eq!(err.attribute, key);
-        assert!(err.message.contains(&format!("at most {bound}")), "{err}");
+        assert!(
+            ok(&[(key, &"b".repeat(bound))]).warnings.is_empty(),
+            "{key}"
+        );
+        let spec = ok(&[(key, &format!("ok,{}", "b".repeat(bound + 1)))]);
+        assert_eq!(spec.warnings.len(), 1, "{key}: {:?}", spec.warnings);
+        assert_eq!(spec.warnings[0].attribute, key);
+        assert!(
+            spec.warnings[0]
+                .message
+                .contains(&format!("more than the {bound}"))
+        );
     }
-    // Expansion counts: a long pod name pushes a CN over the bound.
-    let err = rejected(&[(keys::COMMON_NAME, "$POD_UID.$POD_UID")]);
-    assert_eq!(err.attribute, keys::COMMON_NAME);
-    let long = format!("CN={}", "c".repeat(LITERAL_SUBJECT_LIMIT));
-    let err = rejected(&[(keys::LITERAL_SUBJECT, &long)]);
-    assert_eq!(err.attribute, keys::LITERAL_SUBJECT);
+    // Expansion counts: a long pod UID pushes a CN over the bound.
+    assert_eq!(
+        ok(&[(keys::COMMON_NAME, "$POD_UID.$POD_UID")])
+            .warnings
+            .len(),
+        1
+    );
+    // In a literal subject, by attribute type.
+    let spec = ok(&[(keys::LITERAL_SUBJECT, "C=DEU,CN=app")]);
+    assert_eq!(spec.warnings.len(), 1);
+    assert_eq!(spec.warnings[0].attribute, keys::LITERAL_SUBJECT);
+    assert!(spec.warnings[0].message.contains("more than the 2"));
 }
 
 #[test]
 fn errors_quote_only_a_short_prefix_of_a_huge_value() {
     let huge = format!("{}!", "x".repeat(1 << 20));
     for key in [
-        keys::DNS_NAMES,
         keys::URI_SANS,
         keys::IP_SANS,
-        keys::COMMON_NAME,
+        keys::KEY_SIZE,
         keys::LITERAL_SUBJECT,
         keys::DURATION,
         keys::KEY_ALGORITHM,
@@ -1393,6 +1713,18 @@ fn errors_quote_only_a_short_prefix_of_a_huge_value() {
             "{key}: a {} byte message",
             err.to_string().len()
         );
+    }
+    // Warnings quote a prefix too.
+    for key in [keys::DNS_NAMES, keys::COMMON_NAME, keys::ORGANIZATIONS] {
+        let spec = ok(&[(key, &huge)]);
+        assert!(!spec.warnings.is_empty(), "{key}");
+        for w in &spec.warnings {
+            assert!(
+                w.to_string().len() < 1024,
+                "{key}: {} bytes",
+                w.to_string().len()
+            );
+        }
     }
     let err = rejected(&[(
         keys::DNS_NAMES,

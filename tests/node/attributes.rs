@@ -529,3 +529,317 @@ async fn files_keystore_lifetime_and_annotations() {
     assert!(annotations(&env.only_request(&names).await).is_empty());
     env.finish().await;
 }
+
+/// The CSR of a volume's only request, written to a file for openssl.
+async fn request_file(env: &Env, volume: &VolumeRequest) -> tempfile::NamedTempFile {
+    let cr = env.only_request(volume).await;
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), cr.spec.request.as_bytes()).expect("write the CSR");
+    file
+}
+
+/// The DER of a PEM CSR file, decoded by openssl (not the crate).
+fn request_der(csr: &Path) -> Vec<u8> {
+    let out = test_kit::openssl(&["req", "-in", path_str(csr), "-outform", "DER"]);
+    assert!(out.status.success(), "openssl req: {out:?}");
+    out.stdout
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The pod's Events with `reason`, polled until one is there or 15 s passed
+/// (the node records them in the background).
+async fn pod_events(env: &Env, namespace: &str, pod: &str, reason: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: kube::Api<Event> = kube::Api::namespaced(env.client.clone(), namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let notes: Vec<String> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+            })
+            .filter_map(|e| e.note)
+            .collect();
+        if !notes.is_empty() || std::time::Instant::now() > deadline {
+            return notes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What cert-manager's csi-driver accepts is accepted here, and the
+/// request carries it as upstream would write it: the subject DER byte for
+/// byte (derived by hand from go-ldap's and Go's encoding rules), SANs as
+/// Go writes them, RSA keys of any size in range; unknown attributes pass
+/// with a Warning Event. openssl judges the request and the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_inputs_reach_the_request_as_upstream_writes_them() {
+    if !test_kit::require_root("upstream_inputs_reach_the_request_as_upstream_writes_them") {
+        return;
+    }
+    let env = Env::start().await;
+    let pod = env.create_pod("upstream", "up-0", "default").await;
+    let literal = vol(
+        &env,
+        &pod,
+        "literal",
+        &[
+            // Spaces after separators, ';' between RDNs, unescaped quotes.
+            (
+                keys::LITERAL_SUBJECT,
+                "CN=${POD_NAME}, OU=b+OU=a; O=Example \"Q\", C=DE",
+            ),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let fields = vol(
+        &env,
+        &pod,
+        "fields",
+        &[
+            (keys::COMMON_NAME, "$POD_NAME"),
+            // CSV: quotes group, nothing trimmed.
+            (keys::ORGANIZATIONS, "\"Example, Inc\",Other"),
+            (keys::LOCALITIES, " spaced"),
+            // Never expanded upstream.
+            (keys::SERIAL_NUMBER, "$POD_UID"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let sans = vol(
+        &env,
+        &pod,
+        "sans",
+        &[
+            (
+                keys::DNS_NAMES,
+                "a.example, trailing.example., _srv.example, 10.9.9.9,",
+            ),
+            (keys::URI_SANS, "/app, SPIFFE://td/ns/${POD_NAMESPACE}"),
+            (keys::IP_SANS, "::ffff:10.1.2.3"),
+            (keys::KEY_USAGES, "server auth, server auth"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let rsa_odd = vol(&env, &pod, "rsa-2049", &[(keys::KEY_SIZE, "2049")]);
+    let p12_off = vol(
+        &env,
+        &pod,
+        "p12-off",
+        &[
+            (keys::PKCS12_ENABLE, "false"),
+            (keys::PKCS12_PASSWORD, "unused-pass"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    let typo = vol(
+        &env,
+        &pod,
+        "typo",
+        &[
+            ("csi.cert-manager.io/dns-name", "typo.example"),
+            (keys::KEY_ALGORITHM, "ECDSA"),
+        ],
+    );
+    publish_all(&env, &[&literal, &fields, &sans, &rsa_odd, &p12_off, &typo]).await;
+    for v in [&literal, &fields, &sans, &rsa_odd, &p12_off, &typo] {
+        assert_chain_and_key(v, "tls.crt", "tls.key", "ca.crt");
+    }
+
+    // The literal subject: reversed, OU members sorted by their DER,
+    // `Example "Q"` a UTF8String (a quote is not PrintableString), the
+    // rest PrintableStrings.
+    let want = hex_bytes(concat!(
+        "3048",
+        "310b",
+        "3009",
+        "0603550406",
+        "1302",
+        "4445",
+        "3114",
+        "3012",
+        "060355040a",
+        "0c0b",
+        "4578616d706c6520225122",
+        "3114",
+        "3008",
+        "060355040b",
+        "1301",
+        "61",
+        "3008",
+        "060355040b",
+        "1301",
+        "62",
+        "310d",
+        "300b",
+        "0603550403",
+        "1304",
+        "75702d30",
+    ));
+    let csr = request_file(&env, &literal).await;
+    let der = request_der(csr.path());
+    assert!(
+        der.windows(want.len()).any(|w| w == want.as_slice()),
+        "the request's subject is not upstream's bytes"
+    );
+    let parsed = openssl_ok(&["asn1parse", "-in", path_str(csr.path())]);
+    assert!(
+        parsed.contains("UTF8STRING        :Example \"Q\""),
+        "{parsed}"
+    );
+    assert!(parsed.contains("PRINTABLESTRING   :up-0"), "{parsed}");
+    // The certificate carries the same subject (openssl's RFC 2253 form
+    // reverses the order, within a multi-valued RDN too).
+    let subject = openssl_ok(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        path_str(&literal.file("tls.crt")),
+    ]);
+    assert_eq!(
+        subject.trim(),
+        "subject=CN=up-0,OU=b+OU=a,O=Example \\\"Q\\\",C=DE"
+    );
+
+    // Subject fields: L, O, CN, serialNumber in Go's order; "Other" sorts
+    // before "Example, Inc" (shorter); " spaced" keeps its space;
+    // "$POD_UID" is text (a UTF8String, as '$' is not PrintableString).
+    let want = hex_bytes(concat!(
+        "3059",
+        "3110",
+        "300e",
+        "0603550407",
+        "1307",
+        "20737061636564",
+        "3123",
+        "300c",
+        "060355040a",
+        "1305",
+        "4f74686572",
+        "3013",
+        "060355040a",
+        "130c",
+        "4578616d706c652c20496e63",
+        "310d",
+        "300b",
+        "0603550403",
+        "1304",
+        "75702d30",
+        "3111",
+        "300f",
+        "0603550405",
+        "0c08",
+        "24504f445f554944",
+    ));
+    let csr = request_file(&env, &fields).await;
+    let der = request_der(csr.path());
+    assert!(
+        der.windows(want.len()).any(|w| w == want.as_slice()),
+        "the request's subject is not upstream's bytes"
+    );
+
+    // SANs as upstream requests them: DNS names as given, the URI scheme
+    // lower-cased and the absolute path kept, the IPv4-mapped address as
+    // IPv4; usages with their repeat.
+    let csr = request_file(&env, &sans).await;
+    let text = openssl_ok(&["req", "-noout", "-text", "-in", path_str(csr.path())]);
+    for want in [
+        "DNS:a.example",
+        "DNS:trailing.example.",
+        "DNS:_srv.example",
+        // The empty entry is an empty dNSName, as upstream requests it.
+        "DNS:10.9.9.9, DNS:,",
+        "URI:/app",
+        "URI:spiffe://td/ns/upstream",
+        "IP Address:10.1.2.3",
+    ] {
+        assert!(text.contains(want), "the request lacks {want}: {text}");
+    }
+    let san = ext(&sans, "tls.crt", "subjectAltName");
+    assert!(san.contains("DNS:trailing.example."), "{san}");
+    assert!(san.contains("URI:/app"), "{san}");
+    assert_eq!(
+        env.only_request(&sans).await.spec.usages.unwrap(),
+        ["server auth", "server auth"]
+    );
+
+    // RSA 2049: a key of exactly that size, consistent, and certified.
+    assert!(key_text(&rsa_odd, "tls.key").contains("(2049 bit"));
+    let check = openssl_ok(&[
+        "rsa",
+        "-check",
+        "-noout",
+        "-in",
+        path_str(&rsa_odd.file("tls.key")),
+    ]);
+    assert!(check.contains("RSA key ok"), "{check}");
+    assert!(cert_text(&rsa_odd.file("tls.crt")).contains("Public-Key: (2049 bit)"));
+
+    // pkcs12-enable "false" with a password: published, no keystore.
+    assert!(!p12_off.file("keystore.p12").exists());
+
+    // The misspelt attribute is ignored (no SAN from it), as upstream; the
+    // pod gets an Event naming it and the attribute it was meant to be,
+    // and the node counts it.
+    let text = cert_text(&typo.file("tls.crt"));
+    assert!(!text.contains("typo.example"), "{text}");
+    let notes = pod_events(&env, "upstream", "up-0", "UnknownAttribute").await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("csi.cert-manager.io/dns-name:")
+                && n.contains("did you mean csi.cert-manager.io/dns-names?")),
+        "{notes:?}"
+    );
+    let (_, scrape) = test_kit::http_get(&env.metrics_url(), "/metrics").await;
+    assert_eq!(
+        test_kit::sample(&scrape, "cert_csi_unknown_attributes_total", &[]),
+        1.0
+    );
+    assert!(env.log().contains("unknown volume attribute"));
+    env.finish().await;
+}
+
+/// `--strict-attributes` refuses what the default accepts with a warning,
+/// naming the attribute meant, before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_attributes_refuse_unknown_keys_before_anything_is_created() {
+    if !test_kit::require_root("strict_attributes_refuse_unknown_keys_before_anything_is_created") {
+        return;
+    }
+    let env = Env::start_with_args(test_kit::Options::default(), &["--strict-attributes"]).await;
+    let pod = env.create_pod("strict", "strict-0", "default").await;
+    let mut typo = vol(&env, &pod, "typo", &[(keys::KEY_ALGORITHM, "ECDSA")]);
+    typo.set("csi.cert-manager.io/dns-name", "a.example");
+    let status = test_kit::assert_status(
+        env.publish(&typo).await,
+        tonic::Code::InvalidArgument,
+        "did you mean csi.cert-manager.io/dns-names?",
+        "typo",
+    );
+    assert!(
+        status.message().contains("csi.cert-manager.io/dns-name:"),
+        "{}",
+        status.message()
+    );
+    env.assert_no_trace(&typo).await;
+    // A volume without strays publishes as usual.
+    let clean = vol(&env, &pod, "clean", &[(keys::KEY_ALGORITHM, "ECDSA")]);
+    env.publish_ok(&clean).await;
+    assert_eq!(env.count_requests("strict").await, 1);
+    env.finish().await;
+}

@@ -156,11 +156,11 @@ pub fn parse_spec(spec: &CertificateSpec) -> Result<Desired, SpecError> {
     let key_algorithm = match algorithm {
         PrivateKeyAlgorithm::Rsa => {
             let bits = size.unwrap_or(2048);
-            if !crate::pki::key::RSA_GENERATABLE_BITS.contains(&(bits as u32)) || bits < 0 {
+            if bits < 0 || !crate::pki::key::RSA_BITS.contains(&(bits as u32)) {
                 return Err(invalid(
                     "spec.privateKey.size",
                     bits,
-                    "RSA keys are made with 2048, 3072, 4096 or 8192 bits",
+                    "RSA keys must be between 2048 and 8192 bits",
                 ));
             }
             KeyAlgorithm::Rsa { bits: bits as u32 }
