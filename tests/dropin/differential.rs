@@ -7,7 +7,6 @@
 //! requests are deleted before cert-csi publishes, so neither driver sees
 //! the other's request for the volume.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cert_csi::api::CertificateRequest;
@@ -87,20 +86,13 @@ async fn every_attribute_set_gives_what_upstream_csi_driver_gives() {
         Signer::CertManager,
     )
     .await;
-    let upstream = UpstreamDriver::start(
-        &env.base.join("upstream"),
-        &env.kubeconfig,
-        &env.node_id,
-        &[],
-    )
-    .await;
-    let upstream_root = env.base.join("kubelet-upstream");
+    let upstream = UpstreamDriver::beside(&env, &[]).await;
 
     let results: Vec<(usize, Outcome, Outcome)> = futures::stream::iter(cases.iter().enumerate())
         .map(|(i, case)| {
-            let (env, upstream, root) = (&env, &upstream, &upstream_root);
+            let (env, upstream) = (&env, &upstream);
             async move {
-                let (u, c) = run_case(env, upstream, root, i, case).await;
+                let (u, c) = run_case(env, upstream, i, case).await;
                 (i, u, c)
             }
         })
@@ -177,7 +169,6 @@ async fn every_attribute_set_gives_what_upstream_csi_driver_gives() {
 async fn run_case(
     env: &Env,
     upstream: &UpstreamDriver,
-    upstream_root: &Path,
     i: usize,
     case: &Case,
 ) -> (Outcome, Outcome) {
@@ -188,7 +179,7 @@ async fn run_case(
         .find(|(k, _)| *k == "csi.cert-manager.io/pkcs12-password")
         .map(|(_, v)| *v);
 
-    let volume = cert_csi::csi::kubelet::volume(upstream_root, &pod, "tls", &case.attributes);
+    let volume = UpstreamDriver::volume_beside(env, &pod, "tls", &case.attributes);
     let result = upstream.publish(&volume, DEADLINE).await;
     let theirs = outcome(env, &pod, &volume, result, password).await;
     if theirs.refused.is_none() {

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use cert_csi::csi::kubelet::Volume;
+use cert_csi::csi::kubelet::{PodRef, Volume};
 use test_kit::peers::UpstreamDriver;
 use test_kit::tls::{Identity, mutual_tls};
 use test_kit::{Env, Options, Signer};
@@ -41,6 +41,18 @@ fn attributes(
     ];
     attributes.extend_from_slice(extra);
     attributes
+}
+
+/// A server pod and a client pod for key type `name`.
+async fn pods(env: &Env, name: &str) -> (PodRef, PodRef) {
+    let name = name.to_lowercase();
+    let server = env
+        .create_pod("interop", &format!("server-{name}"), "app")
+        .await;
+    let client = env
+        .create_pod("interop", &format!("client-{name}"), "app")
+        .await;
+    (server, client)
 }
 
 /// `openssl verify` of the volume's leaf against its own ca.crt, then a
@@ -78,12 +90,7 @@ async fn cert_csi_volumes_signed_by_cert_manager_verify_and_talk_tls() {
     }
     let env = Env::start_signed_by(Options::default(), &[], Signer::CertManager).await;
     for (name, extra) in KEYS {
-        let server_pod = env
-            .create_pod("interop", &format!("server-{}", name.to_lowercase()), "app")
-            .await;
-        let client_pod = env
-            .create_pod("interop", &format!("client-{}", name.to_lowercase()), "app")
-            .await;
+        let (server_pod, client_pod) = pods(&env, name).await;
         let server = env.volume(&server_pod, "tls", &attributes(extra, "server"));
         let client = env.volume(&client_pod, "tls", &attributes(extra, "client"));
         env.publish_ok(&server).await;
@@ -104,25 +111,13 @@ async fn upstream_csi_driver_volumes_signed_by_cert_csi_verify_and_talk_tls() {
     }
     // cert-csi's controller signs (the harness's default).
     let env = Env::start_with(Options::default()).await;
-    let upstream = UpstreamDriver::start(
-        &env.base.join("upstream"),
-        &env.kubeconfig,
-        &env.node_id,
-        &[],
-    )
-    .await;
-    let root = env.base.join("kubelet-upstream");
+    let upstream = UpstreamDriver::beside(&env, &[]).await;
     for (name, extra) in KEYS {
-        let server_pod = env
-            .create_pod("interop", &format!("server-{}", name.to_lowercase()), "app")
-            .await;
-        let client_pod = env
-            .create_pod("interop", &format!("client-{}", name.to_lowercase()), "app")
-            .await;
+        let (server_pod, client_pod) = pods(&env, name).await;
         let server =
-            cert_csi::csi::kubelet::volume(&root, &server_pod, "tls", &attributes(extra, "server"));
+            UpstreamDriver::volume_beside(&env, &server_pod, "tls", &attributes(extra, "server"));
         let client =
-            cert_csi::csi::kubelet::volume(&root, &client_pod, "tls", &attributes(extra, "client"));
+            UpstreamDriver::volume_beside(&env, &client_pod, "tls", &attributes(extra, "client"));
         for volume in [&server, &client] {
             upstream
                 .publish(volume, Duration::from_secs(30))

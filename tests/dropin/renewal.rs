@@ -42,13 +42,7 @@ async fn both_drivers_plan_the_same_renewal_for_the_same_lifetime() {
     .await;
     // A CA that lives two hours, asked for 720h.
     env.cluster.short_lived_ca("short-ca", "2h").await;
-    let upstream = UpstreamDriver::start(
-        &env.base.join("upstream"),
-        &env.kubeconfig,
-        &env.node_id,
-        &[],
-    )
-    .await;
+    let upstream = UpstreamDriver::beside(&env, &[]).await;
 
     let cases: &[(&str, &[(&str, &str)])] = &[
         (
@@ -97,12 +91,7 @@ async fn both_drivers_plan_the_same_renewal_for_the_same_lifetime() {
         }
         let pod = env.create_pod("renewal", &format!("case-{i}"), "app").await;
 
-        let theirs = cert_csi::csi::kubelet::volume(
-            &env.base.join("kubelet-upstream"),
-            &pod,
-            "up",
-            &attributes,
-        );
+        let theirs = UpstreamDriver::volume_beside(&env, &pod, "up", &attributes);
         upstream
             .publish(&theirs, Duration::from_secs(30))
             .await

@@ -48,12 +48,7 @@ async fn with_use_token_request_both_drivers_create_the_request_as_the_pod() {
             volume.set(cert_csi::volume::kubelet::SERVICE_ACCOUNT_TOKENS, &tokens);
             env.publish(&volume).await
         } else {
-            let mut volume = cert_csi::csi::kubelet::volume(
-                &env.base.join("kubelet-upstream"),
-                &pod,
-                "tls",
-                &attributes,
-            );
+            let mut volume = UpstreamDriver::volume_beside(&env, &pod, "tls", &attributes);
             volume.set(cert_csi::volume::kubelet::SERVICE_ACCOUNT_TOKENS, &tokens);
             upstream
                 .publish(&volume, std::time::Duration::from_secs(30))

@@ -185,6 +185,42 @@ impl UpstreamDriver {
         }
     }
 
+    /// Beside `env`'s cert-csi on the same node, for a side-by-side
+    /// comparison: the same API server (admin kubeconfig) and node name,
+    /// its socket and data root in `<env.base>/upstream`, and its own
+    /// kubelet root ([`UpstreamDriver::kubelet_root_beside`]), since cert-csi
+    /// only mounts under its own.
+    pub async fn beside(env: &crate::Env, extra_args: &[&str]) -> Self {
+        Self::start(
+            &env.base.join("upstream"),
+            &env.kubeconfig,
+            &env.node_id,
+            extra_args,
+        )
+        .await
+    }
+
+    /// The kubelet root of a driver started with [`UpstreamDriver::beside`].
+    pub fn kubelet_root_beside(env: &crate::Env) -> PathBuf {
+        env.base.join("kubelet-upstream")
+    }
+
+    /// The volume `volume_name` of `pod` as the kubelet would publish it to
+    /// a driver started with [`UpstreamDriver::beside`].
+    pub fn volume_beside(
+        env: &crate::Env,
+        pod: &cert_csi::csi::kubelet::PodRef,
+        volume_name: &str,
+        attributes: &[(&str, &str)],
+    ) -> Volume {
+        cert_csi::csi::kubelet::volume(
+            &Self::kubelet_root_beside(env),
+            pod,
+            volume_name,
+            attributes,
+        )
+    }
+
     /// As the node plugin of `env`'s node before cert-csi takes it over:
     /// the same API server (admin kubeconfig), node name and kubelet root,
     /// with its socket and data root in `<env.base>/csi-driver`.
