@@ -12,6 +12,7 @@
 pub mod approver;
 pub mod certificates;
 pub mod issuers;
+pub mod policy_eval;
 mod runner;
 pub mod signer;
 pub mod spiffe_approver;
