@@ -88,8 +88,17 @@ pub fn policy_crds() -> Vec<CustomResourceDefinition> {
 /// [`crds`] as one multi-document YAML stream, byte-for-byte stable between
 /// runs so the committed copy in `deploy/crds/` can be checked for drift.
 pub fn crds_yaml() -> anyhow::Result<String> {
+    yaml(crds())
+}
+
+/// [`policy_crds`] as YAML, like [`crds_yaml`].
+pub fn policy_crds_yaml() -> anyhow::Result<String> {
+    yaml(policy_crds())
+}
+
+fn yaml(crds: Vec<CustomResourceDefinition>) -> anyhow::Result<String> {
     let mut out = String::new();
-    for crd in crds() {
+    for crd in crds {
         out.push_str("---\n");
         out.push_str(&serde_yaml_ng::to_string(&crd)?);
     }

@@ -33,7 +33,7 @@ pub use certificaterequest::{
 pub use conditions::{
     CertificateCondition, CertificateRequestCondition, Condition, ConditionStatus, IssuerCondition,
 };
-pub use crd::{crds, crds_yaml, policy_crds};
+pub use crd::{crds, crds_yaml, policy_crds, policy_crds_yaml};
 pub use error::ApiError;
 pub use issuer::{
     CaIssuer, ClusterIssuer, Issuer, IssuerSpec, IssuerStatus, IssuerType, SelfSignedIssuer,

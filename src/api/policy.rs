@@ -52,6 +52,7 @@ pub struct CertificateRequestPolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct CertificateRequestPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_objects")]
     pub conditions: Option<Vec<serde_json::Value>>,
 }
 
@@ -200,4 +201,12 @@ pub struct NamespaceSelector {
     pub match_names: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_labels: Option<BTreeMap<String, String>>,
+}
+
+/// An array of objects whose fields the API server keeps as written.
+fn preserved_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
 }
