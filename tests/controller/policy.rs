@@ -430,5 +430,87 @@ async fn policies_approve_and_deny_by_field_for_requesters_that_may_use_them() {
     // The issuer outside the selector is still nobody's.
     let r = requests.get("other-issuer").await.unwrap();
     assert!(!decided(&r), "{r:?}");
+
+    // namespace.matchLabels: a policy for namespaces labelled tier=gold,
+    // bound to `lab`, applies only once the namespace has the label.
+    let mut gold = unbound_policy();
+    gold.metadata.name = Some("gold".into());
+    gold.spec.selector = PolicySelector {
+        issuer_ref: None,
+        namespace: Some(NamespaceSelector {
+            match_names: None,
+            match_labels: Some([("tier".to_owned(), "gold".to_owned())].into()),
+        }),
+    };
+    policies
+        .create(&PostParams::default(), &gold)
+        .await
+        .unwrap();
+    bind(&client, "gold", "lab").await;
+    requests
+        .create(
+            &PostParams::default(),
+            &request(
+                "lab",
+                Ask {
+                    sa: "lab",
+                    ..Default::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    requests
+        .create(&PostParams::default(), &request("marker-2", Ask::default()))
+        .await
+        .unwrap();
+    env.wait_for(&requests, "marker-2", "decided", decided)
+        .await;
+    let r = requests.get("lab").await.unwrap();
+    assert!(
+        !decided(&r),
+        "lab was decided before its namespace had the label: {r:?}"
+    );
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            TEAM,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
+        )
+        .await
+        .unwrap();
+    policies
+        .patch(
+            "gold",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    let r = env.wait_for(&requests, "lab", "decided", decided).await;
+    assert_eq!(
+        condition(&r).2,
+        "Approved by CertificateRequestPolicy: \"gold\"",
+        "{r:?}"
+    );
     env.stop().await;
+}
+
+/// `--policy-approver` replaces the approver loop's decision, so without
+/// that loop it would do nothing: the controller refuses to start, saying
+/// how to fix it.
+#[test]
+fn the_policy_approver_needs_the_approver_loop() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+        .args(["controller", "--policy-approver", "--controllers=-approver"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("cert-csi runs");
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--policy-approver needs the approver loop")
+            && stderr.contains("add approver to --controllers"),
+        "{stderr}"
+    );
 }
