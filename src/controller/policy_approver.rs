@@ -11,8 +11,9 @@
 //! is approved if one permits it, and otherwise denied with a message that
 //! names every policy and the fields each refused (see [`policy_eval`]).
 //!
-//! Requests are evaluated again when a policy changes, so a request left
-//! alone is picked up once a policy for it appears.
+//! Undecided requests are evaluated again when a policy or any RBAC Role,
+//! ClusterRole or binding changes, so a request left alone is picked up
+//! once a policy for it appears or its requester is bound to one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -231,6 +233,46 @@ fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Conte
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Every request in `store` that is neither approved nor denied.
+fn undecided(store: &Store<CertificateRequest>) -> Vec<ObjectRef<CertificateRequest>> {
+    store
+        .state()
+        .iter()
+        .filter(|r| !r.is_approved() && !r.is_denied())
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+/// One `()` per change of any `K` (all namespaces), from a metadata-only
+/// watch that retries with backoff and keeps nothing.
+fn rbac_events<K>(client: &kube::Client) -> futures::stream::BoxStream<'static, ()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::core::PartialObjectMeta;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<PartialObjectMeta<K>> = Api::all(client.clone());
+    watcher(api, watcher::Config::default())
+        .backoff(crate::kubernetes::WatchBackoff::default())
+        .filter_map(|event| {
+            std::future::ready(match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::debug!(%error, "policy approver: RBAC watch error; retrying");
+                    None
+                }
+            })
+        })
+        .boxed()
+}
+
 /// How many loops [`run`] reports to [`Health`]: the request watch and the
 /// policy watch.
 pub const LOOPS: usize = 2;
@@ -255,16 +297,18 @@ pub async fn run(
     // A changed policy may decide requests that were left alone: evaluate
     // every undecided request again.
     let pending = requests.clone();
-    let again = policy_changes.flat_map(move |_| {
-        let refs: Vec<ObjectRef<CertificateRequest>> = pending
-            .state()
-            .iter()
-            .filter(|r| !r.is_approved() && !r.is_denied())
-            .map(|r| ObjectRef::from_obj(r.as_ref()))
-            .collect();
-        futures::stream::iter(refs)
-    });
-    let triggers = futures::stream::select(request_changes, again);
+    let again = policy_changes.flat_map(move |_| futures::stream::iter(undecided(&pending)));
+    // So does a change to RBAC: a new binding may let a requester use a
+    // policy. Only the event matters, so nothing is cached.
+    let pending = requests.clone();
+    let rbac = futures::stream::select_all([
+        rbac_events::<Role>(&client),
+        rbac_events::<RoleBinding>(&client),
+        rbac_events::<ClusterRole>(&client),
+        rbac_events::<ClusterRoleBinding>(&client),
+    ])
+    .flat_map(move |()| futures::stream::iter(undecided(&pending)));
+    let triggers = futures::stream::select(futures::stream::select(request_changes, again), rbac);
     let ctx = Arc::new(Context {
         client,
         telemetry: options.telemetry(),

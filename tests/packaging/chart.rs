@@ -1072,6 +1072,17 @@ fn policy_approver_is_off_by_default_and_wired_when_enabled() {
             &[],
         ),
         rule(&[""], &["namespaces"], &["get"], &[]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &[
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ],
+            &["list", "watch"],
+            &[],
+        ),
     ];
     let policy_crd = "certificaterequestpolicies.policy.cert-manager.io";
     let check = |docs: &[Value], on: bool, crd: bool| {
