@@ -48,13 +48,21 @@ impl Cli {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Print the policy.cert-manager.io/v1alpha1 CRD (CertificateRequestPolicy,
+    /// read by `controller --policy-approver`) instead.
+    #[arg(long)]
+    pub policy: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an in-memory Kubernetes API server on loopback (for demos and tests).
     #[cfg(feature = "sandbox")]
     Sandbox(SandboxArgs),
     /// Print the cert-manager.io/v1 CustomResourceDefinitions as YAML.
-    Crds,
+    Crds(CrdsArgs),
     /// Run the CSI node plugin (one per node, as a DaemonSet).
     Node(NodeArgs),
     /// Show the whole system on this machine: API sandbox, controller, node
@@ -115,6 +123,12 @@ pub struct ControllerArgs {
     /// `clusterissuers.cert-manager.io/<name>`, `<resource>.<group>/*`).
     #[arg(long, env = "APPROVE_ISSUERS", default_value = crate::controller::approver::DEFAULT_APPROVE_ISSUERS)]
     pub approve_issuers: String,
+    /// The approver approves or denies by CertificateRequestPolicy objects
+    /// (policy.cert-manager.io/v1alpha1, as cert-manager's approver-policy)
+    /// instead of approving everything; requests no policy applies to are
+    /// left alone. Install the policy CRD with `cert-csi crds --policy`.
+    #[arg(long, env = "POLICY_APPROVER")]
+    pub policy_approver: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served. Port 0 picks
     /// a free port, which the log names.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:9402")]
@@ -481,8 +495,12 @@ pub fn check_sandbox_listen(listen: SocketAddr, allow_remote: bool) -> Result<()
 /// Runs the chosen mode until it finishes or `shutdown` fires.
 pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     match command {
-        Command::Crds => {
-            print!("{}", crate::api::crds_yaml()?);
+        Command::Crds(args) => {
+            if args.policy {
+                print!("{}", crate::api::policy_crds_yaml()?);
+            } else {
+                print!("{}", crate::api::crds_yaml()?);
+            }
             Ok(())
         }
         #[cfg(feature = "sandbox")]
@@ -610,7 +628,9 @@ pub async fn run_controller(
     args: ControllerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    use crate::controller::{ApproveScope, ControllerOptions, EnabledControllers, Health};
+    use crate::controller::{
+        ApproveScope, ControllerName, ControllerOptions, EnabledControllers, Health,
+    };
     let mut options = ControllerOptions::new(args.cluster_resource_namespace.clone());
     options.enabled = EnabledControllers::parse(&args.controllers)?;
     options.approve = ApproveScope::parse(&args.approve_issuers)?;
@@ -627,6 +647,13 @@ pub async fn run_controller(
         jitter: args.certificate_renewal_jitter,
     };
     options.spiffe = args.spiffe_policy()?;
+    options.policy_approver = args.policy_approver;
+    if options.policy_approver && !options.enabled.contains(ControllerName::Approver) {
+        anyhow::bail!(
+            "--policy-approver needs the approver loop, but --controllers {:?} switches it off; add approver to --controllers or drop --policy-approver",
+            args.controllers
+        );
+    }
     let webhook_options = args.webhook_options()?;
     let client = crate::kubernetes::kube_client(args.kubeconfig.as_ref()).await?;
     // A webhook that cannot start stops the whole controller: running

@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use super::{Certificate, CertificateRequest, ClusterIssuer, Issuer};
+use super::{Certificate, CertificateRequest, CertificateRequestPolicy, ClusterIssuer, Issuer};
 
 /// Schema of a block cert-csi keeps as raw JSON (acme, vault, venafi): an
 /// object whose fields the API server must keep rather than prune.
@@ -45,7 +45,12 @@ fn declare_type_meta(crd: &mut CustomResourceDefinition) {
         description: Some(description.to_owned()),
         ..Default::default()
     };
+    let group = crd.spec.group.clone();
     for version in &mut crd.spec.versions {
+        let api_version = format!(
+            "The versioned schema of this object, {group}/{}.",
+            version.name
+        );
         let Some(root) = version
             .schema
             .as_mut()
@@ -56,12 +61,7 @@ fn declare_type_meta(crd: &mut CustomResourceDefinition) {
         let properties = root.properties.get_or_insert_with(Default::default);
         properties
             .entry("apiVersion".to_owned())
-            .or_insert_with(|| {
-                typed(
-                    "string",
-                    "The versioned schema of this object, cert-manager.io/v1.",
-                )
-            });
+            .or_insert_with(|| typed("string", &api_version));
         properties
             .entry("kind".to_owned())
             .or_insert_with(|| typed("string", "The REST resource this object represents."));
@@ -74,11 +74,31 @@ fn declare_type_meta(crd: &mut CustomResourceDefinition) {
     }
 }
 
+/// The policy.cert-manager.io/v1alpha1 CRD (CertificateRequestPolicy), for
+/// the policy approver. Kept apart from [`crds`]: it is only needed where
+/// the policy approver runs, and a cluster with approver-policy has it already.
+pub fn policy_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = vec![CertificateRequestPolicy::crd()];
+    for crd in &mut crds {
+        declare_type_meta(crd);
+    }
+    crds
+}
+
 /// [`crds`] as one multi-document YAML stream, byte-for-byte stable between
 /// runs so the committed copy in `deploy/crds/` can be checked for drift.
 pub fn crds_yaml() -> anyhow::Result<String> {
+    yaml(crds())
+}
+
+/// [`policy_crds`] as YAML, like [`crds_yaml`].
+pub fn policy_crds_yaml() -> anyhow::Result<String> {
+    yaml(policy_crds())
+}
+
+fn yaml(crds: Vec<CustomResourceDefinition>) -> anyhow::Result<String> {
     let mut out = String::new();
-    for crd in crds() {
+    for crd in crds {
         out.push_str("---\n");
         out.push_str(&serde_yaml_ng::to_string(&crd)?);
     }

@@ -17,6 +17,7 @@ pub mod duration;
 mod error;
 mod issuer;
 mod issuer_ref;
+mod policy;
 pub mod well_known;
 
 pub use bytes::PemBytes;
@@ -32,12 +33,18 @@ pub use certificaterequest::{
 pub use conditions::{
     CertificateCondition, CertificateRequestCondition, Condition, ConditionStatus, IssuerCondition,
 };
-pub use crd::{crds, crds_yaml};
+pub use crd::{crds, crds_yaml, policy_crds, policy_crds_yaml};
 pub use error::ApiError;
 pub use issuer::{
     CaIssuer, ClusterIssuer, Issuer, IssuerSpec, IssuerStatus, IssuerType, SelfSignedIssuer,
 };
 pub use issuer_ref::{CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerRef};
+pub use policy::{
+    AllowedString, AllowedStringSlice, AllowedSubject, CertificateRequestPolicy,
+    CertificateRequestPolicySpec, CertificateRequestPolicyStatus, IssuerRefSelector,
+    NamespaceSelector, POLICY_GROUP, POLICY_RESOURCE, PolicyAllowed, PolicyConstraints,
+    PolicySelector, PrivateKeyConstraints, ValidationRule,
+};
 
 /// The API group of every type here.
 pub const GROUP: &str = "cert-manager.io";

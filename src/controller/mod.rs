@@ -1,7 +1,9 @@
 //! `cert-csi controller`: the loops that run beside (or instead of)
 //! cert-manager's own controller.
 //!
-//! - [`approver`]: sets Approved (or Denied) on CertificateRequests by policy.
+//! - [`approver`]: sets Approved (or Denied) on CertificateRequests by policy;
+//!   with `--policy-approver`, [`policy_approver`] does it by
+//!   CertificateRequestPolicy objects instead.
 //! - [`issuers`]: keeps the Ready condition of Issuers and ClusterIssuers.
 //! - [`signer`]: signs approved requests for SelfSigned and CA issuers.
 //! - [`certificates`]: turns Certificates into `kubernetes.io/tls` Secrets and renews them.
@@ -12,6 +14,8 @@
 pub mod approver;
 pub mod certificates;
 pub mod issuers;
+pub mod policy_approver;
+pub mod policy_eval;
 mod runner;
 pub mod signer;
 pub mod spiffe_approver;
@@ -167,6 +171,9 @@ pub struct ControllerOptions {
     pub events: Option<EventRecorder>,
     /// The SPIFFE policy approver, run beside the approver when set.
     pub spiffe: Option<Arc<spiffe_approver::SpiffePolicy>>,
+    /// The approver decides by CertificateRequestPolicy objects
+    /// ([`policy_approver`]) instead of [`Self::policy`].
+    pub policy_approver: bool,
 }
 
 impl ControllerOptions {
@@ -180,6 +187,7 @@ impl ControllerOptions {
             metrics: ControllerMetrics::register(&mut Registry::default()),
             events: None,
             spiffe: None,
+            policy_approver: false,
         }
     }
 
@@ -284,7 +292,11 @@ pub async fn run(
     // The issuers controller runs two loops (Issuer and ClusterIssuer).
     let loops = enabled
         .iter()
-        .map(|c| if *c == ControllerName::Issuers { 2 } else { 1 })
+        .map(|c| match c {
+            ControllerName::Issuers => 2,
+            ControllerName::Approver if options.policy_approver => policy_approver::LOOPS,
+            _ => 1,
+        })
         .sum::<usize>();
     // The SPIFFE approver is one more loop, and the generic approver must
     // leave SPIFFE requests to it (see spiffe_approver::ExceptSpiffe).
@@ -309,6 +321,9 @@ pub async fn run(
         let health = health.clone();
         let shutdown = shutdown.clone();
         match controller {
+            ControllerName::Approver if options.policy_approver => {
+                tasks.spawn(policy_approver::run(client, options, health, shutdown));
+            }
             ControllerName::Approver => {
                 tasks.spawn(approver::run(client, options, health, shutdown));
             }

@@ -69,6 +69,32 @@ fn committed_crds_match_the_binary() {
     }
 }
 
+/// The policy CRD (`cert-csi crds --policy`) is committed beside the others.
+#[test]
+fn committed_policy_crd_matches_the_binary() {
+    const POLICY: &str = "deploy/crds/policy.cert-manager.io.yaml";
+    let output = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+        .args(["crds", "--policy"])
+        .output()
+        .expect("run cert-csi crds --policy");
+    assert!(output.status.success(), "{output:?}");
+    let generated = String::from_utf8(output.stdout).unwrap();
+    let committed = std::fs::read_to_string(repo().join(POLICY)).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "{POLICY} is out of date with src/api/policy.rs; regenerate it with:\n    \
+         cargo run -q -- crds --policy > {POLICY}"
+    );
+    let crd: CustomResourceDefinition =
+        serde_yaml_ng::from_str(generated.trim_start_matches("---\n")).unwrap();
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("certificaterequestpolicies.policy.cert-manager.io")
+    );
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(version(&crd).name, "v1alpha1");
+}
+
 #[test]
 fn output_is_deterministic_and_parses() {
     let first = crds_yaml().unwrap();

@@ -8,6 +8,7 @@ mod api_roundtrip;
 mod certificates;
 mod crds_drift;
 mod interop;
+mod policy;
 mod rbac;
 mod signer;
 mod spiffe;

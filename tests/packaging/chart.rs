@@ -1049,6 +1049,101 @@ fn spiffe_approver_and_webhook_with_custom_values() {
     }
 }
 
+/// `controller.policyApprover`: off by default (no flag, no grant, no
+/// policy CRD); on, the controller gets `--policy-approver`, exactly the
+/// grants the policy approver uses, and the CertificateRequestPolicy CRD
+/// unless `installCRD` is off.
+#[test]
+fn policy_approver_is_off_by_default_and_wired_when_enabled() {
+    let Some(defaults) = default_docs() else {
+        return;
+    };
+    let policy_grants = [
+        rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies"],
+            &["list", "watch"],
+            &[],
+        ),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+            &[],
+        ),
+        rule(&[""], &["namespaces"], &["get"], &[]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &[
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ],
+            &["list", "watch"],
+            &[],
+        ),
+    ];
+    let policy_crd = "certificaterequestpolicies.policy.cert-manager.io";
+    let check = |docs: &[Value], on: bool, crd: bool| {
+        let deployment: Deployment = get(docs, "Deployment", &format!("{RELEASE}-controller"));
+        let spec = deployment.spec.unwrap().template.spec.unwrap();
+        let c = container(&spec, "cert-csi");
+        let has_flag = c.args.iter().flatten().any(|a| a == "--policy-approver");
+        assert_eq!(has_flag, on, "{:?}", c.args);
+        let role: ClusterRole = get(docs, "ClusterRole", &format!("{RELEASE}-controller"));
+        let granted = grants(role.rules.as_deref().unwrap());
+        for extra in &policy_grants {
+            let want = grants(std::slice::from_ref(extra));
+            assert_eq!(want.is_subset(&granted), on, "{want:?} in {granted:?}");
+        }
+        assert_eq!(
+            find(docs, "CustomResourceDefinition", policy_crd).is_some(),
+            crd
+        );
+    };
+    check(defaults, false, false);
+    let Some(on) = render(&[
+        "--set-json",
+        r#"controller={"policyApprover":{"enabled":true}}"#,
+    ]) else {
+        return;
+    };
+    check_all_typed(&on);
+    check(&on, true, true);
+    let rendered: CustomResourceDefinition =
+        typed(find(&on, "CustomResourceDefinition", policy_crd).unwrap());
+    let mut want = cert_csi::api::policy_crds().remove(0);
+    let mut got = rendered;
+    got.metadata.labels = None;
+    got.metadata.annotations = None;
+    want.metadata.labels = None;
+    assert_eq!(got, want);
+    let Some(no_crd) = render(&[
+        "--set-json",
+        r#"controller={"policyApprover":{"enabled":true,"installCRD":false}}"#,
+    ]) else {
+        return;
+    };
+    check(&no_crd, true, false);
+}
+
+#[test]
+fn chart_policy_crd_is_the_binarys() {
+    const FILE: &str = "charts/cert-csi/files/policy-crds.yaml";
+    let out = Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+        .args(["crds", "--policy"])
+        .output()
+        .expect("run cert-csi crds --policy");
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(repo().join(FILE)).unwrap_or_default();
+    assert!(
+        committed.as_bytes() == out.stdout.as_slice(),
+        "{FILE} is out of date with `cert-csi crds --policy`; regenerate it with:\n    \
+         cargo run -q -- crds --policy > {FILE}"
+    );
+}
+
 #[test]
 fn rbac_is_least_privilege_per_component() {
     let Some(docs) = default_docs() else { return };

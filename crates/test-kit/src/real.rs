@@ -339,7 +339,7 @@ impl ApiServer {
                 let sandbox = kube_sandbox::Sandbox::start(kube_sandbox::SandboxConfig {
                     listen: "127.0.0.1:0".parse().unwrap(),
                     kubeconfig: Some(kubeconfig.clone()),
-                    crds: cert_csi::api::crds(),
+                    crds: all_crds(),
                     watch_window,
                 })
                 .await
@@ -350,7 +350,7 @@ impl ApiServer {
             Backend::Real => {
                 let real = RealCluster::up(&dir.join("kube"));
                 let client = real.client().await;
-                install_crds(&client, &cert_csi::api::crds()).await;
+                install_crds(&client, &all_crds()).await;
                 let kubeconfig = real.kubeconfig.clone();
                 (ApiServer::Real(real, None), client, kubeconfig)
             }
@@ -364,6 +364,14 @@ impl ApiServer {
             ApiServer::Real(real, _) => drop(real),
         }
     }
+}
+
+/// The cert-manager.io CRDs and the policy.cert-manager.io one the policy
+/// approver reads.
+fn all_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = cert_csi::api::crds();
+    crds.extend(cert_csi::api::policy_crds());
+    crds
 }
 
 /// Lets every ServiceAccount create CertificateRequests, as the chart's
