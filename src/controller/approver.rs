@@ -186,25 +186,36 @@ async fn reconcile(
     } = decision
     {
         tracing::info!(%namespace, %name, condition = %kind, "request decided");
-        let (outcome, type_, reason, action) = if kind == types::DENIED {
-            (
-                ApprovalOutcome::Denied,
-                EventType::Warning,
-                "Denied",
-                "Deny",
-            )
-        } else {
-            (
-                ApprovalOutcome::Approved,
-                EventType::Normal,
-                "Approved",
-                "Approve",
-            )
-        };
-        ctx.telemetry.metrics.approver_decided(outcome);
-        ctx.telemetry.event(&object, type_, reason, action, message);
+        record_decision(&ctx.telemetry, &object, &kind, message);
     }
     Ok(Action::await_change())
+}
+
+/// Counts an approver's decision (condition `kind`, Approved or Denied)
+/// and puts the matching Event on the request; shared by the approvers.
+pub(super) fn record_decision(
+    telemetry: &super::Telemetry,
+    object: &CertificateRequest,
+    kind: &str,
+    message: String,
+) {
+    let (outcome, type_, reason, action) = if kind == types::DENIED {
+        (
+            ApprovalOutcome::Denied,
+            EventType::Warning,
+            "Denied",
+            "Deny",
+        )
+    } else {
+        (
+            ApprovalOutcome::Approved,
+            EventType::Normal,
+            "Approved",
+            "Approve",
+        )
+    };
+    telemetry.metrics.approver_decided(outcome);
+    telemetry.event(object, type_, reason, action, message);
 }
 
 fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {

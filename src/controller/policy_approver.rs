@@ -40,8 +40,6 @@ use crate::api::{
     POLICY_RESOURCE,
 };
 use crate::shutdown::CancellationToken;
-use crate::telemetry::EventType;
-use crate::telemetry::metrics::ApprovalOutcome;
 
 /// The reason on both conditions, as approver-policy writes it.
 pub const REASON: &str = "policy.cert-manager.io";
@@ -207,23 +205,7 @@ async fn reconcile(
     } = decision
     {
         tracing::info!(%namespace, %name, condition = %kind, %message, "request decided by policy");
-        let (outcome, type_, reason, action) = if kind == types::DENIED {
-            (
-                ApprovalOutcome::Denied,
-                EventType::Warning,
-                "Denied",
-                "Deny",
-            )
-        } else {
-            (
-                ApprovalOutcome::Approved,
-                EventType::Normal,
-                "Approved",
-                "Approve",
-            )
-        };
-        ctx.telemetry.metrics.approver_decided(outcome);
-        ctx.telemetry.event(&object, type_, reason, action, message);
+        super::approver::record_decision(&ctx.telemetry, &object, &kind, message);
     }
     Ok(Action::await_change())
 }
