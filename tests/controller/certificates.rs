@@ -39,6 +39,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 struct Seen {
     requests: HashMap<String, CertificateRequest>,
     certificates: HashMap<String, BTreeSet<String>>,
+    /// Watch errors, shown if the suite-wide checks find nothing.
+    errors: Vec<String>,
 }
 
 struct Env {
@@ -65,10 +67,21 @@ impl Env {
             Api::<CertificateRequest>::all(client.clone()),
             Default::default(),
         )
+        .default_backoff()
         .applied_objects();
         let watcher = tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(r)) = stream.next().await {
+            // A watch error (a list before the CRD is served, a dropped
+            // connection) is retried by the watcher; ending here on the
+            // first one would leave `seen` empty and fail `finish`.
+            while let Some(item) = stream.next().await {
+                let r = match item {
+                    Ok(r) => r,
+                    Err(e) => {
+                        record.lock().unwrap().errors.push(e.to_string());
+                        continue;
+                    }
+                };
                 let key = format!(
                     "{}/{}",
                     r.metadata.namespace.clone().unwrap_or_default(),
@@ -99,7 +112,11 @@ impl Env {
     async fn finish(self) {
         {
             let seen = self.seen.lock().unwrap();
-            assert!(!seen.requests.is_empty(), "no CertificateRequest was seen");
+            assert!(
+                !seen.requests.is_empty(),
+                "no CertificateRequest was seen; watch errors: {:?}",
+                seen.errors
+            );
             for (name, r) in &seen.requests {
                 let usages: Vec<Usage> = r
                     .spec
@@ -721,9 +738,12 @@ async fn a_ca_that_caps_lifetimes_causes_no_reissue_loop() {
 /// answers with a certificate for a different key.
 async fn external_issuer(client: kube::Client, mode: &'static str, ca_key: PrivateKey) {
     let api = Api::<CertificateRequest>::namespaced(client, NS);
-    let stream = watcher(api.clone(), Default::default()).applied_objects();
+    let stream = watcher(api.clone(), Default::default())
+        .default_backoff()
+        .applied_objects();
     let mut stream = std::pin::pin!(stream);
-    while let Some(Ok(r)) = stream.next().await {
+    while let Some(item) = stream.next().await {
+        let Ok(r) = item else { continue };
         if r.is_finished() || r.spec.issuer_ref.group.as_deref() != Some("example.com") {
             continue;
         }
