@@ -40,6 +40,10 @@ pub enum PublishError {
         "volume {volume_id} is already published at {existing} with different attributes; ephemeral volume attributes cannot change, recreate the pod"
     )]
     Incompatible { volume_id: String, existing: String },
+    #[error(
+        "volume {volume_id} belongs to target {existing}; a volume is published at one target only. Unpublish it there first (the kubelet does when the pod goes away)"
+    )]
+    PublishedElsewhere { volume_id: String, existing: String },
     #[error("generating the private key: {0}")]
     Key(#[from] pki::KeyError),
     #[error("building the CSR: {0}")]
@@ -94,6 +98,8 @@ impl PublishError {
                 Code::InvalidArgument
             }
             PublishError::Incompatible { .. } => Code::AlreadyExists,
+            // CSI: published at another target and cannot be at two.
+            PublishError::PublishedElsewhere { .. } => Code::FailedPrecondition,
             PublishError::Key(_) => Code::Internal,
             PublishError::Csr(
                 pki::CsrError::LiteralSubject { .. } | pki::CsrError::Field { .. },
@@ -116,7 +122,8 @@ impl PublishError {
             PublishError::Attribute(_)
             | PublishError::Capability(_)
             | PublishError::Target(_)
-            | PublishError::Incompatible { .. } => IssueErrorReason::Invalid,
+            | PublishError::Incompatible { .. }
+            | PublishError::PublishedElsewhere { .. } => IssueErrorReason::Invalid,
             PublishError::Csr(
                 pki::CsrError::LiteralSubject { .. } | pki::CsrError::Field { .. },
             ) => IssueErrorReason::Invalid,

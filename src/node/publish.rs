@@ -47,6 +47,18 @@ impl VolumeManager {
 
         let _guard = self.locks.lock(&spec.volume_id).await;
         let state = self.volumes.current_state(&spec.volume_id).await?;
+        // A volume id belongs to the one target its first publish named
+        // (the kubelet derives both from the pod and the volume). Another
+        // target would take over its key and request, or mount its files
+        // twice; refuse before anything is touched, and keep the volume.
+        if let Some(state) = &state
+            && state.target_path != spec.target_path
+        {
+            return Err(PublishError::PublishedElsewhere {
+                volume_id: spec.volume_id.clone(),
+                existing: volume::short_quote(&state.target_path.display().to_string()),
+            });
+        }
         if let Some(state) = &state
             && self.already_published(state, &spec).await?
         {

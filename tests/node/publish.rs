@@ -363,6 +363,37 @@ async fn a_repeated_publish_answers_at_once_without_a_new_request() {
         "republish with changed attributes",
     );
     assert_eq!(env.only_request(&volume).await.name_any(), first);
+
+    // The same volume id at another target of the pod (issue 16: a known
+    // id at a different target took the volume over) is refused before
+    // anything is touched: the volume stays where it is, as it was.
+    let elsewhere = env.volume(&pod, "other", &[]);
+    let mut moved = volume.clone();
+    moved.target_path = elsewhere.target_path.clone();
+    assert_status(
+        env.publish(&moved).await,
+        tonic::Code::FailedPrecondition,
+        "published at one target only",
+        "publish of a known volume id at another target",
+    );
+    assert!(
+        mounts_at(&elsewhere.target()).is_empty(),
+        "the other target was mounted"
+    );
+    assert!(!elsewhere.target().exists(), "the other target was created");
+    assert_eq!(mounts_at(&volume.target()).len(), 1);
+    assert_eq!(volume.read("tls.crt"), cert);
+    assert_eq!(env.only_request(&volume).await.name_any(), first);
+    // Its unpublish at the wrong target is refused and leaves the volume
+    // alone too.
+    assert_status(
+        env.unpublish(&moved.volume_id, &moved.target_path).await,
+        tonic::Code::InvalidArgument,
+        "published at another target path",
+        "unpublish of a known volume id at another target",
+    );
+    assert_eq!(mounts_at(&volume.target()).len(), 1);
+    assert_eq!(volume.read("tls.crt"), cert);
     env.finish().await;
 }
 
