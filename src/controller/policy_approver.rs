@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -113,11 +113,12 @@ impl Context {
     }
 
     /// The policies that apply to `request`: selected, and usable by its
-    /// requester according to the API server.
+    /// requester according to the API server. Second, the names of those
+    /// selected that the requester may not use.
     async fn applicable(
         &self,
         request: &CertificateRequest,
-    ) -> Result<Vec<Arc<CertificateRequestPolicy>>, ReconcileError> {
+    ) -> Result<(Vec<Arc<CertificateRequestPolicy>>, Vec<String>), ReconcileError> {
         let namespace = request.metadata.namespace.clone().unwrap_or_default();
         let all = self.policies.state();
         let labels: Option<BTreeMap<String, String>> = if all
@@ -136,6 +137,7 @@ impl Context {
             None
         };
         let mut applicable = Vec::new();
+        let mut refused = Vec::new();
         for policy in all {
             if !policy_eval::selects(
                 &policy.spec.selector,
@@ -155,9 +157,49 @@ impl Context {
                 ))?;
             if answer.status.is_some_and(|s| s.allowed) {
                 applicable.push(policy);
+            } else {
+                refused.push(name);
             }
         }
-        Ok(applicable)
+        Ok((applicable, refused))
+    }
+
+    /// `cr.serviceAccountName` for `request` (see
+    /// [`policy_eval::service_account_of`]): reads the Pod its
+    /// ownerReference names, in its namespace, and trusts it only when the
+    /// uid matches (a Pod deleted and made again under the same name is
+    /// another pod).
+    async fn service_account(
+        &self,
+        request: &CertificateRequest,
+    ) -> Result<String, ReconcileError> {
+        let namespace = request.metadata.namespace.clone().unwrap_or_default();
+        let owner = request
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Pod" && o.api_version == "v1");
+        let mut pod_sa = None;
+        if let Some(owner) = owner {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+            let pod = pods
+                .get_opt(&owner.name)
+                .await
+                .map_err(ReconcileError::api("reading the request's owner Pod"))?;
+            pod_sa = pod
+                .filter(|p| p.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+                .and_then(|p| p.spec)
+                .map(|s| {
+                    s.service_account_name
+                        .unwrap_or_else(|| "default".to_owned())
+                });
+        }
+        Ok(policy_eval::service_account_of(
+            &namespace,
+            request.spec.username.as_deref(),
+            pod_sa.as_deref(),
+        ))
     }
 }
 
@@ -176,13 +218,29 @@ async fn reconcile(
         if ctx.skips(&current) {
             return Ok(Decided::Nothing(()));
         }
-        let applicable = ctx.applicable(&current).await?;
+        let (applicable, refused) = ctx.applicable(&current).await?;
         let refs: Vec<&CertificateRequestPolicy> = applicable.iter().map(AsRef::as_ref).collect();
-        let verdict = policy_eval::verdict(&refs, &RequestFacts::of(&current));
+        let mut facts = RequestFacts::of(&current);
+        if let Ok(facts) = facts.as_mut()
+            && refs.iter().any(|p| policy_eval::reads_service_account(p))
+        {
+            facts.service_account = ctx.service_account(&current).await?;
+        }
+        let verdict = policy_eval::verdict(&refs, &facts);
         let Some(condition) = condition(&verdict) else {
-            tracing::debug!(namespace = %current.metadata.namespace.as_deref().unwrap_or_default(),
-                name = %current.metadata.name.as_deref().unwrap_or_default(),
-                "no CertificateRequestPolicy applies; leaving the request alone");
+            let namespace = current.metadata.namespace.as_deref().unwrap_or_default();
+            let name = current.metadata.name.as_deref().unwrap_or_default();
+            if refused.is_empty() {
+                tracing::debug!(%namespace, %name,
+                    "no CertificateRequestPolicy selects the request; leaving it alone");
+            } else {
+                // Said as the API server says a denial, so that whoever
+                // wonders why a request waits finds the missing grant.
+                tracing::info!(%namespace, %name, policies = ?refused,
+                    "no CertificateRequestPolicy applies; leaving the request alone: User {:?} cannot use resource {:?} in API group {:?}",
+                    current.spec.username.as_deref().unwrap_or_default(),
+                    POLICY_RESOURCE, POLICY_GROUP);
+            }
             return Ok(Decided::Nothing(()));
         };
         let then = (
@@ -247,7 +305,9 @@ where
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
                 Ok(_) => None,
                 Err(error) => {
-                    tracing::debug!(%error, "policy approver: RBAC watch error; retrying");
+                    // Warn: without this watch a new binding is noticed
+                    // only when the request itself changes.
+                    tracing::warn!(%error, "policy approver: RBAC watch error; retrying");
                     None
                 }
             })

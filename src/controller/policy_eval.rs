@@ -10,7 +10,8 @@
 //! - lists are allowed when every requested entry matches some value;
 //! - `required` means the request must carry the attribute;
 //! - `validations` are CEL rules with `self` (the requested value) and
-//!   `cr` (a map with the request's `namespace` and `name`);
+//!   `cr` (a map with the request's `namespace` and `name`, and cert-csi's
+//!   addition `serviceAccountName`, see [`RequestFacts::service_account`]);
 //! - constraints left out allow everything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -32,6 +33,11 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(90 * 24 * 3600);
 pub struct RequestFacts {
     pub namespace: String,
     pub name: String,
+    /// The ServiceAccount the request speaks for, `cr.serviceAccountName`
+    /// in CEL (cert-csi's addition to approver-policy's `cr`); empty when
+    /// none is known. Filled in by the approver loop with
+    /// [`service_account_of`], which needs the owner Pod.
+    pub service_account: String,
     pub common_name: Option<String>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<String>,
@@ -84,6 +90,7 @@ impl RequestFacts {
         Ok(RequestFacts {
             namespace: request.metadata.namespace.clone().unwrap_or_default(),
             name: request.metadata.name.clone().unwrap_or_default(),
+            service_account: String::new(),
             common_name: non_empty(subject.common_name),
             dns_names: csr.sans.dns_names,
             ip_addresses: csr
@@ -107,6 +114,43 @@ impl RequestFacts {
             duration,
             key: csr.key_algorithm,
         })
+    }
+}
+
+/// Whether a rule of `policy` reads `cr.serviceAccountName`, so that the
+/// approver must look up the request's owner Pod before judging it.
+pub fn reads_service_account(policy: &CertificateRequestPolicy) -> bool {
+    serde_json::to_string(&policy.spec.allowed)
+        .is_ok_and(|text| text.contains("serviceAccountName"))
+}
+
+/// `cr.serviceAccountName`: the ServiceAccount a request speaks for.
+///
+/// - `owner_pod_sa` is the `spec.serviceAccountName` of the Pod named by the
+///   request's Pod ownerReference, read from the request's namespace with
+///   the same uid (what a CSI driver sets for the pod it mounts for).
+/// - A requester that is itself a ServiceAccount of the request's namespace
+///   (a pod's own token, as with csi-driver's `--use-token-request`)
+///   speaks only for itself: if it names an owner Pod of another
+///   ServiceAccount, the answer is empty, so a pod cannot borrow a
+///   neighbour's identity by pointing its ownerReference at it.
+/// - Any other requester (the node plugin's ServiceAccount) speaks for the
+///   owner Pod; who may make such requests is what the `use` RBAC check on
+///   the policy decides.
+pub fn service_account_of(
+    namespace: &str,
+    username: Option<&str>,
+    owner_pod_sa: Option<&str>,
+) -> String {
+    let own = username
+        .and_then(|u| u.strip_prefix("system:serviceaccount:"))
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, name)| *ns == namespace && !name.is_empty())
+        .map(|(_, name)| name);
+    match (own, owner_pod_sa) {
+        (Some(own), Some(pod)) if own != pod => String::new(),
+        (Some(own), _) => own.to_owned(),
+        (None, pod) => pod.unwrap_or_default().to_owned(),
     }
 }
 
@@ -203,6 +247,10 @@ fn run_rule(rule: &ValidationRule, value: &str, facts: &RequestFacts) -> Result<
         HashMap::from([
             ("namespace".to_owned(), facts.namespace.clone()),
             ("name".to_owned(), facts.name.clone()),
+            (
+                "serviceAccountName".to_owned(),
+                facts.service_account.clone(),
+            ),
         ]),
     );
     let failed = || {
@@ -669,6 +717,58 @@ mod tests {
         let errors = violations(&p, &f);
         assert!(errors[0].starts_with("spec.allowed.subject.organizations.values"));
         assert!(errors[1].starts_with("spec.allowed.usages") && errors[1].contains("cert sign"));
+    }
+
+    #[test]
+    fn service_accounts_a_request_speaks_for() {
+        // The node plugin speaks for the owner Pod.
+        let node = Some("system:serviceaccount:cert-csi:cert-manager-csi-driver");
+        assert_eq!(service_account_of("team", node, Some("app")), "app");
+        assert_eq!(service_account_of("team", node, None), "");
+        assert_eq!(service_account_of("team", None, Some("app")), "app");
+        // A pod's own token speaks for itself, never for a neighbour.
+        let own = Some("system:serviceaccount:team:app");
+        assert_eq!(service_account_of("team", own, None), "app");
+        assert_eq!(service_account_of("team", own, Some("app")), "app");
+        assert_eq!(service_account_of("team", own, Some("admin")), "");
+        // A ServiceAccount of another namespace is not the request's own.
+        let other = Some("system:serviceaccount:other:app");
+        assert_eq!(service_account_of("team", other, Some("db")), "db");
+        assert_eq!(
+            service_account_of("team", Some("system:serviceaccount:team:"), None),
+            ""
+        );
+    }
+
+    #[test]
+    fn cel_sees_the_service_account() {
+        let p = policy(
+            "p",
+            PolicyAllowed {
+                uris: Some(AllowedStringSlice {
+                    values: Some(vec!["spiffe://cluster.local/ns/*/sa/*".into()]),
+                    required: None,
+                    validations: Some(vec![ValidationRule {
+                        rule: "cr.serviceAccountName != '' && self == 'spiffe://cluster.local/ns/' + cr.namespace + '/sa/' + cr.serviceAccountName".into(),
+                        message: Some("only the pod's own identity".into()),
+                    }]),
+                }),
+                ..Default::default()
+            },
+        );
+        assert!(reads_service_account(&p));
+        assert!(!reads_service_account(&policy(
+            "q",
+            PolicyAllowed::default()
+        )));
+        let mut f = facts();
+        f.uris = vec!["spiffe://cluster.local/ns/team/sa/app".into()];
+        let errors = violations(&p, &f);
+        assert_eq!(errors.len(), 1, "no ServiceAccount known: {errors:?}");
+        f.service_account = "app".into();
+        assert!(violations(&p, &f).is_empty(), "{:?}", violations(&p, &f));
+        f.service_account = "db".into();
+        assert!(violations(&p, &f)[0].ends_with("only the pod's own identity"));
     }
 
     #[test]

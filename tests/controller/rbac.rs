@@ -36,6 +36,17 @@
 //!    with why; `CERT_CSI_RBAC_WHOLE_RULES=1` takes out whole PolicyRules
 //!    instead (quicker, and it covers those too).
 //!
+//! The chart's policy approver is on by default, so requests are approved
+//! only through its default CertificateRequestPolicies, applied from the
+//! same render; the requester identity they are judged by is stamped by
+//! cert-csi's webhook, served in process (as cert-manager's webhook does in
+//! a cluster). The `use` grants on those policies are proven like the
+//! other rules: without one, the controller says which user cannot use
+//! the policy. The publish flow asks for what a pod may have (a service
+//! name of its namespace and its own SPIFFE URI); the `policy` flow asks
+//! for the CA certificate that issue 16 got through, and it must be denied
+//! by the chart's policy, by name.
+//!
 //! cert-manager's webhook lets only users that may `approve` a request's
 //! signer (`signers` in cert-manager.io, by resource name) set its Approved
 //! or Denied condition; it is not installed here, so a
@@ -48,7 +59,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cert_csi::api::{Certificate, CertificateRequest, ClusterIssuer, Issuer};
+use cert_csi::api::{
+    Certificate, CertificateRequest, CertificateRequestPolicy, ClusterIssuer, Issuer,
+};
 use cert_csi::volume::keys;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -790,6 +803,8 @@ struct Flows<'a> {
     prefix: String,
     /// The trial's workload namespace.
     ns: String,
+    /// The chart's default policy for requests from CSI volumes.
+    csi_policy: String,
     /// Every volume a flow published or tried to, for the cleanup.
     volumes: Mutex<Vec<VolumeRequest>>,
 }
@@ -804,6 +819,9 @@ impl Flows<'_> {
         self.publish(&pod)
             .await
             .map_err(|e| format!("publish flow: {e}"))?;
+        self.policy(&pod)
+            .await
+            .map_err(|e| format!("policy flow: {e}"))?;
         self.events(&pod)
             .await
             .map_err(|e| format!("events flow: {e}"))?;
@@ -996,6 +1014,12 @@ impl Flows<'_> {
                 (keys::ISSUER_KIND, "ClusterIssuer"),
                 (keys::KEY_ALGORITHM, "ECDSA"),
                 (keys::DNS_NAMES, &format!("app.{}.svc", self.ns)),
+                // The pod's own identity: the one URI the chart's default
+                // policy allows (its ServiceAccount is read from the pod).
+                (
+                    keys::URI_SANS,
+                    &format!("spiffe://cluster.local/ns/{}/sa/app", self.ns),
+                ),
                 // Renewal about four seconds after issuance (renew-before
                 // is at most three quarters of the lifetime).
                 (keys::DURATION, "16s"),
@@ -1029,6 +1053,66 @@ impl Flows<'_> {
             Ok(self.env.requests_for(&volume).await.is_empty())
         })
         .await
+    }
+
+    /// Issue 16's attack with the chart's defaults: a pod asks a CA
+    /// ClusterIssuer for an intermediate CA with the API server's name, a
+    /// bank's wildcard, another namespace's admin identity and
+    /// `system:masters`. The chart's policy denies the request, naming
+    /// itself and each refused field, and nothing is mounted.
+    async fn policy(&self, pod: &test_kit::PodRef) -> Flow {
+        let volume = self.env.volume(
+            pod,
+            "ca-attempt",
+            &[
+                (keys::ISSUER_NAME, &format!("{}-ca", self.prefix)),
+                (keys::ISSUER_KIND, "ClusterIssuer"),
+                (keys::KEY_ALGORITHM, "ECDSA"),
+                (keys::IS_CA, "true"),
+                (keys::COMMON_NAME, "system:masters"),
+                (keys::ORGANIZATIONS, "system:masters"),
+                (keys::DNS_NAMES, "kubernetes.default.svc,*.example-bank.com"),
+                (
+                    keys::URI_SANS,
+                    "spiffe://cluster.local/ns/kube-system/sa/admin",
+                ),
+            ],
+        );
+        self.volumes.lock().unwrap().push(volume.clone());
+        // The plugin deletes a denied request as it fails the publish; the
+        // denial reaches the kubelet (and the pod's Event) in its status.
+        let denial = match self.env.publish(&volume).await {
+            Ok(()) => return Err("the CA attempt was published".into()),
+            Err(s) if s.code() == tonic::Code::PermissionDenied => s.message().to_owned(),
+            Err(s) => {
+                return Err(format!(
+                    "the CA attempt: expected PermissionDenied, got {}",
+                    status_text(&s)
+                ));
+            }
+        };
+        let mounts = test_kit::mounts_under(volume.target().parent().unwrap());
+        if !mounts.is_empty() {
+            return Err(format!("the denied volume is mounted: {mounts:?}"));
+        }
+        let policy = format!("No policy approved this request: [{}: ", self.csi_policy);
+        let fields = [
+            "spec.allowed.isCA",
+            "spec.allowed.dnsNames.validations",
+            "spec.allowed.uris.validations",
+            "spec.allowed.commonName.validations",
+            "spec.allowed.subject.organizations.validations",
+        ];
+        if !denial.contains(&policy) || fields.iter().any(|f| !denial.contains(f)) {
+            return Err(format!(
+                "the denial does not name the policy {:?} and each of {fields:?}: {denial}",
+                self.csi_policy
+            ));
+        }
+        self.env
+            .unpublish(&volume.volume_id, &volume.target_path)
+            .await
+            .map_err(|s| format!("unpublish: {}", status_text(&s)))
     }
 
     /// A volume its issuer cannot sign (a SelfSigned issuer signs only
@@ -1177,6 +1261,14 @@ const UNREACHED: &[(&str, &str, &str, &str)] = &[
     ("cert-csi-controller", "get", "clusterissuers", RE_READ),
     (
         "cert-csi-controller",
+        "get",
+        "namespaces",
+        "the policy approver reads a namespace's labels only for a policy with a \
+         namespace.matchLabels selector; the chart's default policies select by issuer \
+         (tests/controller/policy.rs proves the matchLabels path)",
+    ),
+    (
+        "cert-csi-controller",
         "patch",
         "events",
         "the controller patches an Event only for a repeat (same object, reason and note \
@@ -1207,6 +1299,8 @@ struct Setup {
     controller_kubeconfig: PathBuf,
     node_user: String,
     controller_user: String,
+    /// The chart's default policy for requests from CSI volumes.
+    csi_policy: String,
 }
 
 enum Outcome {
@@ -1320,11 +1414,22 @@ async fn trial(env: &mut Env, setup: &Setup, label: &str, removed: Option<&RuleR
             panic!("the chart binds a role to {user}, which runs no component here")
         }
     };
+    // A `use` of a CertificateRequestPolicy is asked by the controller's
+    // policy approver on the requester's behalf, so the requester's missing
+    // grant shows in the controller's log.
+    let asked_by_controller = removed.is_some_and(|r| {
+        r.rule.verbs == ["use"]
+            && r.rule.api_groups.as_deref() == Some(&["policy.cert-manager.io".to_owned()][..])
+    });
     let watches: Vec<LogWatch> = match removed {
         Some(r) => grantees
             .iter()
             .map(|(user, ns)| {
-                let (component, path, offset) = component_of(user);
+                let (component, path, offset) = if asked_by_controller {
+                    ("controller", controller.log.clone(), 0)
+                } else {
+                    component_of(user)
+                };
                 LogWatch {
                     component,
                     path,
@@ -1358,6 +1463,7 @@ async fn trial(env: &mut Env, setup: &Setup, label: &str, removed: Option<&RuleR
         admin: admin.clone(),
         prefix: label.to_string(),
         ns: format!("{label}-shop"),
+        csi_policy: setup.csi_policy.clone(),
         volumes: Mutex::new(Vec::new()),
     };
     let outcome = tokio::select! {
@@ -1507,6 +1613,25 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
     create_namespace(&admin, NAMESPACE).await;
     rbac.apply(&admin, None).await;
     install_approval_check(&admin).await;
+    // The chart's default CertificateRequestPolicies (post-install hooks in
+    // a real install, once their CRD is served), and the webhook that
+    // stamps each request's creator, as cert-manager's does in a cluster.
+    let policies: Vec<CertificateRequestPolicy> = all_of(&docs, "CertificateRequestPolicy");
+    for policy in &policies {
+        apply_object(&admin, policy).await;
+    }
+    // The policy for CSI volumes: the one that allows no CA.
+    let csi_policy = policies
+        .iter()
+        .find(|p| {
+            p.spec
+                .allowed
+                .as_ref()
+                .is_some_and(|a| a.is_ca != Some(true))
+        })
+        .and_then(|p| p.metadata.name.clone())
+        .expect("the default render has a CertificateRequestPolicy for CSI volumes");
+    env.cluster.serve_webhook().await;
 
     // Tokens as a real cluster hands them to the two workloads: projected
     // ServiceAccount tokens that the kubelet requests through the
@@ -1545,6 +1670,7 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
         controller_kubeconfig: kubeconfigs[1].clone(),
         node_user: format!("system:serviceaccount:{NAMESPACE}:{node_sa}"),
         controller_user: format!("system:serviceaccount:{NAMESPACE}:{controller_sa}"),
+        csi_policy,
     };
     eprintln!("setup: {:.1} s", started.elapsed().as_secs_f64());
 

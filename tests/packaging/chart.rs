@@ -242,6 +242,9 @@ pub(crate) fn check_all_typed(docs: &[Value]) -> Vec<String> {
             ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
                 typed::<RoleBinding>(doc);
             }
+            ("policy.cert-manager.io/v1alpha1", "CertificateRequestPolicy") => {
+                typed::<cert_csi::api::CertificateRequestPolicy>(doc);
+            }
             ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                 typed::<CustomResourceDefinition>(doc);
             }
@@ -408,9 +411,12 @@ fn default_and_custom_renders_are_all_typed() {
     };
     let expected: BTreeMap<String, usize> = [
         ("ServiceAccount", 2),
-        ("CustomResourceDefinition", 4),
-        ("ClusterRole", 2),
-        ("ClusterRoleBinding", 2),
+        // cert-manager.io's four and CertificateRequestPolicy's.
+        ("CustomResourceDefinition", 5),
+        // The node's, the controller's, and one per default policy (`use`).
+        ("ClusterRole", 4),
+        ("ClusterRoleBinding", 4),
+        ("CertificateRequestPolicy", 2),
         ("Service", 2),
         ("DaemonSet", 1),
         ("Deployment", 1),
@@ -1054,7 +1060,7 @@ fn spiffe_approver_and_webhook_with_custom_values() {
 /// grants the policy approver uses, and the CertificateRequestPolicy CRD
 /// unless `installCRD` is off.
 #[test]
-fn policy_approver_is_off_by_default_and_wired_when_enabled() {
+fn policy_approver_is_on_by_default_with_its_policies_and_switches_off() {
     let Some(defaults) = default_docs() else {
         return;
     };
@@ -1072,6 +1078,7 @@ fn policy_approver_is_off_by_default_and_wired_when_enabled() {
             &[],
         ),
         rule(&[""], &["namespaces"], &["get"], &[]),
+        rule(&[""], &["pods"], &["get"], &[]),
         rule(
             &["rbac.authorization.k8s.io"],
             &[
@@ -1085,6 +1092,39 @@ fn policy_approver_is_off_by_default_and_wired_when_enabled() {
         ),
     ];
     let policy_crd = "certificaterequestpolicies.policy.cert-manager.io";
+    let controller_sa = format!("system:serviceaccount:{RELEASE}:{RELEASE}-controller");
+    let node_sa = format!("system:serviceaccount:{RELEASE}:{NODE}");
+    // Who may `use` each rendered policy: "kind:name" of every subject of
+    // every ClusterRoleBinding whose role grants `use` on it by name.
+    let users_of = |docs: &[Value], policy: &str| -> BTreeSet<String> {
+        let roles: Vec<ClusterRole> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .map(typed)
+            .collect();
+        let grants_use = |role: &str| {
+            roles.iter().any(|r| {
+                r.metadata.name.as_deref() == Some(role)
+                    && grants(r.rules.as_deref().unwrap_or_default()).contains(&format!(
+                        "policy.cert-manager.io/certificaterequestpolicies use {policy}"
+                    ))
+            })
+        };
+        docs.iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding")
+            .map(typed::<ClusterRoleBinding>)
+            .filter(|b| grants_use(&b.role_ref.name))
+            .flat_map(|b| b.subjects.unwrap_or_default())
+            .map(|s| match s.kind.as_str() {
+                "ServiceAccount" => format!(
+                    "system:serviceaccount:{}:{}",
+                    s.namespace.unwrap_or_default(),
+                    s.name
+                ),
+                _ => format!("{}:{}", s.kind, s.name),
+            })
+            .collect()
+    };
     let check = |docs: &[Value], on: bool, crd: bool| {
         let deployment: Deployment = get(docs, "Deployment", &format!("{RELEASE}-controller"));
         let spec = deployment.spec.unwrap().template.spec.unwrap();
@@ -1102,17 +1142,129 @@ fn policy_approver_is_off_by_default_and_wired_when_enabled() {
             crd
         );
     };
-    check(defaults, false, false);
-    let Some(on) = render(&[
+    // On by default, with the CRD and both policies, each usable by its
+    // own component only and installed after its CRD (a Helm hook).
+    check_all_typed(defaults);
+    check(defaults, true, true);
+    let policies: Vec<cert_csi::api::CertificateRequestPolicy> = defaults
+        .iter()
+        .filter(|d| d["kind"] == "CertificateRequestPolicy")
+        .map(typed)
+        .collect();
+    let names: Vec<&str> = policies
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    assert_eq!(names, ["cert-csi-csi-volumes", "cert-csi-certificates"]);
+    for p in &policies {
+        let hook = p.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            hook.get("helm.sh/hook").map(String::as_str),
+            Some("post-install,post-upgrade"),
+            "a policy created before its CRD is served fails the install"
+        );
+    }
+    let volumes = &policies[0].spec;
+    let allowed = volumes.allowed.as_ref().unwrap();
+    assert_ne!(allowed.is_ca, Some(true), "CSI volumes get no CA");
+    let usages = allowed.usages.clone().unwrap_or_default();
+    for refused in [
+        "cert sign",
+        "crl sign",
+        "ocsp signing",
+        "code signing",
+        "any",
+    ] {
+        assert!(
+            !usages.iter().any(|u| u == refused),
+            "{refused} in {usages:?}"
+        );
+    }
+    assert!(allowed.ip_addresses.is_none() && allowed.email_addresses.is_none());
+    assert_eq!(
+        volumes
+            .constraints
+            .as_ref()
+            .and_then(|c| c.max_duration.as_deref()),
+        Some("2160h")
+    );
+    assert_eq!(policies[1].spec.allowed.as_ref().unwrap().is_ca, Some(true));
+    assert_eq!(
+        users_of(defaults, "cert-csi-csi-volumes"),
+        BTreeSet::from([node_sa.clone()])
+    );
+    assert_eq!(
+        users_of(defaults, "cert-csi-certificates"),
+        BTreeSet::from([controller_sa.clone()])
+    );
+    // Pods that make their own requests may use the CSI volume policy;
+    // extra requesters may use the Certificate one; values reach the rules.
+    let Some(tuned) = render(&[
         "--set-json",
-        r#"controller={"policyApprover":{"enabled":true}}"#,
+        r#"app={"driver":{"useTokenRequest":true}}"#,
+        "--set-json",
+        r#"controller={"policyApprover":{"csiVolumesPolicy":{"clusterDomain":"corp.internal","trustDomain":"example.org","minDuration":"1h"},"certificatesPolicy":{"extraSubjects":[{"kind":"ServiceAccount","name":"cert-manager","namespace":"cert-manager"}]}}}"#,
     ]) else {
         return;
     };
-    check_all_typed(&on);
-    check(&on, true, true);
+    check_all_typed(&tuned);
+    assert_eq!(
+        users_of(&tuned, "cert-csi-csi-volumes"),
+        BTreeSet::from([node_sa, "Group:system:serviceaccounts".to_owned()])
+    );
+    assert_eq!(
+        users_of(&tuned, "cert-csi-certificates"),
+        BTreeSet::from([
+            controller_sa,
+            "system:serviceaccount:cert-manager:cert-manager".to_owned()
+        ])
+    );
+    let tuned_volumes: cert_csi::api::CertificateRequestPolicy =
+        get(&tuned, "CertificateRequestPolicy", "cert-csi-csi-volumes");
+    let text = serde_json::to_string(&tuned_volumes.spec).unwrap();
+    for want in [
+        ".svc.corp.internal",
+        "spiffe://example.org/ns/",
+        r#""minDuration":"1h""#,
+    ] {
+        assert!(text.contains(want), "{want} not in {text}");
+    }
+    // Each policy can be left out; then nobody is bound to use it.
+    let Some(no_volumes) = render(&[
+        "--set-json",
+        r#"controller={"policyApprover":{"csiVolumesPolicy":{"enabled":false}}}"#,
+    ]) else {
+        return;
+    };
+    assert!(
+        find(
+            &no_volumes,
+            "CertificateRequestPolicy",
+            "cert-csi-csi-volumes"
+        )
+        .is_none()
+    );
+    assert!(users_of(&no_volumes, "cert-csi-csi-volumes").is_empty());
+    assert!(
+        find(
+            &no_volumes,
+            "CertificateRequestPolicy",
+            "cert-csi-certificates"
+        )
+        .is_some()
+    );
+    // Switched off: cert-manager's approve-everything approver, no
+    // policies, no CRD, no grants.
+    let Some(off) = render(&[
+        "--set-json",
+        r#"controller={"policyApprover":{"enabled":false}}"#,
+    ]) else {
+        return;
+    };
+    check(&off, false, false);
+    assert_eq!(count(&off, "CertificateRequestPolicy"), 0);
     let rendered: CustomResourceDefinition =
-        typed(find(&on, "CustomResourceDefinition", policy_crd).unwrap());
+        typed(find(defaults, "CustomResourceDefinition", policy_crd).unwrap());
     let mut want = cert_csi::api::policy_crds().remove(0);
     let mut got = rendered;
     got.metadata.labels = None;
@@ -1121,7 +1273,7 @@ fn policy_approver_is_off_by_default_and_wired_when_enabled() {
     assert_eq!(got, want);
     let Some(no_crd) = render(&[
         "--set-json",
-        r#"controller={"policyApprover":{"enabled":true,"installCRD":false}}"#,
+        r#"controller={"policyApprover":{"installCRD":false}}"#,
     ]) else {
         return;
     };
@@ -1208,6 +1360,32 @@ fn rbac_is_least_privilege_per_component() {
             &[],
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
+        // The policy approver (on by default): policies, the `use` check,
+        // owner pods and namespace labels, and RBAC changes to re-evaluate.
+        rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies"],
+            &["list", "watch"],
+            &[],
+        ),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+            &[],
+        ),
+        rule(&[""], &["pods", "namespaces"], &["get"], &[]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &[
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ],
+            &["list", "watch"],
+            &[],
+        ),
     ];
     assert_eq!(
         grants(controller.rules.as_deref().unwrap()),
@@ -1379,7 +1557,8 @@ fn rendered_crds_are_the_binarys_plus_labels() {
         .filter(|d| d["kind"] == "CustomResourceDefinition")
         .map(typed)
         .collect();
-    let expected = cert_csi::api::crds();
+    let mut expected = cert_csi::api::crds();
+    expected.extend(cert_csi::api::policy_crds());
     assert_eq!(rendered.len(), expected.len());
     for (mut got, want) in rendered.into_iter().zip(expected) {
         let labels = got.metadata.labels.take().unwrap();

@@ -711,8 +711,23 @@ fn helm_upgrade_from_csi_driver_updates_every_object_in_place_on_a_real_api_serv
         let ours = render_text(values, None).unwrap();
         let up_file = dir.path().join("csi-driver.yaml");
         let our_file = dir.path().join("cert-csi.yaml");
+        let hooks_file = dir.path().join("cert-csi-hooks.yaml");
         std::fs::write(&up_file, &upstream).unwrap();
-        std::fs::write(&our_file, &ours).unwrap();
+        // Helm applies the release's objects, then its post-upgrade hooks
+        // (the default CertificateRequestPolicies, whose CRD the release
+        // itself installs).
+        let (hooks, release): (Vec<Value>, Vec<Value>) = yaml_documents(&ours)
+            .into_iter()
+            .partition(|d| d["metadata"]["annotations"]["helm.sh/hook"].is_string());
+        let as_file = |docs: &[Value]| -> String {
+            docs.iter()
+                .map(|d| serde_json::to_string(d).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        };
+        std::fs::write(&our_file, as_file(&release)).unwrap();
+        std::fs::write(&hooks_file, as_file(&hooks)).unwrap();
+        assert!(!hooks.is_empty(), "{what}: the render has no hooks");
 
         let apply = |file: &Path, may_fail: bool| {
             let mut args = vec!["apply", "-f", file.to_str().unwrap()];
@@ -730,6 +745,24 @@ fn helm_upgrade_from_csi_driver_updates_every_object_in_place_on_a_real_api_serv
         );
         // The same objects, updated: none was replaced.
         assert_eq!(live_uids(&cluster, &up_file), before, "{what}");
+        // Then the hooks, once the CRDs the release brought are served.
+        kubectl(
+            &cluster,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/certificaterequestpolicies.policy.cert-manager.io",
+            ],
+            false,
+        );
+        let (ok, _, output) = apply(&hooks_file, true);
+        assert!(ok, "{what}: the post-upgrade hooks do not apply:\n{output}");
+        assert_eq!(
+            live_uids(&cluster, &hooks_file).len(),
+            hooks.len(),
+            "{what}"
+        );
         let (_, text, _) = kubectl(
             &cluster,
             &[
@@ -788,11 +821,13 @@ fn helm_upgrade_from_csi_driver_updates_every_object_in_place_on_a_real_api_serv
             );
         }
 
-        kubectl(
-            &cluster,
-            &["delete", "--wait", "-f", our_file.to_str().unwrap()],
-            false,
-        );
+        for file in [&hooks_file, &our_file] {
+            kubectl(
+                &cluster,
+                &["delete", "--wait", "-f", file.to_str().unwrap()],
+                false,
+            );
+        }
     }
 }
 
