@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use cert_csi::volume::{keys, kubelet};
 use kube::ResourceExt;
@@ -325,10 +324,8 @@ async fn a_repeated_publish_answers_at_once_without_a_new_request() {
         kubelet::SERVICE_ACCOUNT_TOKENS,
         &tokens("sa-token-second-0123456789"),
     );
-    let started = Instant::now();
+    // No clock: a republish that issued again would fail this publish.
     env.publish_ok(&volume).await;
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "a republish took {took:?}");
     assert_eq!(env.only_request(&volume).await.name_any(), first);
     assert_eq!(
         volume.read("tls.crt"),
@@ -491,9 +488,8 @@ async fn a_restarted_plugin_keeps_its_volumes_and_resumes_pending_requests() {
 
     // The issued volume is still served and a republish is a no-op.
     assert_verifies(&done, "ca.crt", "tls.crt");
-    let started = Instant::now();
+    // Nobody approves now: issuing again would fail this publish.
     env.publish_ok(&done).await;
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(env.only_request(&done).await.name_any(), done_request);
     assert_eq!(done.read("tls.crt"), done_cert);
     assert_eq!(mounts_at(&done.target()).len(), 1);
