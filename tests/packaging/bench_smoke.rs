@@ -125,3 +125,74 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
         "scratch directory left behind"
     );
 }
+
+/// `--quick --peer`: cert-csi and cert-manager's csi-driver side by side on
+/// a real control plane. Shape and counts only, never times.
+#[test]
+fn quick_peer_bench_compares_both_drivers_on_the_real_control_plane() {
+    if !test_kit::require_root("quick_peer_bench_compares_both_drivers_on_the_real_control_plane") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_cert-csi-bench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--quick", "--peer"])
+        .arg("--out")
+        .arg(out.path())
+        .arg("--work-dir")
+        .arg(work.path())
+        .arg("--cert-csi")
+        .arg(env!("CARGO_BIN_EXE_cert-csi"))
+        .output()
+        .expect("run cert-csi-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "cert-csi-bench --quick --peer failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("peer.json")).unwrap())
+            .expect("peer.json parses");
+    let drivers = json["drivers"].as_array().expect("drivers");
+    let names: Vec<&str> = drivers
+        .iter()
+        .filter_map(|d| d["driver"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["cert-csi", "cert-csi, limiter lifted", "csi-driver v0.15.0"]
+    );
+    for d in drivers {
+        let name = d["driver"].as_str().unwrap();
+        // Every pod of the burst got its volume, each from one request.
+        assert_eq!(d["burst"]["failures"], 0, "{name}: {d}");
+        assert_eq!(d["burst"]["requests"], d["burst"]["volumes"], "{name}");
+        for key in ["p1_p256", "p1_rsa2048"] {
+            assert!(
+                d[key]["p50_ms"].as_f64().is_some_and(|v| v > 0.0),
+                "{name} {key}"
+            );
+        }
+        assert!(
+            d["with_volumes"]["rss_mib"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0)
+        );
+        assert!(d["load_per_s"].is_object(), "{name}");
+        assert!(d["restart"]["ready_s"].is_number(), "{name}");
+        if name.starts_with("cert-csi") {
+            // A restart resumes its volumes without asking again.
+            assert_eq!(d["restart"]["new_requests"], 0, "{name}");
+        }
+    }
+    assert!(stdout.contains("csi-driver ÷ cert-csi"), "{stdout}");
+    let work_path = work.path().canonicalize().unwrap();
+    let left: Vec<_> = cert_csi::store::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(&work_path))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+}

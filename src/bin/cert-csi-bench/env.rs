@@ -85,10 +85,21 @@ impl Drop for Scratch {
     }
 }
 
-/// `cert-csi node` as a subprocess, so its memory and CPU time are its own.
+/// Which node plugin a [`NodeProcess`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// `cert-csi node`.
+    CertCsi,
+    /// cert-manager's csi-driver (`.tools/bin/csi-driver`, built by
+    /// `hack/build-tools`), for `--peer`.
+    CsiDriver,
+}
+
+/// A node plugin as a subprocess, so its memory and CPU time are its own.
 /// Killed by pid on drop; `PR_SET_PDEATHSIG` also kills it if the bench
 /// itself dies without unwinding.
 pub struct NodeProcess {
+    flavour: Flavour,
     exe: PathBuf,
     pub socket: PathBuf,
     pub data_root: PathBuf,
@@ -109,9 +120,21 @@ impl NodeProcess {
         kubeconfig: &Path,
         args: &[String],
     ) -> anyhow::Result<NodeProcess> {
+        Self::start_flavour(Flavour::CertCsi, exe, dir, name, kubeconfig, args).await
+    }
+
+    pub async fn start_flavour(
+        flavour: Flavour,
+        exe: &Path,
+        dir: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        args: &[String],
+    ) -> anyhow::Result<NodeProcess> {
         let base = dir.join(name);
         std::fs::create_dir_all(&base)?;
         let mut node = NodeProcess {
+            flavour,
             exe: exe.to_path_buf(),
             socket: base.join("csi.sock"),
             data_root: base.join("data"),
@@ -126,19 +149,52 @@ impl NodeProcess {
         Ok(node)
     }
 
+    /// The simulated kubelets' root for this plugin's volumes.
+    pub fn kubelet_root(&self) -> PathBuf {
+        self.data_root.with_file_name("kubelet")
+    }
+
+    fn label(&self) -> &'static str {
+        match self.flavour {
+            Flavour::CertCsi => "cert-csi node",
+            Flavour::CsiDriver => "csi-driver",
+        }
+    }
+
     fn spawn(&self) -> anyhow::Result<Child> {
         let log = File::options().create(true).append(true).open(&self.log)?;
         let mut command = Command::new(&self.exe);
+        match self.flavour {
+            Flavour::CertCsi => {
+                command
+                    .args(["--log-level", "warn", "node"])
+                    // A free port: two benches (or a bench beside a
+                    // cluster's plugin) must not collide on the default.
+                    .args(["--metrics-address", "127.0.0.1:0"])
+                    .arg("--data-root")
+                    .arg(&self.data_root)
+                    .arg("--kubelet-root-dir")
+                    .arg(self.kubelet_root());
+            }
+            Flavour::CsiDriver => {
+                // csi-lib reads its data root through os.DirFS("/"), which
+                // takes relative paths only: its chart runs it in `/` with
+                // `--data-root=csi-data-dir`. The same here.
+                let relative = self
+                    .data_root
+                    .strip_prefix("/")
+                    .context("the scratch directory is not absolute")?;
+                command
+                    .current_dir("/")
+                    .arg("--data-root")
+                    .arg(relative)
+                    .args(["--driver-name", "csi.cert-manager.io"]);
+            }
+        }
         command
-            .args(["--log-level", "warn", "node"])
             .arg("--endpoint")
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--node-id", &self.node_id])
-            .arg("--data-root")
-            .arg(&self.data_root)
-            // The simulated kubelets' root (`Ctx::kubelet_root`).
-            .arg("--kubelet-root-dir")
-            .arg(self.data_root.with_file_name("kubelet"))
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(&self.args)
@@ -155,7 +211,7 @@ impl NodeProcess {
         }
         command
             .spawn()
-            .with_context(|| format!("starting {} node", self.exe.display()))
+            .with_context(|| format!("starting {} ({})", self.exe.display(), self.label()))
     }
 
     /// Polls Probe until it answers ready. Polling is what the kubelet's
@@ -168,20 +224,24 @@ impl NodeProcess {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 anyhow::bail!(
-                    "cert-csi node exited with {status} before it was ready; log tail:\n{}",
+                    "{} exited with {status} before it was ready; log tail:\n{}",
+                    self.label(),
                     self.log_tail()
                 );
             }
+            // cert-csi says ready only once its volumes are recovered;
+            // csi-lib leaves `ready` unset, which CSI reads as ready.
             if self.socket.exists()
                 && let Ok(mut identity) = cert_csi::csi::client::identity(&self.socket).await
                 && let Ok(reply) = identity.probe(cert_csi::csi::proto::ProbeRequest {}).await
-                && reply.into_inner().ready == Some(true)
+                && reply.into_inner().ready != Some(false)
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
-                    "cert-csi node not ready within {limit:?}; log tail:\n{}",
+                    "{} not ready within {limit:?}; log tail:\n{}",
+                    self.label(),
                     self.log_tail()
                 );
             }
@@ -235,6 +295,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     stop: CancellationToken,
     controller: Option<tokio::task::JoinHandle<()>>,
+    /// The real control plane, when not the sandbox.
+    real: Option<RealKube>,
 }
 
 impl Cluster {
@@ -261,6 +323,47 @@ impl Cluster {
             kubeconfig,
             stop,
             controller: Some(task),
+            real: None,
+        })
+    }
+
+    /// A real control plane (`hack/kube up`, from the repository the
+    /// bench runs in) with the cert-manager.io CRDs, the namespaces given,
+    /// the controller in-process and the CA ClusterIssuer Ready. Stopped
+    /// with `hack/kube down` when dropped.
+    pub async fn start_real(
+        dir: &Path,
+        namespaces: &[&str],
+        ca_duration: Duration,
+    ) -> anyhow::Result<Cluster> {
+        let kube = RealKube::up(&dir.join("kube"))?;
+        let kubeconfig = kube.dir.join("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig)?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        install_crds(&client).await?;
+        for ns in std::iter::once(&controller::CLUSTER_RESOURCE_NAMESPACE).chain(namespaces) {
+            controller::create_namespace(&client, ns).await?;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(cert_csi::controller::run(
+            client.clone(),
+            cert_csi::controller::ControllerOptions::new(controller::CLUSTER_RESOURCE_NAMESPACE),
+            cert_csi::controller::Health::default(),
+            stop.clone(),
+        ));
+        controller::ca_issuer(&client, ca_duration).await?;
+        controller::wait_issuer_ready(&client, Duration::from_secs(60)).await?;
+        Ok(Cluster {
+            sandbox: None,
+            client,
+            kubeconfig,
+            stop,
+            controller: Some(task),
+            real: Some(kube),
         })
     }
 
@@ -272,6 +375,7 @@ impl Cluster {
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.shutdown().await;
         }
+        drop(self.real.take());
     }
 
     /// CertificateRequests that exist in `namespace`.
@@ -288,6 +392,92 @@ impl Cluster {
         names.sort();
         Ok(names)
     }
+}
+
+/// A control plane started by `hack/kube up DIR`; `hack/kube down DIR`
+/// on drop stops exactly its processes.
+pub struct RealKube {
+    pub dir: PathBuf,
+    script: PathBuf,
+}
+
+impl RealKube {
+    pub fn up(dir: &Path) -> anyhow::Result<RealKube> {
+        let script = std::env::current_dir()?.join("hack/kube");
+        anyhow::ensure!(
+            script.is_file(),
+            "{}: not found; run the bench from the repository (hack/bench does)",
+            script.display()
+        );
+        // Built tools only: building the control plane here would take
+        // minutes and hide in the measurement (hack/build-tools does it).
+        let status = Command::new(&script)
+            .arg("up")
+            .arg(dir)
+            .env("CERT_CSI_KUBE_NO_BUILD", "1")
+            .stdin(Stdio::null())
+            .status()
+            .context("running hack/kube up")?;
+        let kube = RealKube {
+            dir: dir.to_path_buf(),
+            script,
+        };
+        anyhow::ensure!(
+            status.success(),
+            "hack/kube up {} failed ({status}); build the tools with hack/build-tools",
+            dir.display()
+        );
+        Ok(kube)
+    }
+
+    /// The API server's own metrics text (`/metrics`).
+    pub async fn metrics(client: &kube::Client) -> anyhow::Result<String> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        Ok(client.request_text(request).await?)
+    }
+}
+
+impl Drop for RealKube {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Creates the cert-manager.io CRDs and waits until each is Established.
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let crds = cert_csi::api::crds();
+    for crd in &crds {
+        api.create(&Default::default(), crd).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for crd in &crds {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        loop {
+            let current = api.get(&name).await?;
+            let established = current
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "CRD {name} not Established in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Cluster {

@@ -9,6 +9,7 @@
 
 mod controller;
 mod env;
+mod peer;
 mod procfs;
 mod report;
 mod scenarios;
@@ -56,6 +57,11 @@ struct Args {
     /// volumes' 90 days is an issuer that shortens lifetimes (issue 13).
     #[arg(long, default_value = "2160h", value_parser = parse_go_duration)]
     ca_duration: Duration,
+    /// Instead of P1–P7: cert-csi and cert-manager's csi-driver side by
+    /// side on a real control plane (hack/kube; .tools/bin from
+    /// hack/build-tools). Writes peer.json.
+    #[arg(long)]
+    peer: bool,
 }
 
 fn parse_go_duration(value: &str) -> Result<Duration, String> {
@@ -70,6 +76,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.peer {
+        return run_peer(&args, runtime);
+    }
     let results = runtime.block_on(async {
         tokio::select! {
             r = run(&args) => r,
@@ -103,6 +112,33 @@ fn main() -> anyhow::Result<()> {
     if !failed.is_empty() {
         anyhow::bail!("measurements failed: {}", failed.join(", "));
     }
+    Ok(())
+}
+
+/// `--peer`: the side-by-side run, its table, and peer.json.
+fn run_peer(args: &Args, runtime: tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("both node plugins mount tmpfs and bind mounts, which needs root");
+    }
+    let exe = cert_csi_exe(args)?;
+    let mut scratch = env::Scratch::create(&args.work_dir)?;
+    if args.keep_scratch {
+        scratch.keep();
+    }
+    let results = runtime.block_on(async {
+        tokio::select! {
+            r = peer::run(&exe, scratch.path(), args.quick) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    drop(scratch);
+    let results = results?;
+    print!("{}", peer::text(&results));
+    std::fs::create_dir_all(&args.out)?;
+    let file = args.out.join("peer.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&results)?)?;
+    println!("\nwrote {}", file.display());
     Ok(())
 }
 
