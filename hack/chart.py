@@ -28,6 +28,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "cert-csi"
 DEPLOY = REPO / "deploy" / "cert-csi.yaml"
+# The chart's hooks (the default CertificateRequestPolicies, created by Helm
+# after the release, once their CRD is served), for a kubectl install.
+DEPLOY_POLICIES = REPO / "deploy" / "cert-csi-policies.yaml"
 SDK = "helm-python-sdk==0.2.2"
 RELEASE = "cert-csi"
 NAMESPACE = "cert-csi"
@@ -147,12 +150,26 @@ def notes(manifests: dict[str, str]) -> str:
     return "".join(text for source, text in manifests.items() if source.endswith("/NOTES.txt"))
 
 
+def is_hook(text: str) -> bool:
+    """Whether a rendered document carries Helm's hook annotation."""
+    return any(line.strip().startswith("helm.sh/hook:") for line in text.splitlines())
+
+
 def render(
-    helm: Any, values: dict[str, Any], name: str, namespace: str, path: Path = CHART
+    helm: Any,
+    values: dict[str, Any],
+    name: str,
+    namespace: str,
+    path: Path = CHART,
+    hooks: str = "include",
 ) -> str:
+    """The rendered documents in install order; `hooks` is include (as
+    `helm template`), exclude (the release itself) or only."""
     manifests = render_templates(helm, values, name, namespace, path)
     out = []
     for _kind, source, text in documents(manifests):
+        if (hooks == "exclude" and is_hook(text)) or (hooks == "only" and not is_hook(text)):
+            continue
         out.append(f"---\n# Source: {source}\n{text}\n")
     return "".join(out)
 
@@ -179,17 +196,27 @@ def deploy_text(helm: Any) -> str:
         f"# (release {RELEASE}, namespace {NAMESPACE}). Generated; do not edit.\n"
         "# Regenerate with: python3 hack/chart.py deploy\n"
         "# Install with: kubectl apply --server-side -f deploy/cert-csi.yaml\n"
-        "# On a fresh cluster the CertificateRequestPolicies at the end wait for\n"
-        "# their CRD (kubectl says 'ensure CRDs are installed first'): run\n"
-        "#   kubectl wait --for=condition=Established crd --all\n"
-        "# and the same apply again.\n"
+        "# then, once the CRDs are served (kubectl wait --for=condition=Established\n"
+        "# crd --all), kubectl apply --server-side -f deploy/cert-csi-policies.yaml\n"
         "---\n"
         "apiVersion: v1\n"
         "kind: Namespace\n"
         "metadata:\n"
         f"  name: {NAMESPACE}\n"
     )
-    return header + render(helm, {}, RELEASE, NAMESPACE)
+    return header + render(helm, {}, RELEASE, NAMESPACE, hooks="exclude")
+
+
+def deploy_policies_text(helm: Any) -> str:
+    header = (
+        "# cert-csi's default CertificateRequestPolicies (the chart's post-install\n"
+        "# hooks), rendered with its default values. Generated; do not edit.\n"
+        "# Regenerate with: python3 hack/chart.py deploy\n"
+        "# Apply after deploy/cert-csi.yaml, once its CRDs are served:\n"
+        "#   kubectl wait --for=condition=Established crd --all\n"
+        "#   kubectl apply --server-side -f deploy/cert-csi-policies.yaml\n"
+    )
+    return header + render(helm, {}, RELEASE, NAMESPACE, hooks="only")
 
 
 def main() -> None:
@@ -205,7 +232,11 @@ def main() -> None:
             p.add_argument("--chart", type=Path, default=CHART, metavar="DIR")
             p.add_argument("--notes", action="store_true", help="print NOTES.txt only")
     p = sub.add_parser("deploy")
-    p.add_argument("--stdout", action="store_true", help="print instead of writing the file")
+    p.add_argument("--stdout", action="store_true", help="print instead of writing the files")
+    p.add_argument(
+        "--part", choices=("release", "policies"), default="release",
+        help="with --stdout: deploy/cert-csi.yaml (release) or deploy/cert-csi-policies.yaml",
+    )
     args = parser.parse_args()
 
     helm = engine()
@@ -219,10 +250,11 @@ def main() -> None:
     elif args.command == "lint":
         sys.exit(lint(helm, user_values(helm, args.values, args.set_json)))
     elif args.stdout:
-        sys.stdout.write(deploy_text(helm))
+        sys.stdout.write(deploy_text(helm) if args.part == "release" else deploy_policies_text(helm))
     else:
-        DEPLOY.write_text(deploy_text(helm))
-        print(f"wrote {DEPLOY.relative_to(REPO)}", file=sys.stderr)
+        for path, text in ((DEPLOY, deploy_text(helm)), (DEPLOY_POLICIES, deploy_policies_text(helm))):
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ pub const POLICY_RESOURCE: &str = "certificaterequestpolicies";
     status = "CertificateRequestPolicyStatus",
     derive = "PartialEq",
     category = "cert-manager",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     doc = "A CertificateRequestPolicy says which CertificateRequests it applies to and what they may request."
 )]
 #[serde(rename_all = "camelCase")]

@@ -315,9 +315,97 @@ where
         .boxed()
 }
 
-/// How many loops [`run`] reports to [`Health`]: the request watch and the
-/// policy watch.
-pub const LOOPS: usize = 2;
+/// The `Ready` condition a policy should carry, as approver-policy writes
+/// it, keeping the transition time of an unchanged status. `None` when the
+/// current one already says it (same status, message and generation).
+pub fn ready_condition(policy: &CertificateRequestPolicy, now: &str) -> Option<serde_json::Value> {
+    let problems = policy_eval::problems(policy);
+    let (status, reason, message) = if problems.is_empty() {
+        (
+            "True",
+            "Ready",
+            "CertificateRequestPolicy is ready for approval evaluation".to_owned(),
+        )
+    } else {
+        ("False", "NotReady", problems.join("; "))
+    };
+    let generation = policy.metadata.generation;
+    let current = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+    if let Some(c) = current
+        && c["status"] == status
+        && c["message"] == message.as_str()
+        && c["observedGeneration"].as_i64() == generation
+    {
+        return None;
+    }
+    let since = match current {
+        Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
+        _ => serde_json::Value::from(now),
+    };
+    Some(serde_json::json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }))
+}
+
+/// Writes each policy's `Ready` condition when it changes (a merge patch
+/// of the status subresource, other conditions kept).
+async fn reconcile_policy(
+    policy: Arc<CertificateRequestPolicy>,
+    ctx: Arc<kube::Client>,
+) -> Result<Action, ReconcileError> {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let Some(ready) = ready_condition(&policy, &now) else {
+        return Ok(Action::await_change());
+    };
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let mut conditions: Vec<serde_json::Value> = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["type"] != "Ready")
+        .collect();
+    if ready["status"] == "False" {
+        tracing::warn!(policy = %name, message = %ready["message"], "CertificateRequestPolicy is not ready");
+    }
+    conditions.push(ready);
+    let api: Api<CertificateRequestPolicy> = Api::all((*ctx).clone());
+    api.patch_status(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": {"conditions": conditions}})),
+    )
+    .await
+    .map_err(ReconcileError::api(
+        "writing a CertificateRequestPolicy's Ready condition",
+    ))?;
+    Ok(Action::await_change())
+}
+
+fn policy_error(
+    _: Arc<CertificateRequestPolicy>,
+    error: &ReconcileError,
+    _: Arc<kube::Client>,
+) -> Action {
+    tracing::warn!(%error, "policy approver: policy status failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// How many loops [`run`] reports to [`Health`]: the request watch, the
+/// policy watch, and the policy status watch.
+pub const LOOPS: usize = 3;
 
 /// Runs the policy approver until `shutdown` fires.
 pub async fn run(
@@ -330,6 +418,21 @@ pub async fn run(
         Api::<CertificateRequestPolicy>::all(client.clone()),
         "policy approver (policies)",
         health.clone(),
+    );
+    // A second watch of the policies for their Ready conditions, so that
+    // a status write never waits behind request evaluations.
+    let (statuses, status_changes) = runner::watch_all(
+        Api::<CertificateRequestPolicy>::all(client.clone()),
+        "policy approver (policy status)",
+        health.clone(),
+    );
+    let status_loop = runner::run(
+        statuses,
+        status_changes,
+        reconcile_policy,
+        policy_error,
+        Arc::new(client.clone()),
+        shutdown.clone(),
     );
     let (requests, request_changes) = runner::watch_all(
         Api::<CertificateRequest>::all(client.clone()),
@@ -358,7 +461,8 @@ pub async fn run(
         spiffe: options.spiffe,
         policies,
     });
-    runner::run(requests, triggers, reconcile, error_policy, ctx, shutdown).await;
+    let requests_loop = runner::run(requests, triggers, reconcile, error_policy, ctx, shutdown);
+    futures::future::join(requests_loop, status_loop).await;
 }
 
 #[cfg(test)]
@@ -409,6 +513,54 @@ mod tests {
                 Some("team")
             )
         );
+    }
+
+    #[test]
+    fn ready_conditions_follow_the_policys_problems() {
+        use crate::api::{CertificateRequestPolicySpec, CertificateRequestPolicyStatus};
+        let mut p = CertificateRequestPolicy::new(
+            "p",
+            CertificateRequestPolicySpec {
+                selector: crate::api::PolicySelector {
+                    issuer_ref: Some(Default::default()),
+                    namespace: None,
+                },
+                ..Default::default()
+            },
+        );
+        p.metadata.generation = Some(1);
+        let ready = ready_condition(&p, "2026-12-07T00:00:00Z").unwrap();
+        assert_eq!(
+            (
+                &ready["status"],
+                &ready["reason"],
+                &ready["observedGeneration"]
+            ),
+            (&"True".into(), &"Ready".into(), &1.into())
+        );
+        // Written once: the same again is nothing to write.
+        p.status = Some(CertificateRequestPolicyStatus {
+            conditions: Some(vec![ready.clone()]),
+        });
+        assert_eq!(ready_condition(&p, "2026-12-07T01:00:00Z"), None);
+        // A new generation keeps the transition time of an unchanged status.
+        p.metadata.generation = Some(2);
+        let again = ready_condition(&p, "2026-12-07T01:00:00Z").unwrap();
+        assert_eq!(again["lastTransitionTime"], "2026-12-07T00:00:00Z");
+        // A broken selector: False, with the problem, from now.
+        p.spec.selector.issuer_ref = None;
+        let broken = ready_condition(&p, "2026-12-07T02:00:00Z").unwrap();
+        assert_eq!(
+            (&broken["status"], &broken["reason"]),
+            (&"False".into(), &"NotReady".into())
+        );
+        assert!(
+            broken["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("spec.selector")
+        );
+        assert_eq!(broken["lastTransitionTime"], "2026-12-07T02:00:00Z");
     }
 
     #[test]

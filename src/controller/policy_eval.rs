@@ -117,6 +117,111 @@ impl RequestFacts {
     }
 }
 
+/// What keeps `policy` from being evaluated as written, in the words of
+/// its `Ready=False` condition: a selector that selects nothing, a CEL rule
+/// that does not compile, a duration that does not parse or bounds that
+/// cross, an unknown key algorithm. Empty when it is ready.
+pub fn problems(policy: &CertificateRequestPolicy) -> Vec<String> {
+    let spec = &policy.spec;
+    let mut out = Vec::new();
+    if spec.selector.issuer_ref.is_none() && spec.selector.namespace.is_none() {
+        out.push(
+            "spec.selector: Required value: set issuerRef or namespace (an empty issuerRef selects every issuer)"
+                .to_owned(),
+        );
+    }
+    let mut rules: Vec<(String, ValidationRule)> = Vec::new();
+    if let Some(a) = &spec.allowed {
+        let mut slice = |path: &str, s: &Option<AllowedStringSlice>| {
+            for (i, r) in s
+                .iter()
+                .flat_map(|s| s.validations.iter().flatten())
+                .enumerate()
+            {
+                rules.push((format!("spec.allowed.{path}.validations[{i}]"), r.clone()));
+            }
+        };
+        slice("dnsNames", &a.dns_names);
+        slice("ipAddresses", &a.ip_addresses);
+        slice("uris", &a.uris);
+        slice("emailAddresses", &a.email_addresses);
+        if let Some(sub) = &a.subject {
+            slice("subject.organizations", &sub.organizations);
+            slice("subject.countries", &sub.countries);
+            slice("subject.organizationalUnits", &sub.organizational_units);
+            slice("subject.localities", &sub.localities);
+            slice("subject.provinces", &sub.provinces);
+            slice("subject.streetAddresses", &sub.street_addresses);
+            slice("subject.postalCodes", &sub.postal_codes);
+        }
+        let mut string = |path: &str, s: &Option<AllowedString>| {
+            for (i, r) in s
+                .iter()
+                .flat_map(|s| s.validations.iter().flatten())
+                .enumerate()
+            {
+                rules.push((format!("spec.allowed.{path}.validations[{i}]"), r.clone()));
+            }
+        };
+        string("commonName", &a.common_name);
+        string(
+            "subject.serialNumber",
+            &a.subject.as_ref().and_then(|s| s.serial_number.clone()),
+        );
+    }
+    for (path, rule) in rules {
+        if let Err(e) = CEL_ENV.compile(&rule.rule) {
+            out.push(format!(
+                "{path}.rule: Invalid value: {}: does not compile: {e}",
+                quote(&rule.rule)
+            ));
+        }
+    }
+    if let Some(c) = &spec.constraints {
+        let parse = |path: &str, text: &Option<String>, out: &mut Vec<String>| {
+            text.as_deref().and_then(|t| match parse_go(t) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    out.push(format!(
+                        "spec.constraints.{path}: Invalid value: {}: not a duration: {e}",
+                        quote(t)
+                    ));
+                    None
+                }
+            })
+        };
+        let min = parse("minDuration", &c.min_duration, &mut out);
+        let max = parse("maxDuration", &c.max_duration, &mut out);
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            out.push(
+                "spec.constraints: Invalid value: minDuration is longer than maxDuration"
+                    .to_owned(),
+            );
+        }
+        if let Some(k) = &c.private_key {
+            if let Some(alg) = k.algorithm.as_deref()
+                && !["RSA", "ECDSA", "Ed25519"].contains(&alg)
+            {
+                out.push(format!(
+                    "spec.constraints.privateKey.algorithm: Unsupported value: {}: use RSA, ECDSA or Ed25519",
+                    quote(alg)
+                ));
+            }
+            if let (Some(min), Some(max)) = (k.min_size, k.max_size)
+                && min > max
+            {
+                out.push(
+                    "spec.constraints.privateKey: Invalid value: minSize is larger than maxSize"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Whether a rule of `policy` reads `cr.serviceAccountName`, so that the
 /// approver must look up the request's owner Pod before judging it.
 pub fn reads_service_account(policy: &CertificateRequestPolicy) -> bool {
@@ -717,6 +822,53 @@ mod tests {
         let errors = violations(&p, &f);
         assert!(errors[0].starts_with("spec.allowed.subject.organizations.values"));
         assert!(errors[1].starts_with("spec.allowed.usages") && errors[1].contains("cert sign"));
+    }
+
+    #[test]
+    fn problems_name_what_keeps_a_policy_from_being_ready() {
+        let mut p = policy("p", PolicyAllowed::default());
+        assert!(problems(&p).is_empty(), "{:?}", problems(&p));
+        p.spec.selector = PolicySelector::default();
+        p.spec.allowed = Some(PolicyAllowed {
+            dns_names: Some(AllowedStringSlice {
+                values: Some(vec!["*".into()]),
+                required: None,
+                validations: Some(vec![ValidationRule {
+                    rule: "self.endsWith(".into(),
+                    message: None,
+                }]),
+            }),
+            ..Default::default()
+        });
+        p.spec.constraints = Some(PolicyConstraints {
+            min_duration: Some("2h".into()),
+            max_duration: Some("1h".into()),
+            private_key: Some(PrivateKeyConstraints {
+                algorithm: Some("DSA".into()),
+                min_size: Some(4096),
+                max_size: Some(2048),
+            }),
+        });
+        let found = problems(&p);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        for (problem, want) in found.iter().zip([
+            "spec.selector: Required value",
+            "spec.allowed.dnsNames.validations[0].rule: Invalid value",
+            "spec.constraints: Invalid value: minDuration",
+            "spec.constraints.privateKey.algorithm: Unsupported value",
+            "spec.constraints.privateKey: Invalid value: minSize",
+        ]) {
+            assert!(
+                problem.starts_with(want),
+                "{problem} should start with {want}"
+            );
+        }
+        p.spec.constraints.as_mut().unwrap().max_duration = Some("soon".into());
+        assert!(
+            problems(&p)
+                .iter()
+                .any(|e| e.starts_with("spec.constraints.maxDuration"))
+        );
     }
 
     #[test]

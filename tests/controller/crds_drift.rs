@@ -494,6 +494,9 @@ fn pruning_check_detects_undeclared_and_mistyped_fields() {
 /// The chart's Helm engine, which hack/test installs.
 const CHART_SDK: &str = "helm-python-sdk==0.2.2";
 const DEPLOY: &str = "deploy/cert-csi.yaml";
+/// The chart's hooks (its default CertificateRequestPolicies), applied after
+/// DEPLOY once its CRDs are served.
+const DEPLOY_POLICIES: &str = "deploy/cert-csi-policies.yaml";
 const CUSTOM_VALUES: &str = "tests/chart/values-custom.yaml";
 /// The field manager of this file's own server-side applies.
 const MANAGER: &str = "cert-csi-crds-drift";
@@ -839,7 +842,11 @@ async fn real_server_establishes_deploy_and_chart_crds() {
         .iter()
         .filter(|d| d["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(chart_crds.len(), 4, "the default render has the four CRDs");
+    assert_eq!(
+        chart_crds.len(),
+        5,
+        "the default render has cert-manager.io's four CRDs and CertificateRequestPolicy's"
+    );
     let what = "the chart's CRDs";
     let warnings = real.apply(what, &yaml_stream(&chart_crds), &[]);
     assert_no_unexpected_warnings(what, &warnings);
@@ -869,7 +876,9 @@ async fn real_server_establishes_deploy_and_chart_crds() {
 async fn every_manifest_passes_a_server_side_dry_run() {
     let real = Real::up();
     let client = real.client().await;
-    test_kit::real::install_crds(&client, &crds()).await;
+    let mut all_crds = crds();
+    all_crds.extend(cert_csi::api::policy_crds());
+    test_kit::real::install_crds(&client, &all_crds).await;
 
     let examples = yaml_files("deploy/examples");
     assert!(examples.len() >= 4, "examples: {examples:?}");
@@ -883,6 +892,7 @@ async fn every_manifest_passes_a_server_side_dry_run() {
         })
         .collect();
     assert!(sources.iter().any(|(p, _)| p == DEPLOY));
+    assert!(sources.iter().any(|(p, _)| p == DEPLOY_POLICIES));
     sources.extend(chart_renders());
 
     // The examples go in the kubeconfig's namespace.
@@ -979,29 +989,40 @@ async fn install_manifest_and_csidrivers_apply_for_real() {
     let real = Real::up();
     let client = real.client().await;
 
-    let text = read(DEPLOY);
-    let docs = yaml_documents(&text);
-    for round in ["install", "re-apply"] {
-        let what = format!("{DEPLOY} ({round})");
-        let warnings = real.apply(&what, &text, &[]);
-        assert_no_unexpected_warnings(&what, &warnings);
-    }
-    real.wait_established(&crd_names());
-    check_served_crds(&client, DEPLOY).await;
-    let live: Value =
-        serde_json::from_str(&real.kubectl_ok(&["get", "-o", "json", "-f", "-"], Some(&text)))
-            .unwrap();
-    let items = live["items"].as_array().unwrap();
-    assert_eq!(items.len(), docs.len());
-    for (doc, item) in docs.iter().zip(items) {
-        let what = format!("{DEPLOY}: {} {}", doc["kind"], doc["metadata"]["name"]);
-        assert_eq!(
-            (&doc["kind"], &doc["metadata"]["name"]),
-            (&item["kind"], &item["metadata"]["name"]),
-            "{what}"
-        );
-        if let Some(loss) = first_loss("", doc, item) {
-            panic!("{what}: {loss}");
+    // As the README says: the release, its CRDs served, then the policies.
+    let mut policy_crd = crd_names();
+    policy_crd.extend(
+        cert_csi::api::policy_crds()
+            .into_iter()
+            .filter_map(|c| c.metadata.name),
+    );
+    for file in [DEPLOY, DEPLOY_POLICIES] {
+        let text = read(file);
+        let docs = yaml_documents(&text);
+        for round in ["install", "re-apply"] {
+            let what = format!("{file} ({round})");
+            let warnings = real.apply(&what, &text, &[]);
+            assert_no_unexpected_warnings(&what, &warnings);
+        }
+        if file == DEPLOY {
+            real.wait_established(&policy_crd);
+            check_served_crds(&client, DEPLOY).await;
+        }
+        let live: Value =
+            serde_json::from_str(&real.kubectl_ok(&["get", "-o", "json", "-f", "-"], Some(&text)))
+                .unwrap();
+        let items = live["items"].as_array().unwrap();
+        assert_eq!(items.len(), docs.len());
+        for (doc, item) in docs.iter().zip(items) {
+            let what = format!("{file}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            assert_eq!(
+                (&doc["kind"], &doc["metadata"]["name"]),
+                (&item["kind"], &item["metadata"]["name"]),
+                "{what}"
+            );
+            if let Some(loss) = first_loss("", doc, item) {
+                panic!("{what}: {loss}");
+            }
         }
     }
 

@@ -274,6 +274,66 @@ async fn policies_approve_and_deny_by_field_for_requesters_that_may_use_them() {
             .expect("the API server serves CertificateRequestPolicy from cert-csi's CRD");
     }
     bind(&client, "web", "app").await;
+
+    // Each policy carries a Ready condition, as approver-policy writes it;
+    // one whose CEL rule does not compile is NotReady, saying where.
+    let mut broken = web_policy();
+    broken.metadata.name = Some("broken".into());
+    broken
+        .spec
+        .allowed
+        .as_mut()
+        .unwrap()
+        .dns_names
+        .as_mut()
+        .unwrap()
+        .validations = Some(vec![ValidationRule {
+        rule: "self.startsWith(".into(),
+        message: None,
+    }]);
+    policies
+        .create(&PostParams::default(), &broken)
+        .await
+        .expect("create the broken policy");
+    let ready = |p: &CertificateRequestPolicy| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_owned(),
+                    c["message"].as_str().unwrap_or_default().to_owned(),
+                    c["observedGeneration"].as_i64(),
+                )
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let web = policies.get("web").await.unwrap();
+        let bad = policies.get("broken").await.unwrap();
+        if let (Some(w), Some(b)) = (ready(&web), ready(&bad)) {
+            assert_eq!(w.0, "True", "{w:?}");
+            assert_eq!(w.2, web.metadata.generation);
+            assert_eq!(b.0, "False", "{b:?}");
+            assert!(
+                b.1.starts_with("spec.allowed.dnsNames.validations[0].rule: Invalid value"),
+                "{b:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Ready condition on the policies: {:?} {:?}",
+            web.status,
+            bad.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    policies
+        .delete("broken", &Default::default())
+        .await
+        .expect("delete the broken policy");
     let requests: Api<CertificateRequest> = Api::namespaced(client.clone(), TEAM);
     let decided = |r: &CertificateRequest| r.is_approved() || r.is_denied();
 

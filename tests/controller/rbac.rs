@@ -1301,6 +1301,8 @@ struct Setup {
     controller_user: String,
     /// The chart's default policy for requests from CSI volumes.
     csi_policy: String,
+    /// The chart's default CertificateRequestPolicies.
+    policies: Vec<CertificateRequestPolicy>,
 }
 
 enum Outcome {
@@ -1400,6 +1402,20 @@ async fn trial(env: &mut Env, setup: &Setup, label: &str, removed: Option<&RuleR
         for (user, ns) in &grantees {
             await_authorizer(admin, user, &atoms_of(&r.rule, ns.as_deref()), false).await;
         }
+    }
+    // The chart's policies made afresh (as its hooks do on every install
+    // and upgrade), so that each controller writes their Ready condition.
+    let crps: Api<CertificateRequestPolicy> = Api::all(admin.clone());
+    for policy in &setup.policies {
+        let name = policy.metadata.name.clone().unwrap();
+        match crps.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("deleting policy {name}: {e}"),
+        }
+        crps.create(&PostParams::default(), policy)
+            .await
+            .unwrap_or_else(|e| panic!("creating policy {name}: {e}"));
     }
     let node_offset = env.log().len();
     env.restart_plugin_as(setup.node_kubeconfig.clone()).await;
@@ -1617,9 +1633,6 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
     // a real install, once their CRD is served), and the webhook that
     // stamps each request's creator, as cert-manager's does in a cluster.
     let policies: Vec<CertificateRequestPolicy> = all_of(&docs, "CertificateRequestPolicy");
-    for policy in &policies {
-        apply_object(&admin, policy).await;
-    }
     // The policy for CSI volumes: the one that allows no CA.
     let csi_policy = policies
         .iter()
@@ -1671,6 +1684,7 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
         node_user: format!("system:serviceaccount:{NAMESPACE}:{node_sa}"),
         controller_user: format!("system:serviceaccount:{NAMESPACE}:{controller_sa}"),
         csi_policy,
+        policies,
     };
     eprintln!("setup: {:.1} s", started.elapsed().as_secs_f64());
 

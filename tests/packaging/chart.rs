@@ -504,6 +504,25 @@ fn a_values_typo_is_rejected_by_the_schema() {
 
 #[test]
 fn deploy_manifest_is_the_default_render() {
+    // The policies, the chart's hooks, are their own file: applied once the
+    // release's CRDs are served.
+    let Some(policies) = chart_py_ok(&["deploy", "--stdout", "--part", "policies"]) else {
+        return;
+    };
+    let committed_policies =
+        std::fs::read_to_string(repo().join("deploy/cert-csi-policies.yaml")).unwrap_or_default();
+    assert!(
+        policies == committed_policies,
+        "deploy/cert-csi-policies.yaml is out of date with charts/cert-csi.\n\
+         Regenerate it with:\n    python3 hack/chart.py deploy"
+    );
+    let policy_docs = yaml_documents(&committed_policies);
+    check_all_typed(&policy_docs);
+    assert_eq!(
+        count(&policy_docs, "CertificateRequestPolicy"),
+        policy_docs.len()
+    );
+    assert_eq!(policy_docs.len(), 2);
     let Some(generated) = chart_py_ok(&["deploy", "--stdout"]) else {
         return;
     };
@@ -524,6 +543,11 @@ fn deploy_manifest_is_the_default_render() {
     }
     let docs = yaml_documents(&committed);
     check_all_typed(&docs);
+    assert_eq!(
+        count(&docs, "CertificateRequestPolicy"),
+        0,
+        "hooks are in their own file"
+    );
     // It creates its own namespace first, so `kubectl apply -f` works alone.
     assert_eq!(docs[0]["kind"], "Namespace");
     assert_eq!(docs[0]["metadata"]["name"], NAMESPACE);
@@ -1072,6 +1096,12 @@ fn policy_approver_is_on_by_default_with_its_policies_and_switches_off() {
             &[],
         ),
         rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies/status"],
+            &["patch"],
+            &[],
+        ),
+        rule(
             &["authorization.k8s.io"],
             &["subjectaccessreviews"],
             &["create"],
@@ -1366,6 +1396,12 @@ fn rbac_is_least_privilege_per_component() {
             &["policy.cert-manager.io"],
             &["certificaterequestpolicies"],
             &["list", "watch"],
+            &[],
+        ),
+        rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies/status"],
+            &["patch"],
             &[],
         ),
         rule(
