@@ -6,12 +6,15 @@ use serde_json::{Value, json};
 
 use super::resources::{Builtin, Registry, ResourceDef};
 
-/// kubectl's dispatcher picks its bundled client from this.
+/// kubectl's dispatcher picks its bundled client from major and minor.
+/// The version's build metadata says it is the sandbox, not a Kubernetes
+/// release (as distributions do, e.g. `+k3s1`), so nobody mistakes it for
+/// a server with authorization.
 pub fn version() -> Value {
     json!({
         "major": "1",
         "minor": "33",
-        "gitVersion": "v1.33.0",
+        "gitVersion": "v1.33.0+cert-csi-sandbox",
         "gitCommit": "cert-csi-sandbox",
         "gitTreeState": "clean",
         "buildDate": "2025-04-23T00:00:00Z",

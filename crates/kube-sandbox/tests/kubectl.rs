@@ -140,7 +140,10 @@ fn kubectl_drives_the_sandbox() {
 
     let out = env.kubectl(&["version", "-o", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["serverVersion"]["gitVersion"], "v1.33.0");
+    assert_eq!(
+        v["serverVersion"]["gitVersion"], "v1.33.0+cert-csi-sandbox",
+        "the sandbox says what it is"
+    );
 
     // CRDs applied with client-side validation on.
     let out = env.kubectl(&["apply", "-f", "tests/fixtures/crds/"]);
