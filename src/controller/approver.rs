@@ -161,32 +161,23 @@ async fn reconcile(
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     // After a conflict the request is decided again: another approver may
     // have decided meanwhile, and Approved/Denied must never be written twice.
-    let decision = status::decide_and_write(&api, (*request).clone(), |mut current| {
-        let decided = decide(&current, &ctx.scope, ctx.policy.as_ref()).map(|condition| {
-            let kind = condition.type_.clone();
-            let message = condition.message.clone().unwrap_or_default();
-            current
-                .status
-                .get_or_insert_with(Default::default)
-                .set_condition(condition, status::now());
-            (kind, message)
-        });
-        std::future::ready(Ok(match decided {
-            Some(then) => Decided::Write {
-                object: current,
-                then,
+    let decision = status::decide_and_write(&api, (*request).clone(), |current| {
+        std::future::ready(Ok(
+            match decide(&current, &ctx.scope, ctx.policy.as_ref()) {
+                Some(condition) => status::write_condition(current, condition),
+                None => Decided::Nothing(()),
             },
-            None => Decided::Nothing(()),
-        }))
+        ))
     })
     .await?;
-    if let WriteOutcome::Written {
-        object,
-        then: (kind, message),
-    } = decision
-    {
-        tracing::info!(%namespace, %name, condition = %kind, "request decided");
-        record_decision(&ctx.telemetry, &object, &kind, message);
+    if let WriteOutcome::Written { object, then } = decision {
+        tracing::info!(%namespace, %name, condition = %then.type_, "request decided");
+        record_decision(
+            &ctx.telemetry,
+            &object,
+            &then.type_,
+            then.message.unwrap_or_default(),
+        );
     }
     Ok(Action::await_change())
 }

@@ -214,7 +214,7 @@ async fn reconcile(
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let ctx = &ctx;
-    let decision = status::decide_and_write(&api, (*request).clone(), |mut current| async move {
+    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
         if ctx.skips(&current) {
             return Ok(Decided::Nothing(()));
         }
@@ -243,27 +243,13 @@ async fn reconcile(
             }
             return Ok(Decided::Nothing(()));
         };
-        let then = (
-            condition.type_.clone(),
-            condition.message.clone().unwrap_or_default(),
-        );
-        current
-            .status
-            .get_or_insert_with(Default::default)
-            .set_condition(condition, status::now());
-        Ok(Decided::Write {
-            object: current,
-            then,
-        })
+        Ok(status::write_condition(current, condition))
     })
     .await?;
-    if let WriteOutcome::Written {
-        object,
-        then: (kind, message),
-    } = decision
-    {
-        tracing::info!(%namespace, %name, condition = %kind, %message, "request decided by policy");
-        super::approver::record_decision(&ctx.telemetry, &object, &kind, message);
+    if let WriteOutcome::Written { object, then } = decision {
+        let message = then.message.unwrap_or_default();
+        tracing::info!(%namespace, %name, condition = %then.type_, %message, "request decided by policy");
+        super::approver::record_decision(&ctx.telemetry, &object, &then.type_, message);
     }
     Ok(Action::await_change())
 }

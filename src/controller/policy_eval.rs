@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::api::duration::parse_go;
 use crate::api::{
-    AllowedString, AllowedStringSlice, CertificateRequest, CertificateRequestPolicy,
+    AllowedString, AllowedStringSlice, CertificateRequest, CertificateRequestPolicy, PolicyAllowed,
     PolicyConstraints, PolicySelector, ValidationRule,
 };
 use crate::pki::{Curve, KeyAlgorithm};
@@ -130,45 +130,7 @@ pub fn problems(policy: &CertificateRequestPolicy) -> Vec<String> {
                 .to_owned(),
         );
     }
-    let mut rules: Vec<(String, ValidationRule)> = Vec::new();
-    if let Some(a) = &spec.allowed {
-        let mut slice = |path: &str, s: &Option<AllowedStringSlice>| {
-            for (i, r) in s
-                .iter()
-                .flat_map(|s| s.validations.iter().flatten())
-                .enumerate()
-            {
-                rules.push((format!("spec.allowed.{path}.validations[{i}]"), r.clone()));
-            }
-        };
-        slice("dnsNames", &a.dns_names);
-        slice("ipAddresses", &a.ip_addresses);
-        slice("uris", &a.uris);
-        slice("emailAddresses", &a.email_addresses);
-        if let Some(sub) = &a.subject {
-            slice("subject.organizations", &sub.organizations);
-            slice("subject.countries", &sub.countries);
-            slice("subject.organizationalUnits", &sub.organizational_units);
-            slice("subject.localities", &sub.localities);
-            slice("subject.provinces", &sub.provinces);
-            slice("subject.streetAddresses", &sub.street_addresses);
-            slice("subject.postalCodes", &sub.postal_codes);
-        }
-        let mut string = |path: &str, s: &Option<AllowedString>| {
-            for (i, r) in s
-                .iter()
-                .flat_map(|s| s.validations.iter().flatten())
-                .enumerate()
-            {
-                rules.push((format!("spec.allowed.{path}.validations[{i}]"), r.clone()));
-            }
-        };
-        string("commonName", &a.common_name);
-        string(
-            "subject.serialNumber",
-            &a.subject.as_ref().and_then(|s| s.serial_number.clone()),
-        );
-    }
+    let rules = validation_rules(spec.allowed.as_ref());
     for (path, rule) in rules {
         if let Err(e) = CEL_ENV.compile(&rule.rule) {
             out.push(format!(
@@ -222,11 +184,67 @@ pub fn problems(policy: &CertificateRequestPolicy) -> Vec<String> {
     out
 }
 
-/// Whether a rule of `policy` reads `cr.serviceAccountName`, so that the
-/// approver must look up the request's owner Pod before judging it.
+/// Every CEL rule of `allowed`, with its field path
+/// (`spec.allowed.<field>.validations[i]`).
+fn validation_rules(allowed: Option<&PolicyAllowed>) -> Vec<(String, &ValidationRule)> {
+    let Some(a) = allowed else {
+        return Vec::new();
+    };
+    fn slice(s: &Option<AllowedStringSlice>) -> Option<&Vec<ValidationRule>> {
+        s.as_ref().and_then(|s| s.validations.as_ref())
+    }
+    fn string(s: &Option<AllowedString>) -> Option<&Vec<ValidationRule>> {
+        s.as_ref().and_then(|s| s.validations.as_ref())
+    }
+    let sub = a.subject.as_ref();
+    let fields: [(&str, Option<&Vec<ValidationRule>>); 13] = [
+        ("commonName", string(&a.common_name)),
+        ("dnsNames", slice(&a.dns_names)),
+        ("ipAddresses", slice(&a.ip_addresses)),
+        ("uris", slice(&a.uris)),
+        ("emailAddresses", slice(&a.email_addresses)),
+        (
+            "subject.organizations",
+            sub.and_then(|s| slice(&s.organizations)),
+        ),
+        ("subject.countries", sub.and_then(|s| slice(&s.countries))),
+        (
+            "subject.organizationalUnits",
+            sub.and_then(|s| slice(&s.organizational_units)),
+        ),
+        ("subject.localities", sub.and_then(|s| slice(&s.localities))),
+        ("subject.provinces", sub.and_then(|s| slice(&s.provinces))),
+        (
+            "subject.streetAddresses",
+            sub.and_then(|s| slice(&s.street_addresses)),
+        ),
+        (
+            "subject.postalCodes",
+            sub.and_then(|s| slice(&s.postal_codes)),
+        ),
+        (
+            "subject.serialNumber",
+            sub.and_then(|s| string(&s.serial_number)),
+        ),
+    ];
+    fields
+        .into_iter()
+        .flat_map(|(path, rules)| {
+            rules
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(move |(i, r)| (format!("spec.allowed.{path}.validations[{i}]"), r))
+        })
+        .collect()
+}
+
+/// Whether a CEL rule of `policy` reads `cr.serviceAccountName`, so that
+/// the approver must look up the request's owner Pod before judging it.
 pub fn reads_service_account(policy: &CertificateRequestPolicy) -> bool {
-    serde_json::to_string(&policy.spec.allowed)
-        .is_ok_and(|text| text.contains("serviceAccountName"))
+    validation_rules(policy.spec.allowed.as_ref())
+        .iter()
+        .any(|(_, r)| r.rule.contains("serviceAccountName"))
 }
 
 /// `cr.serviceAccountName`: the ServiceAccount a request speaks for.

@@ -595,31 +595,17 @@ async fn reconcile(
     }
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let ctx = &ctx;
-    let decision = status::decide_and_write(&api, (*request).clone(), |mut current| async move {
+    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
         let pod = fetch_pod(ctx, &current).await?;
         let Some(condition) = decide(&ctx.policy, &current, pod.as_ref()) else {
             return Ok(Decided::Nothing(()));
         };
-        let then = (
-            condition.type_.clone(),
-            condition.reason.clone().unwrap_or_default(),
-        );
-        current
-            .status
-            .get_or_insert_with(Default::default)
-            .set_condition(condition, status::now());
-        Ok(Decided::Write {
-            object: current,
-            then,
-        })
+        Ok(status::write_condition(current, condition))
     })
     .await?;
-    if let WriteOutcome::Written {
-        then: (kind, reason),
-        ..
-    } = decision
-    {
-        tracing::info!(%namespace, %name, condition = %kind, %reason, "SPIFFE request decided");
+    if let WriteOutcome::Written { then, .. } = decision {
+        tracing::info!(%namespace, %name, condition = %then.type_,
+            reason = %then.reason.unwrap_or_default(), "SPIFFE request decided");
     }
     Ok(Action::await_change())
 }

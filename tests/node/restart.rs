@@ -56,6 +56,20 @@ async fn wait_all(
     }
 }
 
+/// Request names by the volume-id hash label they carry.
+fn names_by_volume(requests: &[cert_csi::api::CertificateRequest]) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for r in requests {
+        let hash = r
+            .labels()
+            .get(cert_csi::issuance::VOLUME_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        out.entry(hash).or_default().push(r.name_any());
+    }
+    out
+}
+
 fn request_name(state: &VolumeState) -> String {
     state
         .request
@@ -132,15 +146,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
     let listed = env.requests(NAMESPACE).await;
     // Read after the list: a volume not due by now cannot have renewed.
     let listed_at = jiff::Timestamp::now();
-    let mut per_volume: HashMap<String, Vec<String>> = HashMap::new();
-    for r in &listed {
-        let hash = r
-            .labels()
-            .get(cert_csi::issuance::VOLUME_LABEL)
-            .cloned()
-            .unwrap_or_default();
-        per_volume.entry(hash).or_default().push(r.name_any());
-    }
+    let per_volume = names_by_volume(&listed);
     // Each volume still has exactly the request of its first issuance,
     // unless its renewal fell due meanwhile (on a loaded machine the 200
     // publishes can take long enough); no clock bound, just the schedule
@@ -216,15 +222,7 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
     .await;
 
     let after = states(&env, &volumes);
-    let mut per_volume: HashMap<String, Vec<String>> = HashMap::new();
-    for r in env.requests(NAMESPACE).await {
-        let hash = r
-            .labels()
-            .get(cert_csi::issuance::VOLUME_LABEL)
-            .cloned()
-            .unwrap_or_default();
-        per_volume.entry(hash).or_default().push(r.name_any());
-    }
+    let per_volume = names_by_volume(&env.requests(NAMESPACE).await);
     for ((v, state), pending_name) in volumes.iter().zip(&after).zip(&pending) {
         assert_eq!(
             &request_name(state),

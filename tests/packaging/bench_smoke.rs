@@ -5,6 +5,7 @@
 // The bench binary exists only with the `sandbox` feature (on by default).
 #![cfg(feature = "sandbox")]
 
+use std::path::Path;
 use std::process::Command;
 
 fn is_svg(text: &str) -> bool {
@@ -41,6 +42,42 @@ fn balanced(text: &str) -> Result<(), String> {
     }
 }
 
+/// Runs `cert-csi-bench` from the repository with `args`, writing to
+/// `out` and working in `work`; panics with its output on failure and
+/// returns its stdout.
+fn run_bench(args: &[&str], out: &Path, work: &Path) -> String {
+    let run = Command::new(env!("CARGO_BIN_EXE_cert-csi-bench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .arg("--work-dir")
+        .arg(work)
+        .arg("--cert-csi")
+        .arg(env!("CARGO_BIN_EXE_cert-csi"))
+        .output()
+        .expect("run cert-csi-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "cert-csi-bench {} failed\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+/// Nothing is left mounted below `work`.
+fn assert_nothing_mounted(work: &Path) {
+    let work_path = work.canonicalize().unwrap();
+    let left: Vec<_> = cert_csi::store::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(&work_path))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+}
+
 #[test]
 fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
     if !test_kit::require_root("quick_bench_writes_json_with_every_measure_and_svg_plots") {
@@ -48,22 +85,7 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
     }
     let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_cert-csi-bench"))
-        .arg("--quick")
-        .arg("--out")
-        .arg(out.path())
-        .arg("--work-dir")
-        .arg(work.path())
-        .arg("--cert-csi")
-        .arg(env!("CARGO_BIN_EXE_cert-csi"))
-        .output()
-        .expect("run cert-csi-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "cert-csi-bench --quick failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = run_bench(&["--quick"], out.path(), work.path());
 
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap())
@@ -112,13 +134,7 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
     assert!(stdout.contains("PASS") || stdout.contains("MISS"));
 
     // Nothing left mounted or running below the work directory.
-    let work_path = work.path().canonicalize().unwrap();
-    let left: Vec<_> = cert_csi::store::read_mountinfo()
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.mount_point.starts_with(&work_path))
-        .collect();
-    assert!(left.is_empty(), "mounts left: {left:?}");
+    assert_nothing_mounted(work.path());
     assert_eq!(
         std::fs::read_dir(work.path()).unwrap().count(),
         0,
@@ -135,23 +151,7 @@ fn quick_peer_bench_compares_both_drivers_on_the_real_control_plane() {
     }
     let out = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let run = Command::new(env!("CARGO_BIN_EXE_cert-csi-bench"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--quick", "--peer"])
-        .arg("--out")
-        .arg(out.path())
-        .arg("--work-dir")
-        .arg(work.path())
-        .arg("--cert-csi")
-        .arg(env!("CARGO_BIN_EXE_cert-csi"))
-        .output()
-        .expect("run cert-csi-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "cert-csi-bench --quick --peer failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = run_bench(&["--quick", "--peer"], out.path(), work.path());
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("peer.json")).unwrap())
             .expect("peer.json parses");
@@ -188,11 +188,5 @@ fn quick_peer_bench_compares_both_drivers_on_the_real_control_plane() {
         }
     }
     assert!(stdout.contains("csi-driver ÷ cert-csi"), "{stdout}");
-    let work_path = work.path().canonicalize().unwrap();
-    let left: Vec<_> = cert_csi::store::read_mountinfo()
-        .unwrap()
-        .into_iter()
-        .filter(|m| m.mount_point.starts_with(&work_path))
-        .collect();
-    assert!(left.is_empty(), "mounts left: {left:?}");
+    assert_nothing_mounted(work.path());
 }

@@ -999,6 +999,43 @@ pub(crate) fn rule(
 }
 
 /// Each granted (group, resource, verb, resourceName) once.
+/// What the policy approver needs: policies and their status, the `use`
+/// check, owner pods and namespace labels, and RBAC changes to re-evaluate.
+fn policy_approver_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies"],
+            &["list", "watch"],
+            &[],
+        ),
+        rule(
+            &["policy.cert-manager.io"],
+            &["certificaterequestpolicies/status"],
+            &["patch"],
+            &[],
+        ),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+            &[],
+        ),
+        rule(&[""], &["pods", "namespaces"], &["get"], &[]),
+        rule(
+            &["rbac.authorization.k8s.io"],
+            &[
+                "roles",
+                "rolebindings",
+                "clusterroles",
+                "clusterrolebindings",
+            ],
+            &["list", "watch"],
+            &[],
+        ),
+    ]
+}
+
 pub(crate) fn grants(rules: &[PolicyRule]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for r in rules {
@@ -1088,39 +1125,7 @@ fn policy_approver_is_on_by_default_with_its_policies_and_switches_off() {
     let Some(defaults) = default_docs() else {
         return;
     };
-    let policy_grants = [
-        rule(
-            &["policy.cert-manager.io"],
-            &["certificaterequestpolicies"],
-            &["list", "watch"],
-            &[],
-        ),
-        rule(
-            &["policy.cert-manager.io"],
-            &["certificaterequestpolicies/status"],
-            &["patch"],
-            &[],
-        ),
-        rule(
-            &["authorization.k8s.io"],
-            &["subjectaccessreviews"],
-            &["create"],
-            &[],
-        ),
-        rule(&[""], &["namespaces"], &["get"], &[]),
-        rule(&[""], &["pods"], &["get"], &[]),
-        rule(
-            &["rbac.authorization.k8s.io"],
-            &[
-                "roles",
-                "rolebindings",
-                "clusterroles",
-                "clusterrolebindings",
-            ],
-            &["list", "watch"],
-            &[],
-        ),
-    ];
+    let policy_grants = policy_approver_rules();
     let policy_crd = "certificaterequestpolicies.policy.cert-manager.io";
     let controller_sa = format!("system:serviceaccount:{RELEASE}:{RELEASE}-controller");
     let node_sa = format!("system:serviceaccount:{RELEASE}:{NODE}");
@@ -1390,39 +1395,12 @@ fn rbac_is_least_privilege_per_component() {
             &[],
         ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"], &[]),
-        // The policy approver (on by default): policies, the `use` check,
-        // owner pods and namespace labels, and RBAC changes to re-evaluate.
-        rule(
-            &["policy.cert-manager.io"],
-            &["certificaterequestpolicies"],
-            &["list", "watch"],
-            &[],
-        ),
-        rule(
-            &["policy.cert-manager.io"],
-            &["certificaterequestpolicies/status"],
-            &["patch"],
-            &[],
-        ),
-        rule(
-            &["authorization.k8s.io"],
-            &["subjectaccessreviews"],
-            &["create"],
-            &[],
-        ),
-        rule(&[""], &["pods", "namespaces"], &["get"], &[]),
-        rule(
-            &["rbac.authorization.k8s.io"],
-            &[
-                "roles",
-                "rolebindings",
-                "clusterroles",
-                "clusterrolebindings",
-            ],
-            &["list", "watch"],
-            &[],
-        ),
     ];
+    // The policy approver (on by default) adds its own.
+    let expected_controller: Vec<PolicyRule> = expected_controller
+        .into_iter()
+        .chain(policy_approver_rules())
+        .collect();
     assert_eq!(
         grants(controller.rules.as_deref().unwrap()),
         grants(&expected_controller)

@@ -308,6 +308,14 @@ impl Cluster {
         let kubeconfig = dir.join("kubeconfig");
         let sandbox = controller::sandbox(Some(kubeconfig.clone()), namespaces).await?;
         let client = sandbox.client();
+        let mut cluster = Cluster::with_controller(client, kubeconfig);
+        cluster.sandbox = Some(sandbox);
+        cluster.ca_issuer_ready(ca_duration).await?;
+        Ok(cluster)
+    }
+
+    /// The controller in-process against `client`; nothing else yet.
+    fn with_controller(client: kube::Client, kubeconfig: PathBuf) -> Cluster {
         let stop = CancellationToken::new();
         let task = tokio::spawn(cert_csi::controller::run(
             client.clone(),
@@ -315,16 +323,21 @@ impl Cluster {
             cert_csi::controller::Health::default(),
             stop.clone(),
         ));
-        controller::ca_issuer(&client, ca_duration).await?;
-        controller::wait_issuer_ready(&client, Duration::from_secs(30)).await?;
-        Ok(Cluster {
-            sandbox: Some(sandbox),
+        Cluster {
+            sandbox: None,
             client,
             kubeconfig,
             stop,
             controller: Some(task),
             real: None,
-        })
+        }
+    }
+
+    /// Creates the CA ClusterIssuer and waits until the controller says
+    /// it is Ready.
+    async fn ca_issuer_ready(&self, ca_duration: Duration) -> anyhow::Result<()> {
+        controller::ca_issuer(&self.client, ca_duration).await?;
+        controller::wait_issuer_ready(&self.client, Duration::from_secs(60)).await
     }
 
     /// A real control plane (`hack/kube up`, from the repository the
@@ -348,23 +361,10 @@ impl Cluster {
         for ns in std::iter::once(&controller::CLUSTER_RESOURCE_NAMESPACE).chain(namespaces) {
             controller::create_namespace(&client, ns).await?;
         }
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(cert_csi::controller::run(
-            client.clone(),
-            cert_csi::controller::ControllerOptions::new(controller::CLUSTER_RESOURCE_NAMESPACE),
-            cert_csi::controller::Health::default(),
-            stop.clone(),
-        ));
-        controller::ca_issuer(&client, ca_duration).await?;
-        controller::wait_issuer_ready(&client, Duration::from_secs(60)).await?;
-        Ok(Cluster {
-            sandbox: None,
-            client,
-            kubeconfig,
-            stop,
-            controller: Some(task),
-            real: Some(kube),
-        })
+        let mut cluster = Cluster::with_controller(client, kubeconfig);
+        cluster.real = Some(kube);
+        cluster.ca_issuer_ready(ca_duration).await?;
+        Ok(cluster)
     }
 
     pub async fn shutdown(mut self) {
@@ -429,12 +429,12 @@ impl RealKube {
         );
         Ok(kube)
     }
+}
 
-    /// The API server's own metrics text (`/metrics`).
-    pub async fn metrics(client: &kube::Client) -> anyhow::Result<String> {
-        let request = http::Request::get("/metrics").body(Vec::new())?;
-        Ok(client.request_text(request).await?)
-    }
+/// The API server's own metrics text (`/metrics`).
+pub async fn apiserver_metrics(client: &kube::Client) -> anyhow::Result<String> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    Ok(client.request_text(request).await?)
 }
 
 impl Drop for RealKube {

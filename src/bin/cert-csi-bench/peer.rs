@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::env::{self, Cluster, Flavour, Kubelets, NodeProcess, RealKube};
+use crate::env::{self, Cluster, Flavour, Kubelets, NodeProcess};
 use crate::procfs;
 use crate::report::Machine;
 use crate::stats::Summary;
@@ -335,10 +335,10 @@ async fn measure(
     // due. Memory, then the API server's count of requests by verb.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_volumes = memory(node.pid())?;
-    let first = requests_by_verb(&RealKube::metrics(&cluster.client).await?);
+    let first = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
     let window = Duration::from_secs(sizes.load_window_s);
     tokio::time::sleep(window).await;
-    let second = requests_by_verb(&RealKube::metrics(&cluster.client).await?);
+    let second = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
     let load_per_s = second
         .iter()
         .map(|(verb, n)| {
