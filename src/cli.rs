@@ -318,6 +318,16 @@ pub struct NodeArgs {
     /// starting together are not held back); renewals never use the burst.
     #[arg(long, env = "MAX_REQUEST_BURST", default_value_t = crate::renewal::limiter::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_request_burst: u32,
+    /// RSA keys kept ready per RSA size that pods use (2048, 3072 and
+    /// 4096 bits), so a first publish need not wait for key generation;
+    /// 0 turns the pool off. Renewals always make a fresh key.
+    #[arg(long, env = "RSA_KEY_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub rsa_key_pool_size: u32,
+    /// The longest an RSA key waits in the pool before it is dropped
+    /// unused; also how long a size stays pooled after the last publish
+    /// that asked for it (Go duration).
+    #[arg(long, env = "RSA_KEY_POOL_MAX_AGE", default_value = "1h", value_parser = parse_key_pool_max_age)]
+    pub rsa_key_pool_max_age: std::time::Duration,
     /// The most bytes of attributes (keys and values) one volume may set;
     /// the kubelet's own keys are not counted. Larger volumes are refused.
     #[arg(long, env = "MAX_VOLUME_CONTEXT_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1024..))]
@@ -444,6 +454,17 @@ fn parse_min_interval(value: &str) -> Result<std::time::Duration, String> {
     if d < std::time::Duration::from_secs(1) {
         return Err(format!(
             "{value:?} is shorter than 1s: a volume could renew the moment its certificate arrives; use 1s or more (the default is 1m)"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_key_pool_max_age(value: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(value)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "{} is shorter than 1s: every pooled key would be dropped before use; use 1s or more (the default is 1h), or --rsa-key-pool-size 0 to turn the pool off",
+            crate::volume::short_quote(value)
         ));
     }
     Ok(d)
@@ -609,6 +630,10 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 burst: args.max_request_burst,
             },
             metrics_address: args.metrics_address.0,
+            key_pool: crate::node::keypool::KeyPoolConfig {
+                size: args.rsa_key_pool_size as usize,
+                max_age: args.rsa_key_pool_max_age,
+            },
             slow_issuance: args.slow_issuance_threshold,
             kubelet_root_dir: args.kubelet_root_dir,
             adopt_csi_driver_data_root: args.adopt_csi_driver_data_root,

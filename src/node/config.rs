@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub retry: RetryPolicy,
     /// The node-wide issuance limit (in flight, and new requests per second).
     pub limits: LimiterConfig,
+    /// RSA keys made ahead of first publishes (`--rsa-key-pool-*`).
+    pub key_pool: super::keypool::KeyPoolConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (see
     /// `csi::run`); `None` serves none of them.
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -54,6 +56,7 @@ impl NodeConfig {
             renewal: RenewalPolicy::default(),
             retry: RetryPolicy::default(),
             limits: LimiterConfig::default(),
+            key_pool: super::keypool::KeyPoolConfig::default(),
             // Off unless asked for: in-process users (the demo, tests) must
             // not fight over a fixed port.
             metrics_address: None,

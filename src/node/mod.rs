@@ -25,6 +25,7 @@ pub mod config;
 pub mod deliver;
 pub mod driver;
 pub mod error;
+pub mod keypool;
 pub mod publish;
 pub mod recover;
 pub mod renew;

@@ -18,7 +18,7 @@ use super::driver::Driver;
 use super::error::{
     EVENT_ATTRIBUTE_WARNING, EVENT_SLOW, EVENT_UNKNOWN_ATTRIBUTE, PublishError, encoding_error,
 };
-use super::request::OpenRequest;
+use super::request::{KeySource, OpenRequest};
 use super::service::VolumeManager;
 use crate::issuance::{self, IssuanceError, Issued};
 use crate::pki;
@@ -164,7 +164,9 @@ impl VolumeManager {
         let permit = self.acquire(pending.is_none(), started, deadline).await?;
         let dir = self.volumes.prepare(&spec.volume_id).await?;
         let fresh = self.fresh_state(spec, req, fingerprint);
-        let mut open = self.open_request(spec, &dir, pending, fresh, false).await?;
+        let mut open = self
+            .open_request(spec, &dir, pending, fresh, KeySource::Pooled)
+            .await?;
         let outcome = self.wait(spec, &mut open, started, deadline).await;
         drop(permit);
         let received = SystemTime::now();

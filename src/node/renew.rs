@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use super::deliver::{PKCS12_PASSWORD_FILE, build_files, record_issued, to_timestamp};
 use super::error::{EVENT_RENEWAL_FAILED, EVENT_RENEWAL_GUARDED, PublishError};
 use super::publish::volume_name;
+use super::request::KeySource;
 use super::service::VolumeManager;
 use crate::issuance;
 use crate::pki::CertInfo;
@@ -145,7 +146,13 @@ impl VolumeManager {
             // The state keeps the validity of the certificate still served,
             // so a restart sees a published volume with a renewal pending.
             let open = self
-                .open_request(&spec, &dir, pending, state, spec.reuse_private_key)
+                .open_request(
+                    &spec,
+                    &dir,
+                    pending,
+                    state,
+                    KeySource::renewal(spec.reuse_private_key),
+                )
                 .await?;
             if open.resumed {
                 tracing::info!(volume_id, request = %open.id(), "resuming a pending renewal");

@@ -29,32 +29,60 @@ impl OpenRequest {
     }
 }
 
+/// Where a new request's key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeySource {
+    /// A first publish: a ready key from the RSA pool when there is one,
+    /// else a fresh key.
+    Pooled,
+    /// A renewal: a fresh key (renewals leave the pool to pods).
+    Fresh,
+    /// A renewal with `reuse-private-key`: the key the pod already has.
+    Reuse,
+}
+
+impl KeySource {
+    /// The source of a renewal's key.
+    pub fn renewal(reuse_private_key: bool) -> KeySource {
+        if reuse_private_key {
+            KeySource::Reuse
+        } else {
+            KeySource::Fresh
+        }
+    }
+}
+
 impl VolumeManager {
     /// Resumes `pending` when its key survived in `dir`: same key, same
-    /// request, no second CertificateRequest. Otherwise makes a key (or, with
-    /// `reuse_key`, reads back the one the pod has), keeps it as the pending
-    /// key, records the request as pending in `state` and creates it.
+    /// request, no second CertificateRequest. Otherwise takes a key from
+    /// `source`, keeps it as the pending key, records the request as
+    /// pending in `state` and creates it.
     pub(super) async fn open_request(
         &self,
         spec: &VolumeSpec,
         dir: &VolumeDir,
         pending: Option<RequestRef>,
         state: VolumeState,
-        reuse_key: bool,
+        source: KeySource,
     ) -> Result<OpenRequest, PublishError> {
         if let Some(request) = pending
             && let Some(open) = self.resume(dir, request).await?
         {
             return Ok(open);
         }
-        let key = if reuse_key {
-            let pem = self
-                .volumes
-                .read_published(dir, &spec.private_key_file)
-                .await?;
-            PrivateKey::from_pem(pem.expose())?
-        } else {
-            new_key(spec).await?
+        let key = match source {
+            KeySource::Reuse => {
+                let pem = self
+                    .volumes
+                    .read_published(dir, &spec.private_key_file)
+                    .await?;
+                PrivateKey::from_pem(pem.expose())?
+            }
+            KeySource::Pooled => match self.key_pool.take(spec.key.algorithm) {
+                Some(key) => key,
+                None => new_key(spec).await?,
+            },
+            KeySource::Fresh => new_key(spec).await?,
         };
         let csr = pki::build_csr(
             &key,

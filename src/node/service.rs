@@ -9,6 +9,7 @@ use kube::Client;
 
 use super::config::NodeConfig;
 use super::driver::Driver;
+use super::keypool::KeyPool;
 use super::target::KubeletRoot;
 use super::trust::TrustBundle;
 use super::volumes::Volumes;
@@ -33,6 +34,8 @@ pub struct VolumeManager {
     pub(super) locks: VolumeLocks,
     pub(super) limiter: Limiter,
     pub(super) scheduler: Scheduler,
+    /// Ready RSA keys for first publishes.
+    pub(super) key_pool: KeyPool,
     /// The kubelet's service account tokens by volume, from the latest
     /// publish. Held only in memory: tokens are never written to disk.
     tokens: Mutex<HashMap<String, SecretString>>,
@@ -57,8 +60,12 @@ impl VolumeManager {
         scheduler: Scheduler,
         shutdown: CancellationToken,
     ) -> Self {
+        // Counted but not served until `with_telemetry` hands in the
+        // served registry's metrics.
+        let metrics = NodeMetrics::register(&mut crate::telemetry::Registry::default());
         Self {
             kubelet_root: KubeletRoot::new(&config.kubelet_root_dir),
+            key_pool: KeyPool::new(config.key_pool, metrics.clone()),
             config,
             client,
             volumes: Volumes::new(store),
@@ -69,9 +76,7 @@ impl VolumeManager {
             tokens: Mutex::default(),
             renewals: Mutex::default(),
             shutdown,
-            // Counted but not served until `with_telemetry` hands in the
-            // served registry's metrics.
-            metrics: NodeMetrics::register(&mut crate::telemetry::Registry::default()),
+            metrics,
             events: None,
             driver: Driver::default(),
             trust: None,
@@ -81,6 +86,7 @@ impl VolumeManager {
     /// Uses `metrics` (registered in the served registry) and records
     /// Events on pods through `events`.
     pub fn with_telemetry(mut self, metrics: NodeMetrics, events: EventRecorder) -> Self {
+        self.key_pool.use_metrics(metrics.clone());
         self.metrics = metrics;
         self.events = Some(events);
         self

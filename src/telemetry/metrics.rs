@@ -180,6 +180,12 @@ struct ReasonLabels {
     reason: IssueErrorReason,
 }
 
+/// The RSA size of a key-pool series (one of `node::keypool::POOLED_RSA_BITS`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeySizeLabels {
+    key_size: u32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: IssuanceKind,
@@ -210,6 +216,9 @@ pub struct NodeMetrics {
     renewal_failures: Counter,
     renewals_guarded: Counter,
     unknown_attributes: Counter,
+    key_pool_hits: Family<KeySizeLabels, Counter>,
+    key_pool_misses: Family<KeySizeLabels, Counter>,
+    key_pool_keys: Family<KeySizeLabels, Gauge>,
 }
 
 fn issuance_histogram() -> Histogram {
@@ -231,6 +240,9 @@ impl NodeMetrics {
             renewal_failures: Counter::default(),
             renewals_guarded: Counter::default(),
             unknown_attributes: Counter::default(),
+            key_pool_hits: Family::default(),
+            key_pool_misses: Family::default(),
+            key_pool_keys: Family::default(),
         };
         // Every reason and kind exists from the start at zero, so `rate()`
         // and alerts work before the first failure.
@@ -280,7 +292,42 @@ impl NodeMetrics {
             "Misspelt or unknown volume attributes met by a first publish and handled as upstream handles them (ignored, or copied as annotations); --strict-attributes refuses them instead",
             metrics.unknown_attributes.clone(),
         );
+        registry.register(
+            "cert_csi_rsa_key_pool_hits",
+            "First publishes that took a ready RSA key from the pool, by key size",
+            metrics.key_pool_hits.clone(),
+        );
+        registry.register(
+            "cert_csi_rsa_key_pool_misses",
+            "First publishes that found no ready RSA key and made one, by key size",
+            metrics.key_pool_misses.clone(),
+        );
+        registry.register(
+            "cert_csi_rsa_key_pool_keys",
+            "RSA keys ready in the pool, by key size",
+            metrics.key_pool_keys.clone(),
+        );
         metrics
+    }
+
+    /// A first publish asked the RSA key pool for a `bits` key and got one
+    /// (`hit`) or not.
+    pub fn key_pool_taken(&self, bits: u32, hit: bool) {
+        let family = if hit {
+            &self.key_pool_hits
+        } else {
+            &self.key_pool_misses
+        };
+        family
+            .get_or_create(&KeySizeLabels { key_size: bits })
+            .inc();
+    }
+
+    /// The RSA key pool holds `depth` keys of `bits`.
+    pub fn key_pool_depth(&self, bits: u32, depth: usize) {
+        self.key_pool_keys
+            .get_or_create(&KeySizeLabels { key_size: bits })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// A publish met a volume attribute that is most likely misspelt.

@@ -291,6 +291,99 @@ async fn concurrent_publishes_of_one_volume_share_one_request() {
     env.finish().await;
 }
 
+/// The RSA key pool (issue 17): after a first RSA publish asks for it, the
+/// pool fills; concurrent publishes then take ready keys, and no key is
+/// ever handed out twice. Judged by openssl on the mounted files and by the
+/// pool's own counters on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_keys_from_the_pool_go_to_one_volume_each() {
+    if !test_kit::require_root("rsa_keys_from_the_pool_go_to_one_volume_each") {
+        return;
+    }
+    let env = std::sync::Arc::new(
+        Env::start_with_args(test_kit::Options::default(), &["--rsa-key-pool-size", "4"]).await,
+    );
+    let pod = env.create_pod("pool", "rsa-0", "rsa").await;
+    let rsa = |name: &str| {
+        env.volume(
+            &pod,
+            name,
+            &[(keys::ISSUER_NAME, "ca"), (keys::KEY_ALGORITHM, "RSA")],
+        )
+    };
+    let first = rsa("first");
+    env.publish(&first).await.expect("first RSA publish");
+    let metrics = env.metrics_url();
+    let pool = [("key_size", "2048")];
+    // The first publish found the pool empty and started it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, scrape) = test_kit::http_get(&metrics, "/metrics").await;
+        if test_kit::sample(&scrape, "cert_csi_rsa_key_pool_keys", &pool) == 4.0 {
+            assert_eq!(
+                test_kit::sample(&scrape, "cert_csi_rsa_key_pool_misses_total", &pool),
+                1.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never filled: {}",
+            scrape
+                .lines()
+                .filter(|l| l.contains("key_pool"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let volumes: Vec<VolumeRequest> = (0..10).map(|i| rsa(&format!("v{i}"))).collect();
+    let mut tasks = Vec::new();
+    for volume in volumes.clone() {
+        let env = env.clone();
+        tasks.push(tokio::spawn(async move { env.publish(&volume).await }));
+    }
+    for task in tasks {
+        task.await
+            .unwrap()
+            .unwrap_or_else(|s| panic!("{:?}: {}", s.code(), s.message()));
+    }
+    let mut public_keys = std::collections::HashSet::new();
+    for volume in std::iter::once(&first).chain(&volumes) {
+        assert_key_matches(volume, "tls.crt", "tls.key");
+        let text = openssl_ok(&[
+            "pkey",
+            "-noout",
+            "-text",
+            "-in",
+            path_str(&volume.file("tls.key")),
+        ]);
+        assert!(
+            text.contains("(2048 bit"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+        let public = openssl_ok(&["pkey", "-pubout", "-in", path_str(&volume.file("tls.key"))]);
+        assert!(
+            public_keys.insert(public),
+            "{}: its key was handed to another volume too",
+            volume.volume_name
+        );
+    }
+    let (_, scrape) = test_kit::http_get(&metrics, "/metrics").await;
+    let hits = test_kit::sample(&scrape, "cert_csi_rsa_key_pool_hits_total", &pool);
+    let misses = test_kit::sample(&scrape, "cert_csi_rsa_key_pool_misses_total", &pool);
+    assert!(hits >= 4.0, "the four ready keys were used: {hits} hits");
+    assert_eq!(
+        hits + misses,
+        11.0,
+        "every first publish asked the pool once"
+    );
+    let env = std::sync::Arc::into_inner(env).expect("all tasks finished");
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_publish_answers_at_once_without_a_new_request() {
     if !test_kit::require_root("a_repeated_publish_answers_at_once_without_a_new_request") {

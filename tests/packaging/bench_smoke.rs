@@ -111,7 +111,16 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
         .iter()
         .filter_map(|a| a["algorithm"].as_str())
         .collect();
-    assert_eq!(names, ["P-256", "P-384", "Ed25519", "RSA-2048"]);
+    assert_eq!(
+        names,
+        [
+            "P-256",
+            "P-384",
+            "Ed25519",
+            "RSA-2048",
+            "RSA-2048, --rsa-key-pool-size 0"
+        ]
+    );
     for a in algorithms {
         assert!(a["publish"]["p99_ms"].is_number() && a["floor"]["total_ms"].is_number());
     }

@@ -24,6 +24,8 @@ pub struct Sizes {
     pub quick: bool,
     pub p1_samples: usize,
     pub p1_rsa_samples: usize,
+    /// The gap before each RSA publish (see `p1`).
+    pub rsa_pacing: Duration,
     pub floor_samples: usize,
     pub burst: usize,
     pub mid_volumes: usize,
@@ -41,7 +43,8 @@ impl Sizes {
         Sizes {
             quick: false,
             p1_samples: 200,
-            p1_rsa_samples: 100,
+            p1_rsa_samples: 50,
+            rsa_pacing: Duration::from_secs(1),
             floor_samples: 100,
             burst: 1000,
             mid_volumes: 1000,
@@ -60,6 +63,7 @@ impl Sizes {
             quick: true,
             p1_samples: 20,
             p1_rsa_samples: 5,
+            rsa_pacing: Duration::from_millis(250),
             floor_samples: 10,
             burst: 50,
             mid_volumes: 50,
@@ -277,61 +281,117 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
     let api_ms = api_floor(ctx.cluster, ctx.sizes.floor_samples).await?;
     let mount_ms = mount_floor(ctx.dir, ctx.sizes.floor_samples)?;
     let mut out = Vec::new();
+    let mut rsa_floor = None;
     for (i, (label, algorithm, name, size)) in ALGORITHMS.iter().enumerate() {
+        let rsa = matches!(algorithm, KeyAlgorithm::Rsa { .. });
         let extra = [
             ("csi.cert-manager.io/key-algorithm", *name),
             ("csi.cert-manager.io/key-size", *size),
         ];
-        let attrs = attributes(&extra);
-        let samples = if matches!(algorithm, KeyAlgorithm::Rsa { .. }) {
+        let samples = if rsa {
             ctx.sizes.p1_rsa_samples
         } else {
             ctx.sizes.p1_samples
         };
-        // Two unmeasured publishes warm connections, caches and the watch.
-        let volumes = kubelets
-            .pods_with_volume("p1", &format!("a{i}"), 0..samples + 2, &attrs)
-            .await?;
-        let kubelet = &mut kubelets.pool[0];
-        let mut latencies = Vec::with_capacity(samples);
-        for (j, v) in volumes.iter().enumerate() {
-            let t = Instant::now();
-            kubelet
-                .publish(v)
-                .await
-                .map_err(|s| anyhow::anyhow!("P1 {label} publish: {}", s.message()))?;
-            if j >= 2 {
-                latencies.push(ms(t.elapsed()));
-            }
-            // Unpublished at once (not timed) so the mount count stays flat.
-            kubelet
-                .unpublish(v)
-                .await
-                .map_err(|s| anyhow::anyhow!("P1 {label} unpublish: {}", s.message()))?;
-        }
+        // RSA publishes are paced (`Sizes::rsa_pacing`), as pods arriving
+        // one a second would be: the node's RSA key pool refills in the
+        // gap, so each publish measures a pod that finds a key ready. Back
+        // to back, a burst longer than the pool makes its own keys.
+        let pacing = rsa.then_some(ctx.sizes.rsa_pacing);
+        let publish = timed_publishes(&mut kubelets, &format!("a{i}"), &extra, samples, pacing)
+            .await
+            .map_err(|e| anyhow::anyhow!("P1 {label}: {e}"))?;
         let n = ctx.sizes.floor_samples.min(samples.max(5));
         let (keygen, csr, sign) = crypto_floor(*algorithm, n, &ca_pem, &ca_key)?;
         let total = keygen + csr + sign + api_ms + mount_ms;
-        let publish = Summary::of(&latencies);
+        let floor = Floor {
+            keygen_ms: keygen,
+            csr_ms: csr,
+            sign_ms: sign,
+            api_create_watch_ms: api_ms,
+            mount_unmount_ms: mount_ms,
+            total_ms: total,
+        };
+        if rsa {
+            rsa_floor = Some(floor.clone());
+        }
         out.push(P1Algorithm {
             algorithm: label,
             ratio: publish.p50_ms / total,
             publish,
-            floor: Floor {
-                keygen_ms: keygen,
-                csr_ms: csr,
-                sign_ms: sign,
-                api_create_watch_ms: api_ms,
-                mount_unmount_ms: mount_ms,
-                total_ms: total,
-            },
+            floor,
         });
     }
     node.kill();
+    // The same RSA publishes on a node without the key pool: each makes
+    // its key while the pod waits.
+    if let Some(floor) = rsa_floor {
+        let mut no_pool = flags.clone();
+        no_pool.extend(["--rsa-key-pool-size".to_string(), "0".to_string()]);
+        let mut node = ctx.node("p1-no-pool", &no_pool).await?;
+        let mut kubelets =
+            Kubelets::connect(ctx.cluster, &node, &ctx.kubelet_root("p1-no-pool"), 1).await?;
+        let extra = [
+            ("csi.cert-manager.io/key-algorithm", "RSA"),
+            ("csi.cert-manager.io/key-size", "2048"),
+        ];
+        let publish = timed_publishes(
+            &mut kubelets,
+            "nopool",
+            &extra,
+            ctx.sizes.p1_rsa_samples,
+            Some(ctx.sizes.rsa_pacing),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("P1 RSA-2048 without the key pool: {e}"))?;
+        node.kill();
+        out.push(P1Algorithm {
+            algorithm: "RSA-2048, --rsa-key-pool-size 0",
+            ratio: publish.p50_ms / floor.total_ms,
+            publish,
+            floor,
+        });
+    }
     Ok(P1 {
         node_flags: flags,
         algorithms: out,
     })
+}
+
+/// `samples` publishes, one at a time, each of a new pod's volume and
+/// unpublished at once (not timed) so the mount count stays flat; two
+/// more before them, unmeasured, warm connections, caches and the watch.
+async fn timed_publishes(
+    kubelets: &mut Kubelets,
+    prefix: &str,
+    extra: &[(&str, &str)],
+    samples: usize,
+    pacing: Option<Duration>,
+) -> anyhow::Result<Summary> {
+    let attrs = attributes(extra);
+    let volumes = kubelets
+        .pods_with_volume("p1", prefix, 0..samples + 2, &attrs)
+        .await?;
+    let kubelet = &mut kubelets.pool[0];
+    let mut latencies = Vec::with_capacity(samples);
+    for (j, v) in volumes.iter().enumerate() {
+        if let Some(gap) = pacing {
+            tokio::time::sleep(gap).await;
+        }
+        let t = Instant::now();
+        kubelet
+            .publish(v)
+            .await
+            .map_err(|s| anyhow::anyhow!("publish: {}", s.message()))?;
+        if j >= 2 {
+            latencies.push(ms(t.elapsed()));
+        }
+        kubelet
+            .unpublish(v)
+            .await
+            .map_err(|s| anyhow::anyhow!("unpublish: {}", s.message()))?;
+    }
+    Ok(Summary::of(&latencies))
 }
 
 fn local_ca() -> anyhow::Result<(String, PrivateKey)> {
