@@ -11,7 +11,8 @@ use std::time::Duration;
 use kube::api::Api;
 
 use super::runner::{self, Action};
-use super::status::{self, Decided, ReconcileError, WriteOutcome};
+use super::signer;
+use super::status::{ReconcileError, WriteOutcome};
 use super::{ControllerConfigError, ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition, IssuerRef};
@@ -147,6 +148,7 @@ pub fn decide(
 
 struct Context {
     client: kube::Client,
+    signer: signer::SignerSlot,
     scope: ApproveScope,
     policy: Arc<dyn Policy>,
     telemetry: super::Telemetry,
@@ -161,23 +163,21 @@ async fn reconcile(
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     // After a conflict the request is decided again: another approver may
     // have decided meanwhile, and Approved/Denied must never be written twice.
-    let decision = status::decide_and_write(&api, (*request).clone(), |current| {
-        std::future::ready(Ok(
-            match decide(&current, &ctx.scope, ctx.policy.as_ref()) {
-                Some(condition) => status::write_condition(current, condition),
-                None => Decided::Nothing(()),
-            },
-        ))
+    let decision = signer::approve_and_sign(&api, (*request).clone(), &ctx.signer, |current| {
+        std::future::ready(Ok(decide(&current, &ctx.scope, ctx.policy.as_ref())))
     })
     .await?;
     if let WriteOutcome::Written { object, then } = decision {
-        tracing::info!(%namespace, %name, condition = %then.type_, "request decided");
+        tracing::info!(%namespace, %name, condition = %then.condition.type_, signed = then.issued.is_some(), "request decided");
         record_decision(
             &ctx.telemetry,
             &object,
-            &then.type_,
-            then.message.unwrap_or_default(),
+            &then.condition.type_,
+            then.condition.message.unwrap_or_default(),
         );
+        if let Some(note) = then.issued {
+            signer::record_signed_on_approval(&ctx.signer, &object, note);
+        }
     }
     Ok(Action::await_change())
 }
@@ -225,6 +225,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client,
         telemetry: options.telemetry(),
+        signer: options.signer.clone(),
         scope: options.approve,
         policy: options.policy,
     });

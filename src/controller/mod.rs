@@ -12,6 +12,7 @@
 //! All loops share one shutdown token and stop together.
 
 pub mod approver;
+mod ca_cache;
 pub mod certificates;
 pub mod issuers;
 pub mod policy_approver;
@@ -174,6 +175,8 @@ pub struct ControllerOptions {
     /// The approver decides by CertificateRequestPolicy objects
     /// ([`policy_approver`]) instead of [`Self::policy`].
     pub policy_approver: bool,
+    /// This process's signer, for the approvers (set by the signer loop).
+    pub signer: signer::SignerSlot,
 }
 
 impl ControllerOptions {
@@ -188,6 +191,7 @@ impl ControllerOptions {
             events: None,
             spiffe: None,
             policy_approver: false,
+            signer: signer::SignerSlot::default(),
         }
     }
 
@@ -311,6 +315,7 @@ pub async fn run(
         tasks.spawn(spiffe_approver::run(
             client.clone(),
             policy,
+            options.signer.clone(),
             health.clone(),
             shutdown.clone(),
         ));

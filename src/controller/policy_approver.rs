@@ -31,8 +31,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::approver::ApproveScope;
 use super::policy_eval::{self, RequestFacts, Verdict};
 use super::runner::{self, Action};
+use super::signer;
 use super::spiffe_approver::SpiffePolicy;
-use super::status::{self, Decided, ReconcileError, WriteOutcome};
+use super::status::{ReconcileError, WriteOutcome};
 use super::{ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, types};
 use crate::api::{
@@ -94,6 +95,7 @@ struct Context {
     spiffe: Option<Arc<SpiffePolicy>>,
     policies: Store<CertificateRequestPolicy>,
     telemetry: super::Telemetry,
+    signer: super::signer::SignerSlot,
 }
 
 impl Context {
@@ -214,9 +216,9 @@ async fn reconcile(
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let ctx = &ctx;
-    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
+    let decision = signer::approve_and_sign(&api, (*request).clone(), &ctx.signer, |current| async move {
         if ctx.skips(&current) {
-            return Ok(Decided::Nothing(()));
+            return Ok(None);
         }
         let (applicable, refused) = ctx.applicable(&current).await?;
         let refs: Vec<&CertificateRequestPolicy> = applicable.iter().map(AsRef::as_ref).collect();
@@ -241,15 +243,18 @@ async fn reconcile(
                     current.spec.username.as_deref().unwrap_or_default(),
                     POLICY_RESOURCE, POLICY_GROUP);
             }
-            return Ok(Decided::Nothing(()));
+            return Ok(None);
         };
-        Ok(status::write_condition(current, condition))
+        Ok(Some(condition))
     })
     .await?;
     if let WriteOutcome::Written { object, then } = decision {
-        let message = then.message.unwrap_or_default();
-        tracing::info!(%namespace, %name, condition = %then.type_, %message, "request decided by policy");
-        super::approver::record_decision(&ctx.telemetry, &object, &then.type_, message);
+        let message = then.condition.message.unwrap_or_default();
+        tracing::info!(%namespace, %name, condition = %then.condition.type_, %message, signed = then.issued.is_some(), "request decided by policy");
+        super::approver::record_decision(&ctx.telemetry, &object, &then.condition.type_, message);
+        if let Some(note) = then.issued {
+            signer::record_signed_on_approval(&ctx.signer, &object, note);
+        }
     }
     Ok(Action::await_change())
 }
@@ -446,6 +451,7 @@ pub async fn run(
         scope: options.approve,
         spiffe: options.spiffe,
         policies,
+        signer: options.signer,
     });
     let requests_loop = runner::run(requests, triggers, reconcile, error_policy, ctx, shutdown);
     futures::future::join(requests_loop, status_loop).await;

@@ -18,6 +18,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::ca_cache::{CaCache, CaMaterial};
 use super::runner::{self, Action};
 use super::status::{self, Decided, ReconcileError, WriteOutcome};
 use super::{ControllerOptions, Health};
@@ -134,12 +135,13 @@ fn failed_from_sign_error(e: SignError) -> Outcome {
     }
 }
 
-struct Context {
+pub(crate) struct Context {
     client: kube::Client,
     cluster_resource_namespace: String,
     issuers: Store<Issuer>,
     cluster_issuers: Store<ClusterIssuer>,
     telemetry: super::Telemetry,
+    ca_cache: CaCache,
 }
 
 /// The issuer named by `reference`, from the watched caches.
@@ -178,6 +180,48 @@ async fn read_secret(
         .get_opt(name)
         .await
         .map_err(ReconcileError::api("reading a Secret"))
+}
+
+/// A CA issuer's certificate and key, from the cache or read afresh.
+/// `Err(message)` when the Secret is missing or unusable: the request waits
+/// (the issuers loop reports the issuer not ready).
+async fn ca_material(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<Arc<CaMaterial>, String>, ReconcileError> {
+    if let Some(material) = ctx.ca_cache.get(namespace, name) {
+        return Ok(Ok(material));
+    }
+    ctx.ca_cache.begin_read(namespace, name);
+    let Some(secret) = read_secret(ctx, namespace, name).await? else {
+        return Ok(Err(format!(
+            "Referenced CA secret {namespace}/{name} not found; waiting for it"
+        )));
+    };
+    let (Some(crt), Some(key_pem)) = (
+        crate::kubernetes::secret_field(&secret, "tls.crt"),
+        crate::kubernetes::secret_field(&secret, "tls.key"),
+    ) else {
+        return Ok(Err(format!(
+            "CA secret {namespace}/{name} lacks tls.crt or tls.key"
+        )));
+    };
+    let key = match PrivateKey::from_pem(key_pem) {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(format!("CA secret {namespace}/{name}: {e}"))),
+    };
+    let material = Arc::new(CaMaterial {
+        certificate_pem: crt.to_vec(),
+        key,
+    });
+    ctx.ca_cache.finish_read(
+        namespace,
+        name,
+        secret.metadata.resource_version.as_deref(),
+        material.clone(),
+    );
+    Ok(Ok(material))
 }
 
 /// Steps 6–10 and the signature itself.
@@ -268,31 +312,12 @@ async fn evaluate(request: &CertificateRequest, ctx: &Context) -> Result<Outcome
                 condition: pending(reasons::PENDING, message),
                 retry: Some(Duration::from_secs(30)),
             };
-            let Some(secret) = read_secret(ctx, &secret_namespace, &ca.secret_name).await? else {
-                return Ok(retry(format!(
-                    "Referenced CA secret {secret_namespace}/{} not found; waiting for it",
-                    ca.secret_name
-                )));
+            let ca_secret = ca_material(ctx, &secret_namespace, &ca.secret_name).await?;
+            let material = match ca_secret {
+                Ok(material) => material,
+                Err(message) => return Ok(retry(message)),
             };
-            let (Some(crt), Some(key_pem)) = (
-                crate::kubernetes::secret_field(&secret, "tls.crt"),
-                crate::kubernetes::secret_field(&secret, "tls.key"),
-            ) else {
-                return Ok(retry(format!(
-                    "CA secret {secret_namespace}/{} lacks tls.crt or tls.key",
-                    ca.secret_name
-                )));
-            };
-            let key = match PrivateKey::from_pem(key_pem) {
-                Ok(k) => k,
-                Err(e) => {
-                    return Ok(retry(format!(
-                        "CA secret {secret_namespace}/{}: {e}",
-                        ca.secret_name
-                    )));
-                }
-            };
-            match crate::pki::sign_with_ca(csr, crt, &key, &params) {
+            match crate::pki::sign_with_ca(csr, &material.certificate_pem, &material.key, &params) {
                 Ok(s) => s,
                 Err(e @ (SignError::Request(_) | SignError::Duration { .. })) => {
                     return Ok(failed_from_sign_error(e));
@@ -572,6 +597,117 @@ async fn reconcile(
     })
 }
 
+/// The signer of this controller process, once its loop runs: the
+/// approvers of the same process reach it through here to sign what they
+/// approve in the same write (see [`approve_and_sign`]).
+#[derive(Clone, Default)]
+pub struct SignerSlot(Arc<std::sync::OnceLock<Arc<Context>>>);
+
+impl SignerSlot {
+    fn get(&self) -> Option<Arc<Context>> {
+        self.0.get().cloned()
+    }
+}
+
+/// What an approver wrote: its condition, and the certificate's Ready
+/// message when the request was signed in the same write.
+pub(super) struct Approval {
+    pub condition: CertificateRequestCondition,
+    pub issued: Option<String>,
+}
+
+/// An approver's decision and write, for every approver of this controller.
+///
+/// `decide` says which condition to add (or none). When it is Approved and
+/// this process also signs the request's issuer, the request is signed at
+/// once and written with Approved, Ready and the certificate in one status
+/// update: one API write and one watch event fewer on every publish's path.
+/// Every outside observer still sees cert-manager's states in its order,
+/// only the approved-but-unsigned state is never stored. Anything short of
+/// a certificate (issuer not ready, a bad CSR, a missing CA) is left to the
+/// signer's own loop, which reports it as always; so is a signed status the
+/// API server refuses to store, which is then written approved only.
+pub(super) async fn approve_and_sign<D, F>(
+    api: &Api<CertificateRequest>,
+    request: CertificateRequest,
+    signer: &SignerSlot,
+    mut decide: D,
+) -> Result<WriteOutcome<CertificateRequest, Approval, ()>, ReconcileError>
+where
+    D: FnMut(CertificateRequest) -> F,
+    F: std::future::Future<Output = Result<Option<CertificateRequestCondition>, ReconcileError>>,
+{
+    let mut signing = signer.get();
+    loop {
+        let issuing = std::sync::atomic::AtomicBool::new(false);
+        let with = signing.clone();
+        let issuing_ref = &issuing;
+        let written = status::decide_and_write(api, request.clone(), |current| {
+            let decided = decide(current.clone());
+            let with = with.clone();
+            async move {
+                let Some(condition) = decided.await? else {
+                    return Ok(Decided::Nothing(()));
+                };
+                let approved = condition.type_ == types::APPROVED;
+                let Decided::Write { object, then } =
+                    status::write_condition::<()>(current, condition)
+                else {
+                    unreachable!("write_condition always writes");
+                };
+                let mut approval = Approval {
+                    condition: then,
+                    issued: None,
+                };
+                let Some(ctx) = with.filter(|_| approved) else {
+                    return Ok(Decided::Write {
+                        object,
+                        then: approval,
+                    });
+                };
+                let object = match evaluate(&object, &ctx).await? {
+                    Outcome::Issued(signed) => {
+                        approval.issued = Some(issued_message(&signed));
+                        issuing_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+                        match apply(object.clone(), Outcome::Issued(signed)) {
+                            Some((signed_object, _)) => signed_object,
+                            None => object,
+                        }
+                    }
+                    _ => object,
+                };
+                Ok(Decided::Write {
+                    object,
+                    then: approval,
+                })
+            }
+        })
+        .await;
+        match written {
+            Err(error)
+                if issuing.load(std::sync::atomic::Ordering::Relaxed)
+                    && refused_for_good(&error).is_some() =>
+            {
+                tracing::warn!(%error, "a request signed on approval could not be stored; writing the approval alone");
+                signing = None;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Counts and announces a certificate signed on approval, as the signer's
+/// own loop does for what it signs.
+pub(super) fn record_signed_on_approval(
+    signer: &SignerSlot,
+    request: &CertificateRequest,
+    note: String,
+) {
+    if let Some(ctx) = signer.get() {
+        record(&ctx.telemetry, request, Some(reasons::ISSUED), note);
+    }
+}
+
 /// Counts what the signer wrote and records the decisions (issued,
 /// failed) as Events on the request. Waiting for an issuer is counted but
 /// not announced: the request's condition already says so, and issuers
@@ -633,6 +769,31 @@ fn waiting_on(
         .collect()
 }
 
+/// Keeps the CA cache in step with the Secret watch.
+fn note_secret_event(
+    cache: &CaCache,
+    event: &Result<watcher::Event<PartialObjectMeta<Secret>>, watcher::Error>,
+) {
+    let name = |s: &PartialObjectMeta<Secret>| {
+        (
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    match event {
+        Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+            let (namespace, n) = name(s);
+            cache.observed(&namespace, &n, s.metadata.resource_version.as_deref());
+        }
+        Ok(watcher::Event::Delete(s)) => {
+            let (namespace, n) = name(s);
+            cache.observed(&namespace, &n, None);
+        }
+        Ok(watcher::Event::Init) => cache.reset(),
+        Ok(watcher::Event::InitDone) | Err(_) => {}
+    }
+}
+
 /// Runs the signer until `shutdown` fires.
 pub async fn run(
     client: kube::Client,
@@ -681,10 +842,14 @@ pub async fn run(
         ))
     })
     .boxed();
-    // Only names matter here (a SelfSigned key Secret appearing), so the
-    // watch carries metadata and no key bytes are cached.
+    // Names and versions are all that matter here (a SelfSigned key Secret
+    // appearing; a cached CA Secret changing), so the watch carries
+    // metadata only and no key bytes of other Secrets are ever read.
+    let ca_cache = CaCache::default();
+    let observed = ca_cache.clone();
     let secret_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), wc())
         .backoff(crate::kubernetes::WatchBackoff::default())
+        .inspect(move |event| note_secret_event(&observed, event))
         .touched_objects()
         .filter_map(|event| std::future::ready(event.ok()))
         .flat_map(move |secret| {
@@ -718,7 +883,9 @@ pub async fn run(
         cluster_resource_namespace: options.cluster_resource_namespace,
         issuers,
         cluster_issuers,
+        ca_cache,
     });
+    let _ = options.signer.0.set(ctx.clone());
     let triggers =
         futures::stream::select_all([request_events, issuer_events, cluster_events, secret_events]);
     runner::run(requests, triggers, reconcile, error_policy, ctx, shutdown).await;

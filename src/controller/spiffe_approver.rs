@@ -43,7 +43,8 @@ use thiserror::Error;
 
 use super::approver::{ApproveScope, Decision, Policy};
 use super::runner::{self, Action};
-use super::status::{self, Decided, ReconcileError, WriteOutcome};
+use super::signer;
+use super::status::{ReconcileError, WriteOutcome};
 use super::{ControllerConfigError, Health};
 use crate::api::conditions::{ConditionStatus, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition};
@@ -568,6 +569,7 @@ pub fn decide(
 struct Context {
     client: kube::Client,
     policy: Arc<SpiffePolicy>,
+    signer: signer::SignerSlot,
 }
 
 async fn fetch_pod(
@@ -595,17 +597,22 @@ async fn reconcile(
     }
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
     let ctx = &ctx;
-    let decision = status::decide_and_write(&api, (*request).clone(), |current| async move {
-        let pod = fetch_pod(ctx, &current).await?;
-        let Some(condition) = decide(&ctx.policy, &current, pod.as_ref()) else {
-            return Ok(Decided::Nothing(()));
-        };
-        Ok(status::write_condition(current, condition))
-    })
+    let decision = signer::approve_and_sign(
+        &api,
+        (*request).clone(),
+        &ctx.signer,
+        |current| async move {
+            let pod = fetch_pod(ctx, &current).await?;
+            Ok(decide(&ctx.policy, &current, pod.as_ref()))
+        },
+    )
     .await?;
-    if let WriteOutcome::Written { then, .. } = decision {
-        tracing::info!(%namespace, %name, condition = %then.type_,
-            reason = %then.reason.unwrap_or_default(), "SPIFFE request decided");
+    if let WriteOutcome::Written { object, then } = decision {
+        tracing::info!(%namespace, %name, condition = %then.condition.type_,
+            reason = %then.condition.reason.unwrap_or_default(), signed = then.issued.is_some(), "SPIFFE request decided");
+        if let Some(note) = then.issued {
+            signer::record_signed_on_approval(&ctx.signer, &object, note);
+        }
     }
     Ok(Action::await_change())
 }
@@ -619,11 +626,16 @@ fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Conte
 pub async fn run(
     client: kube::Client,
     policy: Arc<SpiffePolicy>,
+    signer: super::signer::SignerSlot,
     health: Health,
     shutdown: CancellationToken,
 ) {
     let api: Api<CertificateRequest> = Api::all(client.clone());
-    let ctx = Arc::new(Context { client, policy });
+    let ctx = Arc::new(Context {
+        client,
+        policy,
+        signer,
+    });
     // On the runner, not kube-runtime's Controller: in SPIFFE mode this
     // approval is on every publish's path (see `runner`).
     let (store, changed) = runner::watch_all(api, "SPIFFE approver", health);

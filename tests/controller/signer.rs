@@ -684,3 +684,167 @@ async fn a_certificate_too_large_to_store_is_failed_not_signed_forever() {
     );
     env.stop().await;
 }
+
+/// Every version of request `name` in `ns` that the API server stores, as
+/// (approved, has a certificate), until one is Ready; read from a watch
+/// begun before the request exists, so no stored version is missed.
+async fn stored_versions(
+    api: Api<CertificateRequest>,
+    name: String,
+) -> tokio::task::JoinHandle<Vec<(bool, bool)>> {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+    let mut stream = api
+        .watch(&params, "0")
+        .await
+        .expect("watch started")
+        .boxed();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(event) = stream.try_next().await.expect("watch event") {
+            let (WatchEvent::Added(r) | WatchEvent::Modified(r)) = event else {
+                continue;
+            };
+            let signed = r.status.as_ref().is_some_and(|s| s.certificate.is_some());
+            seen.push((r.is_approved(), signed));
+            if r.is_ready() {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+/// Issue 17: when the same controller approves and signs, a request is
+/// approved and signed in one status write; no version of it is ever
+/// stored approved without its certificate. Without the signer loop the
+/// approver writes the approval alone, as before.
+#[tokio::test]
+async fn approval_and_signature_are_one_write_when_one_controller_does_both() {
+    let env = Env::start("approver,issuers,signer").await;
+    let ca = make_ca("one-write", None);
+    env.create_secret(CLUSTER_NS, "root-ca", &ca).await;
+    env.create_cluster_issuer("ca", ca_spec("root-ca")).await;
+    env.cluster_issuer_ready("ca", ConditionStatus::True, "KeyPairVerified")
+        .await;
+    for name in ["one", "two", "three"] {
+        let versions = stored_versions(env.requests("team"), name.into()).await;
+        env.create_request(
+            "team",
+            request(name, IssuerRef::cluster_issuer("ca"), &key(), None, &[]),
+        )
+        .await;
+        let versions = tokio::time::timeout(Duration::from_secs(60), versions)
+            .await
+            .expect("the request became Ready")
+            .unwrap();
+        assert_eq!(
+            versions,
+            [(false, false), (true, true)],
+            "{name}: created, then approved and signed in one write"
+        );
+    }
+    env.stop().await;
+
+    // The approver alone: it approves, and nobody signs.
+    let env = Env::start("approver,issuers").await;
+    env.create_secret(CLUSTER_NS, "root-ca", &ca).await;
+    env.create_cluster_issuer("ca", ca_spec("root-ca")).await;
+    env.create_request(
+        "team",
+        request("alone", IssuerRef::cluster_issuer("ca"), &key(), None, &[]),
+    )
+    .await;
+    let approved = env
+        .wait_request("team", "alone", "Approved", CertificateRequest::is_approved)
+        .await;
+    assert!(approved.status.unwrap().certificate.is_none());
+    env.stop().await;
+}
+
+/// The signer keeps CA Secrets it has read in memory, and follows their
+/// changes through its Secret watch: after the CA Secret is replaced, the
+/// next requests are signed by the new CA (judged by openssl), and once one
+/// is, none goes back to the old one.
+#[tokio::test]
+async fn a_replaced_ca_secret_signs_the_next_requests() {
+    let env = Env::start("approver,issuers,signer").await;
+    let old = make_ca("old-ca", None);
+    env.create_secret(CLUSTER_NS, "root-ca", &old).await;
+    env.create_cluster_issuer("ca", ca_spec("root-ca")).await;
+    env.cluster_issuer_ready("ca", ConditionStatus::True, "KeyPairVerified")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old.crt"), &old.cert_pem).unwrap();
+    let signed_by = |file: &str, leaf: &str| {
+        std::fs::write(dir.path().join("leaf.crt"), leaf).unwrap();
+        openssl(&["verify", "-CAfile", file, "leaf.crt"], dir.path()).0
+    };
+    let issue = |name: String| {
+        let env = &env;
+        async move {
+            env.create_request(
+                "team",
+                request(&name, IssuerRef::cluster_issuer("ca"), &key(), None, &[]),
+            )
+            .await;
+            certificate(&env.wait_ready_reason("team", &name, "Issued").await)
+        }
+    };
+    // Signed twice by the old CA: the second from the cache.
+    for i in 0..2 {
+        assert!(signed_by("old.crt", &issue(format!("before-{i}")).await));
+    }
+
+    let new = make_ca("new-ca", None);
+    std::fs::write(dir.path().join("new.crt"), &new.cert_pem).unwrap();
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), CLUSTER_NS);
+    let mut secret = secrets.get("root-ca").await.unwrap();
+    secret.data = Some(BTreeMap::from([
+        (
+            "tls.crt".into(),
+            ByteString(new.cert_pem.clone().into_bytes()),
+        ),
+        (
+            "tls.key".into(),
+            ByteString(
+                new.key
+                    .to_pem(KeyEncoding::Pkcs8)
+                    .unwrap()
+                    .expose()
+                    .to_vec(),
+            ),
+        ),
+    ]));
+    secrets
+        .replace("root-ca", &PostParams::default(), &secret)
+        .await
+        .expect("CA secret replaced");
+    // The watch event may trail the next request by a moment; within a
+    // deadline a request is signed by the new CA...
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    loop {
+        let leaf = issue(format!("after-{i}")).await;
+        i += 1;
+        if signed_by("new.crt", &leaf) {
+            break;
+        }
+        assert!(signed_by("old.crt", &leaf), "signed by neither CA");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still signing with the replaced CA after {i} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and every one after it too.
+    for j in 0..3 {
+        let leaf = issue(format!("later-{j}")).await;
+        assert!(
+            signed_by("new.crt", &leaf),
+            "later-{j} went back to the old CA"
+        );
+    }
+    env.stop().await;
+}

@@ -190,6 +190,10 @@ fn quick_peer_bench_compares_both_drivers_on_the_real_control_plane() {
                 .is_some_and(|v| v > 0.0)
         );
         assert!(d["load_per_s"].is_object(), "{name}");
+        assert!(
+            d["idle_cpu_percent"].as_f64().is_some_and(|v| v >= 0.0),
+            "{name}"
+        );
         assert!(d["restart"]["ready_s"].is_number(), "{name}");
         if name.starts_with("cert-csi") {
             // A restart resumes its volumes without asking again.

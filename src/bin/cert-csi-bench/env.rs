@@ -344,6 +344,18 @@ impl Cluster {
     /// bench runs in) with the cert-manager.io CRDs, the namespaces given,
     /// the controller in-process and the CA ClusterIssuer Ready. Stopped
     /// with `hack/kube down` when dropped.
+    /// The API server's `apiserver_request_total` for cert-manager.io and
+    /// Events, summed by verb; `None` on the sandbox, which does not count.
+    pub async fn api_requests_by_verb(
+        &self,
+    ) -> anyhow::Result<Option<std::collections::BTreeMap<String, f64>>> {
+        if self.real.is_none() {
+            return Ok(None);
+        }
+        let text = apiserver_metrics(&self.client).await?;
+        Ok(Some(crate::peer::requests_by_verb(&text)))
+    }
+
     pub async fn start_real(
         dir: &Path,
         namespaces: &[&str],

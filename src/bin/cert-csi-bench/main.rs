@@ -62,6 +62,11 @@ struct Args {
     /// hack/build-tools). Writes peer.json.
     #[arg(long)]
     peer: bool,
+    /// Run P1–P6 on the real control plane (hack/kube; .tools/bin from
+    /// hack/build-tools) instead of the sandbox. P4 then also reports the
+    /// API server's request rate.
+    #[arg(long)]
+    real: bool,
 }
 
 fn parse_go_duration(value: &str) -> Result<Duration, String> {
@@ -223,7 +228,12 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         .iter()
         .any(|p| wants(p))
     {
-        let cluster = env::Cluster::start(scratch.path(), &NAMESPACES, args.ca_duration).await?;
+        let cluster = if args.real {
+            eprintln!("cert-csi-bench: starting the real control plane (hack/kube)");
+            env::Cluster::start_real(scratch.path(), &NAMESPACES, args.ca_duration).await?
+        } else {
+            env::Cluster::start(scratch.path(), &NAMESPACES, args.ca_duration).await?
+        };
         let ctx = scenarios::Ctx {
             exe: &exe,
             dir: scratch.path(),

@@ -106,6 +106,9 @@ pub struct DriverResult {
     /// Requests per second by verb (cert-manager.io and Events) with every
     /// volume published and none due.
     pub load_per_s: BTreeMap<String, f64>,
+    /// P4: the plugin's CPU time over the same steady window, as a
+    /// percentage of one core.
+    pub idle_cpu_percent: f64,
     pub restart: Restart,
 }
 
@@ -200,7 +203,7 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
 
 /// `apiserver_request_total` summed by verb, for cert-manager.io resources
 /// and Events (what a CSI node plugin talks to).
-fn requests_by_verb(metrics: &str) -> BTreeMap<String, f64> {
+pub fn requests_by_verb(metrics: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for line in metrics.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
@@ -336,8 +339,11 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_volumes = memory(node.pid())?;
     let first = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
+    let cpu_before = procfs::cpu_seconds(node.pid())?;
     let window = Duration::from_secs(sizes.load_window_s);
     tokio::time::sleep(window).await;
+    let cpu_after = procfs::cpu_seconds(node.pid())?;
+    let idle_cpu_percent = 100.0 * (cpu_after - cpu_before) / window.as_secs_f64();
     let second = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
     let load_per_s = second
         .iter()
@@ -385,6 +391,7 @@ async fn measure(
         idle,
         with_volumes,
         load_per_s,
+        idle_cpu_percent,
         restart,
     })
 }
@@ -450,6 +457,12 @@ pub fn text(r: &PeerResults) -> String {
             "",
         );
     }
+    row(
+        &mut out,
+        &format!("P4 CPU with {burst} volumes, steady"),
+        &|d| d.idle_cpu_percent,
+        " % of a core",
+    );
     row(
         &mut out,
         "P5 ready after SIGKILL",

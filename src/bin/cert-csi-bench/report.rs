@@ -173,7 +173,7 @@ pub fn judge(r: &Results) -> Vec<Goal> {
                     ),
                     pass,
                     format!(
-                        "a publish costs {:.2} ms above its floor (the floor has one API round trip; a publish waits for create, approve and sign); profile: {PROFILE_CPU} p1",
+                        "a publish costs {:.2} ms above its floor (the floor has one API round trip; a publish waits for the create, then for approve and sign, one write); profile: {PROFILE_CPU} p1",
                         a.publish.p50_ms - a.floor.total_ms
                     ),
                 )
@@ -399,6 +399,21 @@ pub fn text(r: &Results) -> String {
                 "P4 idle CPU at {} volumes: {:.3} s over {:.1} s = {:.2}% of a core",
                 p.volumes, p.cpu_seconds, p.seconds, p.percent_of_core
             );
+            if let Some(rates) = &p.api_requests_per_s {
+                let rates: Vec<String> = rates
+                    .iter()
+                    .map(|(verb, r)| format!("{verb} {r:.3}/s"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "P4 API requests meanwhile (cert-manager.io and Events): {}",
+                    if rates.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rates.join(", ")
+                    }
+                );
+            }
         }
         other => line(&mut s, "P4", other),
     }

@@ -512,6 +512,10 @@ pub struct P4 {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub percent_of_core: f64,
+    /// On the real control plane (`--real`): the API server's own count of
+    /// requests per second by verb (cert-manager.io and Events) over the
+    /// same window; the sandbox does not count.
+    pub api_requests_per_s: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -604,11 +608,22 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
     };
 
     let pid = node.pid();
+    let api0 = ctx.cluster.api_requests_by_verb().await?;
     let cpu0 = procfs::cpu_seconds(pid)?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(ctx.sizes.idle_cpu_seconds)).await;
     let cpu = procfs::cpu_seconds(pid)? - cpu0;
     let seconds = t0.elapsed().as_secs_f64();
+    let api1 = ctx.cluster.api_requests_by_verb().await?;
+    let api_requests_per_s = api0.zip(api1).map(|(before, after)| {
+        after
+            .iter()
+            .map(|(verb, n)| {
+                let rate = (n - before.get(verb).copied().unwrap_or(0.0)) / seconds;
+                (verb.clone(), rate)
+            })
+            .collect()
+    });
 
     let before: HashSet<String> = ctx
         .cluster
@@ -643,6 +658,7 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
             seconds,
             cpu_seconds: cpu,
             percent_of_core: cpu / seconds * 100.0,
+            api_requests_per_s,
         },
         P5 {
             volumes: max,
