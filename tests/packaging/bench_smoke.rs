@@ -118,7 +118,8 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
             "P-384",
             "Ed25519",
             "RSA-2048",
-            "RSA-2048, --rsa-key-pool-size 0"
+            "RSA-2048, --rsa-key-pool-size 0",
+            "RSA-2048, pool of n+3, back to back"
         ]
     );
     for a in algorithms {

@@ -70,6 +70,27 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, ProcError> {
         })
 }
 
+/// CPU time in seconds of the threads of `pid` named `name` (their
+/// `comm`), summed; `None` when no thread has that name.
+// benches/controller.rs includes this file and has no use for it.
+#[allow(dead_code)]
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut found = None;
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        if let Some(ticks) = parse_stat_cpu_ticks(&stat) {
+            *found.get_or_insert(0.0) += ticks as f64 / USER_HZ;
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     // Paths, not imports: benches/controller.rs includes this file, and
