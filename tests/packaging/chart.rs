@@ -1809,15 +1809,46 @@ fn dockerfile_builds_the_binary_the_chart_runs() {
         .iter()
         .find(|(op, a)| op == "RUN" && a.contains("cargo build"))
         .expect("a cargo build step");
-    for needed in ["--release", "--locked", &format!("--bin {bin}")] {
+    for needed in ["--locked", &format!("--bin {bin}")] {
         assert!(
             build.1.contains(needed),
             "cargo build lacks {needed}: {}",
             build.1
         );
     }
+    // An optimised build: --release, or a profile of Cargo.toml that
+    // inherits from release (the image's adds LTO); its output directory
+    // is the profile's name.
+    let profile = build
+        .1
+        .split_whitespace()
+        .skip_while(|w| *w != "--profile")
+        .nth(1);
+    let out_dir = match profile {
+        Some(name) => {
+            let section = format!("[profile.{name}]");
+            let body = manifest
+                .split_once(section.as_str())
+                .unwrap_or_else(|| panic!("--profile {name}: no {section} in Cargo.toml"))
+                .1;
+            let body = body.split("\n[").next().unwrap_or_default();
+            assert!(
+                body.contains("inherits = \"release\""),
+                "{section} does not inherit from release:{body}"
+            );
+            name.to_owned()
+        }
+        None => {
+            assert!(
+                build.1.contains("--release"),
+                "an unoptimised build: {}",
+                build.1
+            );
+            "release".to_owned()
+        }
+    };
     assert!(
-        build.1.contains(&format!("target/release/{bin}")),
+        build.1.contains(&format!("target/{out_dir}/{bin}")),
         "{}",
         build.1
     );
