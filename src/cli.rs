@@ -449,25 +449,31 @@ fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{e} (use a Go duration such as 60s or 2m)"))
 }
 
-fn parse_min_interval(value: &str) -> Result<std::time::Duration, String> {
+/// A Go duration of at least one second; `why` ends the error for a
+/// shorter one, saying what it would break and what to write instead.
+fn parse_at_least_1s(value: &str, why: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(value)?;
     if d < std::time::Duration::from_secs(1) {
         return Err(format!(
-            "{value:?} is shorter than 1s: a volume could renew the moment its certificate arrives; use 1s or more (the default is 1m)"
+            "{} is shorter than 1s: {why}",
+            crate::volume::short_quote(value)
         ));
     }
     Ok(d)
 }
 
+fn parse_min_interval(value: &str) -> Result<std::time::Duration, String> {
+    parse_at_least_1s(
+        value,
+        "a volume could renew the moment its certificate arrives; use 1s or more (the default is 1m)",
+    )
+}
+
 fn parse_key_pool_max_age(value: &str) -> Result<std::time::Duration, String> {
-    let d = parse_duration(value)?;
-    if d < std::time::Duration::from_secs(1) {
-        return Err(format!(
-            "{} is shorter than 1s: every pooled key would be dropped before use; use 1s or more (the default is 1h), or --rsa-key-pool-size 0 to turn the pool off",
-            crate::volume::short_quote(value)
-        ));
-    }
-    Ok(d)
+    parse_at_least_1s(
+        value,
+        "every pooled key would be dropped before use; use 1s or more (the default is 1h), or --rsa-key-pool-size 0 to turn the pool off",
+    )
 }
 
 fn parse_jitter(value: &str) -> Result<crate::renewal::schedule::JitterPolicy, String> {

@@ -43,5 +43,6 @@ pub mod renewal;
 pub mod shutdown;
 pub mod spiffe_id;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod volume;

@@ -168,16 +168,13 @@ async fn reconcile(
     })
     .await?;
     if let WriteOutcome::Written { object, then } = decision {
-        tracing::info!(%namespace, %name, condition = %then.condition.type_, signed = then.issued.is_some(), "request decided");
+        tracing::info!(%namespace, %name, condition = %then.condition.type_, signed = then.signed, "request decided");
         record_decision(
             &ctx.telemetry,
             &object,
             &then.condition.type_,
             then.condition.message.unwrap_or_default(),
         );
-        if let Some(note) = then.issued {
-            signer::record_signed_on_approval(&ctx.signer, &object, note);
-        }
     }
     Ok(Action::await_change())
 }

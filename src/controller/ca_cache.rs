@@ -48,7 +48,7 @@ fn key(namespace: &str, name: &str) -> Key {
 
 impl CaCache {
     fn slots(&self) -> MutexGuard<'_, HashMap<Key, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.slots)
     }
 
     /// The cached material of `namespace/name`, if the watch has reported

@@ -250,11 +250,8 @@ async fn reconcile(
     .await?;
     if let WriteOutcome::Written { object, then } = decision {
         let message = then.condition.message.unwrap_or_default();
-        tracing::info!(%namespace, %name, condition = %then.condition.type_, %message, signed = then.issued.is_some(), "request decided by policy");
+        tracing::info!(%namespace, %name, condition = %then.condition.type_, %message, signed = then.signed, "request decided by policy");
         super::approver::record_decision(&ctx.telemetry, &object, &then.condition.type_, message);
-        if let Some(note) = then.issued {
-            signer::record_signed_on_approval(&ctx.signer, &object, note);
-        }
     }
     Ok(Action::await_change())
 }

@@ -8,11 +8,12 @@
 //! by resourceVersion: two workers racing on one request cannot both store a
 //! certificate, because the second write is answered 409 and re-read.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -25,13 +26,14 @@ use super::{ControllerOptions, Health};
 use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::well_known::PRIVATE_KEY_SECRET_NAME;
 use crate::api::{
-    CLUSTER_ISSUER_KIND, CertificateRequest, CertificateRequestCondition, ClusterIssuer,
-    ISSUER_KIND, Issuer, IssuerRef, IssuerSpec, IssuerType, PemBytes,
+    CLUSTER_ISSUER_KIND, CertificateRequest, CertificateRequestCondition, CertificateRequestStatus,
+    ClusterIssuer, ISSUER_KIND, Issuer, IssuerRef, IssuerSpec, IssuerType, PemBytes,
 };
 use crate::pki::rules::check_request_parsed;
 use crate::pki::sign::{SignError, Signed};
 use crate::pki::{PrivateKey, SignParams, Usage, check_issued};
 use crate::shutdown::CancellationToken;
+use crate::sync::lock;
 use crate::telemetry::EventType;
 use crate::telemetry::metrics::{SignerIssuerKind, SignerResult};
 
@@ -497,20 +499,25 @@ fn apply(
             status.failure_time = Some(now);
         }
         Outcome::Issued(signed) => {
-            status.set_condition(
-                CertificateRequestCondition::new(
-                    types::READY,
-                    ConditionStatus::True,
-                    reasons::ISSUED,
-                    issued_message(&signed),
-                ),
-                now,
-            );
-            status.certificate = Some(PemBytes::from(signed.certificate_pem.as_str()));
-            status.ca = Some(PemBytes::from(signed.ca_pem.as_str()));
+            set_issued(status, &signed, now);
         }
     }
     Some((request, action))
+}
+
+/// Ready=True with the certificate and CA of `signed`.
+fn set_issued(status: &mut CertificateRequestStatus, signed: &Signed, now: Time) {
+    status.set_condition(
+        CertificateRequestCondition::new(
+            types::READY,
+            ConditionStatus::True,
+            reasons::ISSUED,
+            issued_message(signed),
+        ),
+        now,
+    );
+    status.certificate = Some(PemBytes::from(signed.certificate_pem.as_str()));
+    status.ca = Some(PemBytes::from(signed.ca_pem.as_str()));
 }
 
 async fn reconcile(
@@ -609,11 +616,11 @@ impl SignerSlot {
     }
 }
 
-/// What an approver wrote: its condition, and the certificate's Ready
-/// message when the request was signed in the same write.
+/// What an approver wrote: its condition, and whether the request was
+/// signed in the same write.
 pub(super) struct Approval {
     pub condition: CertificateRequestCondition,
-    pub issued: Option<String>,
+    pub signed: bool,
 }
 
 /// An approver's decision and write, for every approver of this controller.
@@ -626,7 +633,9 @@ pub(super) struct Approval {
 /// only the approved-but-unsigned state is never stored. Anything short of
 /// a certificate (issuer not ready, a bad CSR, a missing CA) is left to the
 /// signer's own loop, which reports it as always; so is a signed status the
-/// API server refuses to store, which is then written approved only.
+/// API server refuses to store, which is then written approved only. A
+/// signature is counted and announced here as the signer loop would; the
+/// approval is the caller's to record.
 pub(super) async fn approve_and_sign<D, F>(
     api: &Api<CertificateRequest>,
     request: CertificateRequest,
@@ -639,72 +648,58 @@ where
 {
     let mut signing = signer.get();
     loop {
-        let issuing = std::sync::atomic::AtomicBool::new(false);
-        let with = signing.clone();
-        let issuing_ref = &issuing;
-        let written = status::decide_and_write(api, request.clone(), |current| {
+        // The Ready message of the certificate in the last attempted write.
+        let issued = Mutex::new(None);
+        let (with, issued_ref) = (signing.clone(), &issued);
+        let written = status::decide_and_write(api, request.clone(), |mut current| {
             let decided = decide(current.clone());
             let with = with.clone();
             async move {
+                *lock(issued_ref) = None;
                 let Some(condition) = decided.await? else {
                     return Ok(Decided::Nothing(()));
                 };
                 let approved = condition.type_ == types::APPROVED;
-                let Decided::Write { object, then } =
-                    status::write_condition::<()>(current, condition)
-                else {
-                    unreachable!("write_condition always writes");
-                };
-                let mut approval = Approval {
-                    condition: then,
-                    issued: None,
-                };
-                let Some(ctx) = with.filter(|_| approved) else {
-                    return Ok(Decided::Write {
-                        object,
-                        then: approval,
-                    });
-                };
-                let object = match evaluate(&object, &ctx).await? {
-                    Outcome::Issued(signed) => {
-                        approval.issued = Some(issued_message(&signed));
-                        issuing_ref.store(true, std::sync::atomic::Ordering::Relaxed);
-                        match apply(object.clone(), Outcome::Issued(signed)) {
-                            Some((signed_object, _)) => signed_object,
-                            None => object,
-                        }
-                    }
-                    _ => object,
-                };
+                let now = status::now();
+                let status = current.status.get_or_insert_with(Default::default);
+                status.set_condition(condition.clone(), now.clone());
+                if let Some(ctx) = with.filter(|_| approved)
+                    && let Outcome::Issued(signed) = evaluate(&current, &ctx).await?
+                {
+                    let status = current.status.get_or_insert_with(Default::default);
+                    set_issued(status, &signed, now);
+                    *lock(issued_ref) = Some(issued_message(&signed));
+                }
                 Ok(Decided::Write {
-                    object,
-                    then: approval,
+                    object: current,
+                    then: condition,
                 })
             }
         })
         .await;
-        match written {
-            Err(error)
-                if issuing.load(std::sync::atomic::Ordering::Relaxed)
-                    && refused_for_good(&error).is_some() =>
-            {
+        let issued = issued.into_inner().unwrap_or_else(|e| e.into_inner());
+        match (written, issued) {
+            (Err(error), Some(_)) if refused_for_good(&error).is_some() => {
                 tracing::warn!(%error, "a request signed on approval could not be stored; writing the approval alone");
                 signing = None;
             }
-            other => return other,
+            (Ok(WriteOutcome::Written { object, then }), issued) => {
+                if let (Some(note), Some(ctx)) = (&issued, &signing) {
+                    record(&ctx.telemetry, &object, Some(reasons::ISSUED), note.clone());
+                }
+                let approval = Approval {
+                    condition: then,
+                    signed: issued.is_some(),
+                };
+                return Ok(WriteOutcome::Written {
+                    object,
+                    then: approval,
+                });
+            }
+            (Ok(WriteOutcome::Nothing(n)), _) => return Ok(WriteOutcome::Nothing(n)),
+            (Ok(WriteOutcome::Gone), _) => return Ok(WriteOutcome::Gone),
+            (Err(error), _) => return Err(error),
         }
-    }
-}
-
-/// Counts and announces a certificate signed on approval, as the signer's
-/// own loop does for what it signs.
-pub(super) fn record_signed_on_approval(
-    signer: &SignerSlot,
-    request: &CertificateRequest,
-    note: String,
-) {
-    if let Some(ctx) = signer.get() {
-        record(&ctx.telemetry, request, Some(reasons::ISSUED), note);
     }
 }
 
@@ -894,7 +889,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CertificateRequestSpec, CertificateRequestStatus};
+    use crate::api::CertificateRequestSpec;
 
     fn request(
         conditions: &[(&str, ConditionStatus, &str)],

@@ -607,12 +607,9 @@ async fn reconcile(
         },
     )
     .await?;
-    if let WriteOutcome::Written { object, then } = decision {
+    if let WriteOutcome::Written { then, .. } = decision {
         tracing::info!(%namespace, %name, condition = %then.condition.type_,
-            reason = %then.condition.reason.unwrap_or_default(), signed = then.issued.is_some(), "SPIFFE request decided");
-        if let Some(note) = then.issued {
-            signer::record_signed_on_approval(&ctx.signer, &object, note);
-        }
+            reason = %then.condition.reason.unwrap_or_default(), signed = then.signed, "SPIFFE request decided");
     }
     Ok(Action::await_change())
 }

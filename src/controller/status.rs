@@ -78,23 +78,6 @@ pub fn now() -> Time {
 /// How often a loop re-reads and retries after conflicts within one reconcile.
 pub const CONFLICT_ATTEMPTS: u32 = 5;
 
-/// A decision that is one condition on a request: `request` with
-/// `condition` set, to be written; the condition comes back as `then`.
-pub fn write_condition<N>(
-    mut request: crate::api::CertificateRequest,
-    condition: crate::api::CertificateRequestCondition,
-) -> Decided<crate::api::CertificateRequest, crate::api::CertificateRequestCondition, N> {
-    let then = condition.clone();
-    request
-        .status
-        .get_or_insert_with(Default::default)
-        .set_condition(condition, now());
-    Decided::Write {
-        object: request,
-        then,
-    }
-}
-
 /// What a loop decided for the object as it read it.
 pub enum Decided<K, W, N> {
     /// Write `object`, which carries the decision in its status; `then` is

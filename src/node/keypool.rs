@@ -16,10 +16,11 @@
 //!   the signer) needs; an empty shelf is refilled at once.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::pki::{KeyAlgorithm, PrivateKey};
+use crate::sync::lock;
 use crate::telemetry::NodeMetrics;
 
 /// The RSA sizes the pool serves: those aws-lc makes itself and that take
@@ -74,11 +75,6 @@ impl Drop for StopOnDrop {
         lock(&self.0.state).stopped = true;
         self.0.wake.notify_all();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves a consistent queue.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One RSA size's keys, oldest first, and when a publish last asked for one.
@@ -227,7 +223,8 @@ impl KeyPool {
         key
     }
 
-    /// Keys ready now for `bits` (for tests and the metrics).
+    /// Keys ready now for `bits`.
+    #[cfg(test)]
     pub fn depth(&self, bits: u32) -> usize {
         let (Some(inner), Some(index)) = (&self.inner, shelf_index(KeyAlgorithm::Rsa { bits }))
         else {

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -198,11 +198,7 @@ fn seconds(at: jiff::Timestamp) -> f64 {
     at.as_millisecond() as f64 / 1000.0
 }
 
-/// A poisoned lock only means another thread panicked mid-update of a
-/// bookkeeping map; the map is still consistent enough to keep counting.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(super) use crate::sync::lock;
 
 /// The node plugin's metrics. Cheap to clone; clones share the series.
 #[derive(Clone)]

@@ -14,8 +14,9 @@ fn path_str(p: &Path) -> &str {
 }
 
 /// `openssl pkey -pubout` of the key equals `openssl x509 -pubkey` of the
-/// certificate: the pod's key and certificate belong together.
-fn assert_key_matches(volume: &VolumeRequest, cert: &str, key: &str) {
+/// certificate: the pod's key and certificate belong together. Returns the
+/// public key.
+fn assert_key_matches(volume: &VolumeRequest, cert: &str, key: &str) -> String {
     let from_key = openssl_ok(&["pkey", "-pubout", "-in", path_str(&volume.file(key))]);
     let from_cert = openssl_ok(&[
         "x509",
@@ -29,6 +30,7 @@ fn assert_key_matches(volume: &VolumeRequest, cert: &str, key: &str) {
         "{}: key and certificate differ",
         volume.volume_name
     );
+    from_key
 }
 
 fn assert_verifies(volume: &VolumeRequest, ca: &str, cert: &str) {
@@ -351,7 +353,7 @@ async fn rsa_keys_from_the_pool_go_to_one_volume_each() {
     }
     let mut public_keys = std::collections::HashSet::new();
     for volume in std::iter::once(&first).chain(&volumes) {
-        assert_key_matches(volume, "tls.crt", "tls.key");
+        let public = assert_key_matches(volume, "tls.crt", "tls.key");
         let text = openssl_ok(&[
             "pkey",
             "-noout",
@@ -364,7 +366,6 @@ async fn rsa_keys_from_the_pool_go_to_one_volume_each() {
             "{}",
             &text[..text.len().min(200)]
         );
-        let public = openssl_ok(&["pkey", "-pubout", "-in", path_str(&volume.file("tls.key"))]);
         assert!(
             public_keys.insert(public),
             "{}: its key was handed to another volume too",

@@ -353,7 +353,7 @@ impl Cluster {
             return Ok(None);
         }
         let text = apiserver_metrics(&self.client).await?;
-        Ok(Some(crate::peer::requests_by_verb(&text)))
+        Ok(Some(requests_by_verb(&text)))
     }
 
     pub async fn start_real(
@@ -621,4 +621,53 @@ pub fn failures(outcomes: &[(Result<(), tonic::Status>, Duration)]) -> (usize, O
         }
     }
     (count, first)
+}
+
+/// `apiserver_request_total` summed by verb, for cert-manager.io resources
+/// and Events (what a CSI node plugin talks to).
+pub fn requests_by_verb(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if label("group") != "cert-manager.io" && label("resource") != "events" {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(label("verb")).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_summed_by_verb_for_cert_manager_and_events() {
+        let text = r#"# HELP apiserver_request_total x
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="cert-manager.io",resource="certificaterequests",scope="resource",subresource="",verb="POST",version="v1"} 7
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="cert-manager.io",resource="certificaterequests",scope="namespace",subresource="",verb="LIST",version="v1"} 2
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 3
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 90
+"#;
+        let by_verb = requests_by_verb(text);
+        assert_eq!(
+            by_verb,
+            std::collections::BTreeMap::from([("LIST".to_owned(), 2.0), ("POST".to_owned(), 10.0)])
+        );
+    }
 }

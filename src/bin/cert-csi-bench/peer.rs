@@ -201,35 +201,6 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
-/// `apiserver_request_total` summed by verb, for cert-manager.io resources
-/// and Events (what a CSI node plugin talks to).
-pub fn requests_by_verb(metrics: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or_default()
-                .to_owned()
-        };
-        if label("group") != "cert-manager.io" && label("resource") != "events" {
-            continue;
-        }
-        if let Ok(v) = value.trim().parse::<f64>() {
-            *out.entry(label("verb")).or_insert(0.0) += v;
-        }
-    }
-    out
-}
-
 /// P1: `n` publishes one at a time, `pace_ms` apart, after a warm-up
 /// that is not counted; every volume is unpublished after.
 async fn p1(
@@ -338,13 +309,13 @@ async fn measure(
     // due. Memory, then the API server's count of requests by verb.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let with_volumes = memory(node.pid())?;
-    let first = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
+    let first = env::requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
     let cpu_before = procfs::cpu_seconds(node.pid())?;
     let window = Duration::from_secs(sizes.load_window_s);
     tokio::time::sleep(window).await;
     let cpu_after = procfs::cpu_seconds(node.pid())?;
     let idle_cpu_percent = 100.0 * (cpu_after - cpu_before) / window.as_secs_f64();
-    let second = requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
+    let second = env::requests_by_verb(&env::apiserver_metrics(&cluster.client).await?);
     let load_per_s = second
         .iter()
         .map(|(verb, n)| {
@@ -486,24 +457,4 @@ pub fn text(r: &PeerResults) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_summed_by_verb_for_cert_manager_and_events() {
-        let text = r#"# HELP apiserver_request_total x
-apiserver_request_total{code="201",component="apiserver",dry_run="",group="cert-manager.io",resource="certificaterequests",scope="resource",subresource="",verb="POST",version="v1"} 7
-apiserver_request_total{code="200",component="apiserver",dry_run="",group="cert-manager.io",resource="certificaterequests",scope="namespace",subresource="",verb="LIST",version="v1"} 2
-apiserver_request_total{code="200",component="apiserver",dry_run="",group="events.k8s.io",resource="events",scope="resource",subresource="",verb="POST",version="v1"} 3
-apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",resource="leases",scope="resource",subresource="",verb="PUT",version="v1"} 90
-"#;
-        let by_verb = requests_by_verb(text);
-        assert_eq!(
-            by_verb,
-            BTreeMap::from([("LIST".to_owned(), 2.0), ("POST".to_owned(), 10.0)])
-        );
-    }
 }

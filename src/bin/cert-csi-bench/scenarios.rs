@@ -323,60 +323,31 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
         });
     }
     node.kill();
-    // The same RSA publishes on a node without the key pool: each makes
-    // its key while the pod waits.
     if let Some(floor) = rsa_floor {
-        let mut no_pool = flags.clone();
-        no_pool.extend(["--rsa-key-pool-size".to_string(), "0".to_string()]);
-        let mut node = ctx.node("p1-no-pool", &no_pool).await?;
-        let mut kubelets =
-            Kubelets::connect(ctx.cluster, &node, &ctx.kubelet_root("p1-no-pool"), 1).await?;
-        let extra = [
-            ("csi.cert-manager.io/key-algorithm", "RSA"),
-            ("csi.cert-manager.io/key-size", "2048"),
-        ];
-        let publish = timed_publishes(
-            &mut kubelets,
-            "nopool",
-            &extra,
-            ctx.sizes.p1_rsa_samples,
+        let samples = ctx.sizes.p1_rsa_samples;
+        // The same RSA publishes on a node without the key pool: each
+        // makes its key while the pod waits.
+        let publish = rsa_on_own_node(
+            ctx,
+            &flags,
+            "p1-no-pool",
+            0,
+            false,
             Some(ctx.sizes.rsa_pacing),
         )
         .await
         .map_err(|e| anyhow::anyhow!("P1 RSA-2048 without the key pool: {e}"))?;
-        node.kill();
         out.push(P1Algorithm {
             algorithm: "RSA-2048, --rsa-key-pool-size 0",
             ratio: publish.p50_ms / floor.total_ms,
             publish,
-            floor,
+            floor: floor.clone(),
         });
-    }
-    // And back to back, as the other algorithms run, on a node whose pool
-    // holds a key for every publish: what the pool itself costs a pod.
-    if let Some(floor) = out
-        .iter()
-        .find(|a| a.algorithm == "RSA-2048")
-        .map(|a| a.floor.clone())
-    {
-        let samples = ctx.sizes.p1_rsa_samples;
-        let mut big_pool = flags.clone();
-        big_pool.extend(["--rsa-key-pool-size".to_string(), (samples + 3).to_string()]);
-        let mut node = ctx.node("p1-big-pool", &big_pool).await?;
-        let mut kubelets =
-            Kubelets::connect(ctx.cluster, &node, &ctx.kubelet_root("p1-big-pool"), 1).await?;
-        let extra = [
-            ("csi.cert-manager.io/key-algorithm", "RSA"),
-            ("csi.cert-manager.io/key-size", "2048"),
-        ];
-        // The first publish starts the pool; then wait until its thread
-        // stops using CPU, which it does once every key is made.
-        timed_publishes(&mut kubelets, "fill", &extra, 0, None).await?;
-        wait_until_thread_idle(node.pid(), "rsa-key-pool").await?;
-        let publish = timed_publishes(&mut kubelets, "b2b", &extra, samples, None)
+        // And back to back, as the other algorithms run, on a node whose
+        // pool holds a key for every publish: what the pool costs a pod.
+        let publish = rsa_on_own_node(ctx, &flags, "p1-big-pool", samples + 3, true, None)
             .await
             .map_err(|e| anyhow::anyhow!("P1 RSA-2048 back to back: {e}"))?;
-        node.kill();
         out.push(P1Algorithm {
             algorithm: "RSA-2048, pool of n+3, back to back",
             ratio: publish.p50_ms / floor.total_ms,
@@ -388,6 +359,42 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
         node_flags: flags,
         algorithms: out,
     })
+}
+
+/// RSA-2048 publishes on a node of its own named `name`, started with
+/// `flags` and `--rsa-key-pool-size pool`. With `fill`, two unmeasured
+/// publishes start the pool first, and the measurement waits until its
+/// thread stops using CPU, which it does once every key is made.
+async fn rsa_on_own_node(
+    ctx: &Ctx<'_>,
+    flags: &[String],
+    name: &str,
+    pool: usize,
+    fill: bool,
+    pacing: Option<Duration>,
+) -> anyhow::Result<Summary> {
+    let mut args = flags.to_vec();
+    args.extend(["--rsa-key-pool-size".to_string(), pool.to_string()]);
+    let mut node = ctx.node(name, &args).await?;
+    let mut kubelets = Kubelets::connect(ctx.cluster, &node, &ctx.kubelet_root(name), 1).await?;
+    let extra = [
+        ("csi.cert-manager.io/key-algorithm", "RSA"),
+        ("csi.cert-manager.io/key-size", "2048"),
+    ];
+    if fill {
+        timed_publishes(&mut kubelets, "fill", &extra, 0, None).await?;
+        wait_until_thread_idle(node.pid(), "rsa-key-pool").await?;
+    }
+    let publish = timed_publishes(
+        &mut kubelets,
+        name,
+        &extra,
+        ctx.sizes.p1_rsa_samples,
+        pacing,
+    )
+    .await;
+    node.kill();
+    publish
 }
 
 /// Waits until the threads named `name` of `pid` have used no CPU for a
