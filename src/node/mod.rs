@@ -32,6 +32,7 @@ pub mod renew;
 pub mod request;
 pub mod service;
 pub mod target;
+pub mod trim;
 pub mod trust;
 pub mod unpublish;
 pub mod volumes;

@@ -20,6 +20,7 @@ use super::error::{
 };
 use super::request::{KeySource, OpenRequest};
 use super::service::VolumeManager;
+use super::volumes::Delivery;
 use crate::issuance::{self, IssuanceError, Issued};
 use crate::pki;
 use crate::renewal::limiter::{Permit, Priority};
@@ -42,6 +43,7 @@ pub struct PublishRequest {
 
 impl VolumeManager {
     pub async fn publish(self: &Arc<Self>, req: PublishRequest) -> Result<(), PublishError> {
+        let _trim = self.trim.on_drop();
         let spec = self.validate(&req)?;
         let fingerprint = volume::context_fingerprint(&req.context);
 
@@ -174,16 +176,6 @@ impl VolumeManager {
 
         let issued = self.with_bundle_ca(issued)?;
         let files = build_files(spec, &open.key, &issued)?;
-        self.volumes
-            .deliver(
-                &dir,
-                private_files(spec),
-                files,
-                spec.fs_group,
-                &spec.target_path,
-            )
-            .await?;
-
         let plan = self.plan_renewal(spec, &leaf, received, 0);
         let mut state = self.fresh_state(spec, req, fingerprint);
         state.node_id = Some(self.config.node_id.clone());
@@ -195,7 +187,21 @@ impl VolumeManager {
             received,
             &plan,
         );
-        self.volumes.record_issued(&dir, state).await?;
+        // Files, mount, then the record, in that order and in one trip to
+        // the blocking pool: a state that says "issued" always describes a
+        // mounted volume.
+        self.volumes
+            .deliver(
+                &dir,
+                Delivery {
+                    private: private_files(spec),
+                    files,
+                    gid: spec.fs_group,
+                    target: &spec.target_path,
+                },
+                state,
+            )
+            .await?;
         self.scheduler.schedule(&spec.volume_id, plan.at);
         self.count_issued(IssuanceKind::First, started.elapsed(), spec, &leaf, plan.at);
         self.prune_in_background(spec, &open);

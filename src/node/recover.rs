@@ -73,6 +73,7 @@ impl VolumeManager {
     /// ready. Volumes with a valid certificate are only scheduled: no API
     /// call is made for them.
     pub async fn recover(self: &Arc<Self>) -> Result<Recovery, StoreError> {
+        let _trim = self.trim.on_drop();
         let found = self.volumes.survey().await?;
         let mut report = Recovery::default();
         let now = SystemTime::now();

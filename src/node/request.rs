@@ -6,7 +6,7 @@ use super::error::{PublishError, encoding_error};
 use super::service::VolumeManager;
 use crate::api::IssuerRef;
 use crate::issuance::{self, IssuanceError, Issued, RequestParams, Subscription};
-use crate::pki::{self, CertInfo, KeyEncoding, PrivateKey};
+use crate::pki::{self, CertInfo, KeyAlgorithm, KeyEncoding, PrivateKey};
 use crate::store::{RequestPhase, RequestRef, VolumeDir, VolumeState};
 use crate::telemetry::metrics::RequestKey;
 use crate::volume::VolumeSpec;
@@ -91,13 +91,14 @@ impl VolumeManager {
             &self.driver.csr_options(spec),
         )
         .map_err(encoding_error)?;
-        self.volumes
-            .write_pending_key(dir, key.to_pem(KeyEncoding::Pkcs8)?)
-            .await?;
+        let pending_key = key.to_pem(KeyEncoding::Pkcs8)?;
         let namespace = spec.pod.namespace.clone();
         let name = issuance::new_request_name(&spec.pod.name);
         let sub = self.tracker.subscribe(&namespace, &name);
-        if let Err(e) = self.create_request(spec, &csr.pem, &name, state).await {
+        if let Err(e) = self
+            .create_request(spec, dir, pending_key, &csr.pem, &name, state)
+            .await
+        {
             self.tracker.forget(&namespace, &name);
             return Err(e);
         }
@@ -148,12 +149,14 @@ impl VolumeManager {
         }
     }
 
-    /// Saves `state` with this request as pending, then creates it: a crash
-    /// right after the create then resumes this request instead of making a
-    /// second one.
+    /// Keeps the request's key in the tmpfs and saves `state` with this
+    /// request as pending, then creates it: a crash right after the create
+    /// then resumes this request, with this key, instead of making a second.
     async fn create_request(
         &self,
         spec: &VolumeSpec,
+        dir: &VolumeDir,
+        pending_key: pki::Secret,
         csr_pem: &str,
         name: &str,
         mut state: VolumeState,
@@ -182,7 +185,7 @@ impl VolumeManager {
             name: name.to_string(),
             phase: RequestPhase::Pending,
         });
-        self.volumes.save_state(state).await?;
+        self.volumes.stage_request(dir, pending_key, state).await?;
         let client = self.driver.request_client(spec, &self.client)?;
         issuance::create(&client, &request).await?;
         self.metrics
@@ -211,10 +214,16 @@ impl VolumeManager {
     }
 }
 
-/// A fresh key of the volume's algorithm, made off the async threads (RSA
-/// generation takes a while).
+/// A fresh key of the volume's algorithm. RSA generation takes tens of
+/// milliseconds and runs off the async threads; an elliptic-curve key takes
+/// about 20 µs, less than handing it to another thread, so it is made here.
+/// (Handing every key over started a blocking thread per publish in flight:
+/// 50 threads after a burst of 64, each keeping its stack and arena pages.)
 async fn new_key(spec: &VolumeSpec) -> Result<PrivateKey, PublishError> {
     let algorithm = spec.key.algorithm;
+    if !matches!(algorithm, KeyAlgorithm::Rsa { .. }) {
+        return PrivateKey::generate(algorithm).map_err(PublishError::from);
+    }
     tokio::task::spawn_blocking(move || PrivateKey::generate(algorithm))
         .await
         .map_err(|e| PublishError::Internal(format!("key generation task failed: {e}")))?

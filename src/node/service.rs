@@ -11,6 +11,7 @@ use super::config::NodeConfig;
 use super::driver::Driver;
 use super::keypool::KeyPool;
 use super::target::KubeletRoot;
+use super::trim::MemoryTrim;
 use super::trust::TrustBundle;
 use super::volumes::Volumes;
 use crate::issuance::{IssuanceError, RequestTracker};
@@ -48,6 +49,8 @@ pub struct VolumeManager {
     pub(super) driver: Driver,
     /// The CA file content of every volume, when a trust bundle is set.
     pub(super) trust: Option<TrustBundle>,
+    /// Returns freed memory to the kernel after bursts.
+    pub(super) trim: MemoryTrim,
 }
 
 impl VolumeManager {
@@ -75,6 +78,7 @@ impl VolumeManager {
             scheduler,
             tokens: Mutex::default(),
             renewals: Mutex::default(),
+            trim: MemoryTrim::new(shutdown.clone()),
             shutdown,
             metrics,
             events: None,

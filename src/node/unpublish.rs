@@ -15,6 +15,7 @@ impl VolumeManager {
         volume_id: &str,
         target_path: &str,
     ) -> Result<(), UnpublishError> {
+        let _trim = self.trim.on_drop();
         if volume_id.is_empty() {
             return Err(UnpublishError::MissingVolumeId);
         }

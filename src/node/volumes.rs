@@ -11,17 +11,39 @@ use crate::pki::Secret;
 use crate::store::csi_driver::{CsiDriverRoot, Metadata};
 use crate::store::{DATA_LINK, Store, StoreError, VolumeDir, VolumeState};
 
+/// Store calls running at once. The calls are mounts and small tmpfs
+/// writes that the kernel serialises anyway (mounts take the namespace's
+/// lock), so more of them at once buy nothing. Without a bound, a burst of
+/// 64 publishes started about 90 blocking threads, each with its own stack
+/// pages and allocator arena, which stayed resident after the burst.
+const STORE_CALLS_AT_ONCE: usize = 8;
+static STORE_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STORE_CALLS_AT_ONCE);
+
 /// Runs one store call off the async threads.
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _slot = STORE_SLOTS.acquire().await;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Task {
             op,
             reason: e.to_string(),
         })?
+}
+
+/// What a first publish puts in place.
+pub struct Delivery<'a> {
+    /// Secrets only the plugin reads (renewals reuse them).
+    pub private: Vec<(&'static str, Secret)>,
+    /// The pod's files: name, content, mode.
+    pub files: Vec<(String, Secret, u32)>,
+    /// The group the files are readable by.
+    pub gid: Option<u32>,
+    /// Where the pod's files are bind-mounted.
+    pub target: &'a Path,
 }
 
 /// What recovery finds of one volume on disk.
@@ -143,11 +165,21 @@ impl Volumes {
         blocking("read pending key", move || dir.read_pending_key()).await
     }
 
-    /// Keeps the key of a request in flight in the tmpfs, so a restart
-    /// resumes that request instead of making another.
-    pub async fn write_pending_key(&self, dir: &VolumeDir, pem: Secret) -> Result<(), StoreError> {
-        let dir = dir.clone();
-        blocking("write pending key", move || dir.write_pending_key(&pem)).await
+    /// Before a request is created: keeps its key in the tmpfs, so a
+    /// restart resumes that request instead of making another, and saves
+    /// the state that names it; one trip to the blocking pool.
+    pub async fn stage_request(
+        &self,
+        dir: &VolumeDir,
+        pem: Secret,
+        state: VolumeState,
+    ) -> Result<(), StoreError> {
+        let (store, dir) = (self.store.clone(), dir.clone());
+        blocking("stage request", move || {
+            dir.write_pending_key(&pem)?;
+            store.save_state(&state)
+        })
+        .await
     }
 
     /// Forgets the pending key of a volume, if its tmpfs is still there.
@@ -182,22 +214,30 @@ impl Volumes {
     }
 
     /// A first publish's delivery: the private secrets renewals need, the
-    /// pod's files, then the read-only bind mount at `target`.
+    /// pod's files and the read-only bind mount at the target; then `state`
+    /// is saved and the pending key, whose request is done, forgotten.
     pub async fn deliver(
         &self,
         dir: &VolumeDir,
-        private: Vec<(&'static str, Secret)>,
-        files: Vec<(String, Secret, u32)>,
-        gid: Option<u32>,
-        target: &Path,
+        delivery: Delivery<'_>,
+        state: VolumeState,
     ) -> Result<(), StoreError> {
-        let (dir, target) = (dir.clone(), target.to_path_buf());
+        let (store, dir) = (self.store.clone(), dir.clone());
+        let Delivery {
+            private,
+            files,
+            gid,
+            target,
+        } = delivery;
+        let target = target.to_path_buf();
         blocking("deliver", move || {
             for (name, secret) in &private {
                 dir.write_private(name, secret)?;
             }
             dir.publish(&files, gid)?;
-            dir.mount_at(&target)
+            dir.mount_at(&target)?;
+            store.save_state(&state)?;
+            dir.clear_pending_key()
         })
         .await
     }
