@@ -124,6 +124,12 @@ fn quick_bench_writes_json_with_every_measure_and_svg_plots() {
     );
     for a in algorithms {
         assert!(a["publish"]["p99_ms"].is_number() && a["floor"]["total_ms"].is_number());
+        // Every publish costs both processes some CPU; a zero would mean
+        // the schedstat reading measured nothing.
+        for side in ["node_ms", "bench_ms"] {
+            let ms = a["cpu"][side].as_f64().unwrap_or(0.0);
+            assert!(ms > 0.0, "{} cpu.{side} = {ms}", a["algorithm"]);
+        }
     }
     // Counts, not times: the burst made exactly one request per pod and
     // the restart made none.

@@ -127,6 +127,10 @@ pub struct Floor {
 pub struct P1Algorithm {
     pub algorithm: &'static str,
     pub publish: Summary,
+    /// CPU per publish and unpublish pair, in milliseconds, of the node
+    /// plugin and of this process (sandbox API server, controller and the
+    /// simulated kubelet): where a publish's time is spent, not waited.
+    pub cpu: CpuPerPublish,
     pub floor: Floor,
     /// p50 publish latency ÷ floor total.
     pub ratio: f64,
@@ -136,6 +140,13 @@ pub struct P1Algorithm {
 pub struct P1 {
     pub node_flags: Vec<String>,
     pub algorithms: Vec<P1Algorithm>,
+}
+
+/// Mean CPU milliseconds per timed publish (with its unpublish).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuPerPublish {
+    pub node_ms: f64,
+    pub bench_ms: f64,
 }
 
 pub const ALGORITHMS: [(&str, KeyAlgorithm, &str, &str); 4] = [
@@ -298,9 +309,16 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
         // gap, so each publish measures a pod that finds a key ready. Back
         // to back, a burst longer than the pool makes its own keys.
         let pacing = rsa.then_some(ctx.sizes.rsa_pacing);
-        let publish = timed_publishes(&mut kubelets, &format!("a{i}"), &extra, samples, pacing)
-            .await
-            .map_err(|e| anyhow::anyhow!("P1 {label}: {e}"))?;
+        let (publish, cpu) = timed_publishes(
+            &mut kubelets,
+            node.pid(),
+            &format!("a{i}"),
+            &extra,
+            samples,
+            pacing,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("P1 {label}: {e}"))?;
         let n = ctx.sizes.floor_samples.min(samples.max(5));
         let (keygen, csr, sign) = crypto_floor(*algorithm, n, &ca_pem, &ca_key)?;
         let total = keygen + csr + sign + api_ms + mount_ms;
@@ -319,6 +337,7 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
             algorithm: label,
             ratio: publish.p50_ms / total,
             publish,
+            cpu,
             floor,
         });
     }
@@ -327,7 +346,7 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
         let samples = ctx.sizes.p1_rsa_samples;
         // The same RSA publishes on a node without the key pool: each
         // makes its key while the pod waits.
-        let publish = rsa_on_own_node(
+        let (publish, cpu) = rsa_on_own_node(
             ctx,
             &flags,
             "p1-no-pool",
@@ -341,17 +360,19 @@ pub async fn p1(ctx: &Ctx<'_>) -> anyhow::Result<P1> {
             algorithm: "RSA-2048, --rsa-key-pool-size 0",
             ratio: publish.p50_ms / floor.total_ms,
             publish,
+            cpu,
             floor: floor.clone(),
         });
         // And back to back, as the other algorithms run, on a node whose
         // pool holds a key for every publish: what the pool costs a pod.
-        let publish = rsa_on_own_node(ctx, &flags, "p1-big-pool", samples + 3, true, None)
+        let (publish, cpu) = rsa_on_own_node(ctx, &flags, "p1-big-pool", samples + 3, true, None)
             .await
             .map_err(|e| anyhow::anyhow!("P1 RSA-2048 back to back: {e}"))?;
         out.push(P1Algorithm {
             algorithm: "RSA-2048, pool of n+3, back to back",
             ratio: publish.p50_ms / floor.total_ms,
             publish,
+            cpu,
             floor,
         });
     }
@@ -372,7 +393,7 @@ async fn rsa_on_own_node(
     pool: usize,
     fill: bool,
     pacing: Option<Duration>,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, CpuPerPublish)> {
     let mut args = flags.to_vec();
     args.extend(["--rsa-key-pool-size".to_string(), pool.to_string()]);
     let mut node = ctx.node(name, &args).await?;
@@ -382,11 +403,12 @@ async fn rsa_on_own_node(
         ("csi.cert-manager.io/key-size", "2048"),
     ];
     if fill {
-        timed_publishes(&mut kubelets, "fill", &extra, 0, None).await?;
+        timed_publishes(&mut kubelets, node.pid(), "fill", &extra, 0, None).await?;
         wait_until_thread_idle(node.pid(), "rsa-key-pool").await?;
     }
     let publish = timed_publishes(
         &mut kubelets,
+        node.pid(),
         name,
         &extra,
         ctx.sizes.p1_rsa_samples,
@@ -426,21 +448,27 @@ async fn wait_until_thread_idle(pid: u32, name: &str) -> anyhow::Result<()> {
 /// more before them, unmeasured, warm connections, caches and the watch.
 async fn timed_publishes(
     kubelets: &mut Kubelets,
+    node_pid: u32,
     prefix: &str,
     extra: &[(&str, &str)],
     samples: usize,
     pacing: Option<Duration>,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<(Summary, CpuPerPublish)> {
     let attrs = attributes(extra);
     let volumes = kubelets
         .pods_with_volume("p1", prefix, 0..samples + 2, &attrs)
         .await?;
     let kubelet = &mut kubelets.pool[0];
     let mut latencies = Vec::with_capacity(samples);
+    let (mut node_ns, mut bench_ns) = (0u64, 0u64);
     for (j, v) in volumes.iter().enumerate() {
         if let Some(gap) = pacing {
             tokio::time::sleep(gap).await;
         }
+        let cpu_before = (
+            procfs::cpu_nanos(node_pid)?,
+            procfs::cpu_nanos(std::process::id())?,
+        );
         let t = Instant::now();
         kubelet
             .publish(v)
@@ -453,8 +481,19 @@ async fn timed_publishes(
             .unpublish(v)
             .await
             .map_err(|s| anyhow::anyhow!("unpublish: {}", s.message()))?;
+        if j >= 2 {
+            node_ns += procfs::cpu_nanos(node_pid)?.saturating_sub(cpu_before.0);
+            bench_ns += procfs::cpu_nanos(std::process::id())?.saturating_sub(cpu_before.1);
+        }
     }
-    Ok(Summary::of(&latencies))
+    let per = |ns: u64| ns as f64 / 1e6 / samples.max(1) as f64;
+    Ok((
+        Summary::of(&latencies),
+        CpuPerPublish {
+            node_ms: per(node_ns),
+            bench_ms: per(bench_ns),
+        },
+    ))
 }
 
 fn local_ca() -> anyhow::Result<(String, PrivateKey)> {
@@ -634,7 +673,6 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
     let mid = ctx.sizes.mid_volumes.min(max);
     let mut node = ctx.node("scale", &unlimited()).await?;
     let root = ctx.kubelet_root("scale");
-    let mut kubelets = Kubelets::connect(ctx.cluster, &node, &root, 64).await?;
     let attrs = attributes(&[("csi.cert-manager.io/key-algorithm", "ECDSA")]);
     let idle = settle_rss(node.pid(), 0).await?;
 
@@ -645,6 +683,10 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
         if from == to {
             continue;
         }
+        // The kubelet dials the plugin's socket for each call and closes
+        // the connection after it (pkg/volume/csi/csi_client.go), so memory
+        // is read with the burst's 64 connections closed, as on a node.
+        let mut kubelets = Kubelets::connect(ctx.cluster, &node, &root, 64).await?;
         let batch = kubelets
             .pods_with_volume("scale", "s", from..to, &attrs)
             .await?;
@@ -659,6 +701,7 @@ pub async fn p3_p4_p5(ctx: &Ctx<'_>) -> anyhow::Result<(P3, P4, P5)> {
             );
         }
         volumes.extend(batch);
+        drop(kubelets);
         if to == mid {
             rss_mid = settle_rss(node.pid(), mid).await?;
         }
