@@ -56,6 +56,9 @@ pub struct CrdsArgs {
     pub policy: bool,
 }
 
+// Parsed once at start and matched once; the node's many flags make its
+// variant the largest, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an in-memory Kubernetes API server on loopback (for demos and tests).
@@ -318,6 +321,15 @@ pub struct NodeArgs {
     /// starting together are not held back); renewals never use the burst.
     #[arg(long, env = "MAX_REQUEST_BURST", default_value_t = crate::renewal::limiter::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_request_burst: u32,
+    /// Requests per second this node may send to the API server, as
+    /// csi-driver's flag; 0 (the default) sets no client-side limit, where
+    /// csi-driver falls back to client-go's 5 per second.
+    #[arg(long, env = "KUBE_API_QPS", default_value = "0", value_parser = crate::api_rate::parse_qps)]
+    pub kube_api_qps: f32,
+    /// Requests beyond --kube-api-qps the node may send at once, as
+    /// csi-driver's flag; used only with a QPS above 0 (then at least 1).
+    #[arg(long, env = "KUBE_API_BURST", default_value_t = 0)]
+    pub kube_api_burst: u32,
     /// RSA keys kept ready per RSA size that pods use (2048, 3072 and
     /// 4096 bits), so a first publish need not wait for key generation;
     /// 0 turns the pool off. Renewals always make a fresh key.
@@ -617,6 +629,7 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
         data_root: args.data_root,
         kubeconfig: args.kubeconfig,
         store: crate::store::StoreOptions::default(),
+        api_rate: crate::api_rate::ApiRate::from_flags(args.kube_api_qps, args.kube_api_burst),
         node: crate::node::NodeConfig {
             node_id: args.node_id,
             publish_timeout: args.publish_timeout,

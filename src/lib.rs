@@ -29,6 +29,7 @@
 //!   `sandbox`, on by default; the image is built without it).
 
 pub mod api;
+pub mod api_rate;
 pub mod cli;
 pub mod controller;
 pub mod csi;

@@ -31,6 +31,8 @@ pub struct NodeOptions {
     /// Per-volume tmpfs limits, and whether to mount at all (the demo's
     /// fallback on machines where it may not).
     pub store: crate::store::StoreOptions,
+    /// `--kube-api-qps` and `--kube-api-burst`; `None`: no client-side limit.
+    pub api_rate: Option<crate::api_rate::ApiRate>,
 }
 
 /// What `cert-csi node` serves beyond the csi.cert-manager.io defaults.
@@ -55,8 +57,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let socket = super::server::socket_path(&options.endpoint)?;
     let config = crate::kubernetes::kube_config(options.kubeconfig.as_ref()).await?;
-    let client =
-        kube::Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let client = crate::api_rate::client(config.clone(), options.api_rate)?;
     let store = Store::open_with(&options.data_root, options.store)
         .with_context(|| format!("opening --data-root {}", options.data_root.display()))?;
     let tracker = RequestTracker::spawn(

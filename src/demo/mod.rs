@@ -249,6 +249,7 @@ fn node_options(
     mounts: MountMode,
 ) -> crate::csi::run::NodeOptions {
     crate::csi::run::NodeOptions {
+        api_rate: None,
         store: StoreOptions {
             mount_mode: mounts,
             ..StoreOptions::default()

@@ -687,3 +687,37 @@ async fn an_unreadable_state_after_a_power_loss_starts_the_volume_afresh() {
     env.assert_no_trace(&volume).await;
     env.finish().await;
 }
+
+/// csi-driver's `--kube-api-qps` and `--kube-api-burst`: every request the
+/// node sends passes a token bucket first. With 1 per second and a burst of
+/// 1, four pods published at once need four CertificateRequest creates, so
+/// the last cannot be sent before three seconds have passed (a lower bound,
+/// which load can only lengthen); without the limit they take milliseconds.
+/// Each certificate still verifies with openssl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_side_api_limit_paces_the_node_and_still_publishes() {
+    if !test_kit::require_root("a_client_side_api_limit_paces_the_node_and_still_publishes") {
+        return;
+    }
+    let env = Env::start_with_args(
+        test_kit::Options::default(),
+        &["--kube-api-qps", "1", "--kube-api-burst", "1"],
+    )
+    .await;
+    let pod = env.create_pod("qps", "app-0", "app").await;
+    let volumes: Vec<VolumeRequest> = (0..4)
+        .map(|i| env.volume(&pod, &format!("tls-{i}"), &[(keys::ISSUER_NAME, "ca")]))
+        .collect();
+    let started = std::time::Instant::now();
+    let outcomes = futures::future::join_all(volumes.iter().map(|v| env.publish(v))).await;
+    let took = started.elapsed();
+    for (volume, outcome) in volumes.iter().zip(outcomes) {
+        outcome.unwrap_or_else(|e| panic!("{}: {e:?}", volume.volume_name));
+        assert_verifies(volume, "ca.crt", "tls.crt");
+        assert_key_matches(volume, "tls.crt", "tls.key");
+    }
+    assert!(
+        took >= std::time::Duration::from_millis(2900),
+        "four creates at 1 per second went in {took:?}: the limit was not applied"
+    );
+}

@@ -323,6 +323,14 @@ fn csi_driver_values_files_install_with_their_meaning() {
     assert_eq!(flag(driver, "--data-root"), "/var/run/certs-example");
     assert_eq!(flag(driver, "--kubelet-root-dir"), "/data/kubelet");
     assert_eq!(flag(driver, "--log-level"), "debug", "app.logLevel 4");
+    // app.driver.kubernetesAPIQPS and kubernetesAPIBurst: the same flags,
+    // with the same values, as upstream's template passes.
+    let their_driver = container(&their_pod, "cert-manager-csi-driver");
+    assert_eq!(flag(driver, "--kube-api-qps"), "50");
+    assert_eq!(flag(driver, "--kube-api-burst"), "100");
+    for name in ["--kube-api-qps", "--kube-api-burst"] {
+        assert_eq!(flag(driver, name), flag(their_driver, name), "{name}");
+    }
     let registrar = container(&pod, "node-driver-registrar");
     assert_eq!(
         flag(registrar, "--kubelet-registration-path"),
@@ -368,8 +376,6 @@ fn csi_driver_values_files_install_with_their_meaning() {
     let text = notes(&["-f", ALL_KEYS]).unwrap();
     for key in [
         "app.driver.continueOnNotReady",
-        "app.driver.kubernetesAPIQPS",
-        "app.driver.kubernetesAPIBurst",
         "app.driver.podReadinessGates",
         "nodeDriverRegistrarImage._defaultReference",
         "livenessProbeImage._defaultReference",
