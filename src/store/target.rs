@@ -3,9 +3,9 @@
 //! The parent of the kubelet's target path is opened with `openat2` and
 //! `RESOLVE_NO_SYMLINKS` or, where that fails, walked from `/` one
 //! component at a time with `O_PATH | O_DIRECTORY | O_NOFOLLOW`: a symlink
-//! anywhere in it is refused, never followed. Mounts and unmounts then go through the opened
-//! directories (`/proc/self/fd/<fd>`), so a directory swapped for a symlink
-//! after the check cannot redirect them.
+//! anywhere in it is refused, never followed. Mounts and unmounts then go
+//! through the opened directories (`/proc/self/fd/<fd>`), so a directory
+//! swapped for a symlink after the check cannot redirect them.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

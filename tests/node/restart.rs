@@ -221,8 +221,22 @@ async fn two_hundred_volumes_survive_sigkill_without_new_requests() {
     )
     .await;
 
-    let after = states(&env, &volumes);
-    let per_volume = names_by_volume(&env.requests(NAMESPACE).await);
+    // Each renewal deletes the request before it in the background, after
+    // recording its certificate: poll until every volume is down to one
+    // request (or the deadline passes, and the checks below say which).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (after, per_volume) = loop {
+        let after = states(&env, &volumes);
+        let per_volume = names_by_volume(&env.requests(NAMESPACE).await);
+        let settled = volumes.iter().zip(&after).all(|(v, state)| {
+            per_volume.get(&cert_csi::store::id_hash(&v.volume_id))
+                == Some(&vec![request_name(state)])
+        });
+        if settled || Instant::now() >= deadline {
+            break (after, per_volume);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     for ((v, state), pending_name) in volumes.iter().zip(&after).zip(&pending) {
         assert_eq!(
             &request_name(state),
