@@ -70,29 +70,26 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, ProcError> {
         })
 }
 
+/// The directories of `pid`'s threads (`/proc/PID/task/TID`).
+fn thread_dirs(pid: u32) -> Result<impl Iterator<Item = std::path::PathBuf>, ProcError> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|source| ProcError::Read {
+        pid,
+        path: dir,
+        source,
+    })?;
+    Ok(tasks.flatten().map(|task| task.path()))
+}
+
 /// CPU time in nanoseconds of every live thread of `pid`, from each
 /// thread's `schedstat` (nanosecond resolution, where `stat` counts ticks
 /// of 10 ms). Time of threads that exited in between is not counted.
 pub fn cpu_nanos(pid: u32) -> Result<u64, ProcError> {
-    let dir = format!("/proc/{pid}/task");
-    let tasks = std::fs::read_dir(&dir).map_err(|source| ProcError::Read {
-        pid,
-        path: dir.clone(),
-        source,
-    })?;
-    let mut total = 0;
-    for task in tasks.flatten() {
-        let path = task.path().join("schedstat");
-        // A thread may exit between the listing and the read.
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            total += text
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Ok(total)
+    // A thread may exit between the listing and the read.
+    Ok(thread_dirs(pid)?
+        .filter_map(|dir| std::fs::read_to_string(dir.join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum())
 }
 
 /// CPU time in seconds of the threads of `pid` named `name` (their
@@ -100,10 +97,8 @@ pub fn cpu_nanos(pid: u32) -> Result<u64, ProcError> {
 // benches/controller.rs includes this file and has no use for it.
 #[allow(dead_code)]
 pub fn thread_cpu_seconds(pid: u32, name: &str) -> Option<f64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut found = None;
-    for task in tasks.flatten() {
-        let dir = task.path();
+    for dir in thread_dirs(pid).ok()? {
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         if comm.trim_end() != name {
             continue;

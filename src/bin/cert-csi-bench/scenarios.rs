@@ -465,23 +465,29 @@ async fn timed_publishes(
         if let Some(gap) = pacing {
             tokio::time::sleep(gap).await;
         }
-        let cpu_before = (
-            procfs::cpu_nanos(node_pid)?,
-            procfs::cpu_nanos(std::process::id())?,
-        );
+        // The first two publishes warm up and are not measured.
+        let measured = j >= 2;
+        let cpu_before = if measured {
+            (
+                procfs::cpu_nanos(node_pid)?,
+                procfs::cpu_nanos(std::process::id())?,
+            )
+        } else {
+            (0, 0)
+        };
         let t = Instant::now();
         kubelet
             .publish(v)
             .await
             .map_err(|s| anyhow::anyhow!("publish: {}", s.message()))?;
-        if j >= 2 {
+        if measured {
             latencies.push(ms(t.elapsed()));
         }
         kubelet
             .unpublish(v)
             .await
             .map_err(|s| anyhow::anyhow!("unpublish: {}", s.message()))?;
-        if j >= 2 {
+        if measured {
             node_ns += procfs::cpu_nanos(node_pid)?.saturating_sub(cpu_before.0);
             bench_ns += procfs::cpu_nanos(std::process::id())?.saturating_sub(cpu_before.1);
         }
