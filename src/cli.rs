@@ -200,6 +200,47 @@ pub struct ControllerArgs {
     /// Instead of a Service: the https URL the API server calls.
     #[arg(long, env = "WEBHOOK_URL")]
     pub webhook_url: Option<String>,
+    /// With --webhook-configure: the life of each replica's in-memory
+    /// webhook CA, replaced after two thirds of it (Go duration).
+    #[arg(long, env = "WEBHOOK_CA_DURATION", default_value = "168h", value_parser = parse_duration)]
+    pub webhook_ca_duration: std::time::Duration,
+    /// With --webhook-configure: the life of the webhook's serving
+    /// certificate, replaced after two thirds of it; at most a third of
+    /// the CA's (Go duration).
+    #[arg(long, env = "WEBHOOK_LEAF_DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_leaf_duration: std::time::Duration,
+    /// Run the loops only while holding the leader Lease, so that several
+    /// replicas can run and one of them acts (cert-manager's flag; default
+    /// true, `--leader-elect=false` to act without a Lease).
+    #[arg(
+        long,
+        env = "LEADER_ELECT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub leader_elect: bool,
+    /// This pod's name (the chart passes the Downward API's metadata.name):
+    /// it starts the Lease's holder identity and names the Events'
+    /// reporting instance. The hostname when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Namespace of the leader Lease (cert-manager's default; the chart
+    /// uses the release's namespace).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", default_value = "kube-system")]
+    pub leader_election_namespace: String,
+    /// How long a standby waits on an unchanged Lease before it takes over
+    /// (Go duration).
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub leader_election_lease_duration: std::time::Duration,
+    /// How long the leader keeps acting without renewing the Lease; shorter
+    /// than the lease duration (Go duration).
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "40s", value_parser = parse_duration)]
+    pub leader_election_renew_deadline: std::time::Duration,
+    /// How often the leader renews and a standby looks (Go duration).
+    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "15s", value_parser = parse_duration)]
+    pub leader_election_retry_period: std::time::Duration,
 }
 
 impl ControllerArgs {
@@ -228,6 +269,29 @@ impl ControllerArgs {
         Ok(Some(std::sync::Arc::new(policy)))
     }
 
+    /// The leader election, or `None` with `--leader-elect=false`.
+    pub fn election(
+        &self,
+    ) -> Result<
+        Option<crate::controller::leader::ElectionConfig>,
+        crate::controller::leader::ElectionConfigError,
+    > {
+        use crate::controller::leader::{ElectionConfig, LEASE_NAME, identity_for};
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let config = ElectionConfig {
+            namespace: self.leader_election_namespace.clone(),
+            name: LEASE_NAME.to_owned(),
+            identity: identity_for(self.pod_name.as_deref()),
+            lease_duration: self.leader_election_lease_duration,
+            renew_deadline: self.leader_election_renew_deadline,
+            retry_period: self.leader_election_retry_period,
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
     /// The webhook's settings, or `None` when it is off.
     pub fn webhook_options(
         &self,
@@ -253,6 +317,14 @@ impl ControllerArgs {
             listen: self.webhook_address,
             target,
             configure: self.webhook_configure,
+            rotation: crate::controller::webhook_rotation::Rotation::new(
+                self.webhook_ca_duration,
+                self.webhook_leaf_duration,
+            )?,
+            identity: self
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| crate::controller::leader::identity_for(None)),
         }))
     }
 }
@@ -672,9 +744,12 @@ pub async fn run_controller(
     args: ControllerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use crate::controller::leader::{ElectionObserver, LEASE_NAME};
     use crate::controller::{
         ApproveScope, ControllerName, ControllerOptions, EnabledControllers, Health,
     };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let mut options = ControllerOptions::new(args.cluster_resource_namespace.clone());
     options.enabled = EnabledControllers::parse(&args.controllers)?;
     options.approve = ApproveScope::parse(&args.approve_issuers)?;
@@ -699,13 +774,17 @@ pub async fn run_controller(
         );
     }
     let webhook_options = args.webhook_options()?;
+    let election = args.election()?;
     let client = crate::kubernetes::kube_client(args.kubeconfig.as_ref()).await?;
     // A webhook that cannot start stops the whole controller: running
     // without it would leave spec.username untrustworthy.
+    // Ready to be routed to only once the webhook (when on) serves.
+    let webhook_ready = Arc::new(AtomicBool::new(webhook_options.is_none()));
     let webhook = webhook_options.map(|w| {
         let (client, shutdown) = (client.clone(), shutdown.clone());
+        let ready = webhook_ready.clone();
         tokio::spawn(async move {
-            let result = crate::controller::webhook::run(client, w, shutdown.clone()).await;
+            let result = crate::controller::webhook::run(client, w, ready, shutdown.clone()).await;
             if let Err(error) = &result {
                 tracing::error!(%error, "the admission webhook stopped; shutting down");
                 shutdown.cancel();
@@ -726,20 +805,44 @@ pub async fn run_controller(
     let mut registry = crate::telemetry::Registry::default();
     options.metrics = crate::telemetry::ControllerMetrics::register(&mut registry);
     crate::telemetry::process::register(&mut registry);
+    let leading = crate::controller::leader::LeaderGauge::register(&mut registry, LEASE_NAME);
     let health = Health::default();
+    let readiness = {
+        let (health, webhook_ready) = (health.clone(), webhook_ready.clone());
+        move || {
+            use crate::telemetry::ReadinessCheck;
+            if !webhook_ready.load(Ordering::SeqCst) {
+                return Err("the webhook does not serve yet".to_owned());
+            }
+            health.check()
+        }
+    };
     let server = tokio::spawn(crate::telemetry::serve(
         listener,
-        std::sync::Arc::new(registry),
-        health.clone(),
+        Arc::new(registry),
+        readiness,
         shutdown.clone(),
     ));
-    crate::controller::run(client, options, health, shutdown.clone()).await;
+    let outcome = match election {
+        Some(election) => {
+            let lead = {
+                let client = client.clone();
+                move |token| crate::controller::run(client, options, health, token)
+            };
+            crate::controller::leader::run(client, election, &leading, shutdown.clone(), lead).await
+        }
+        None => {
+            leading.leading(true);
+            crate::controller::run(client, options, health, shutdown.clone()).await;
+            Ok(())
+        }
+    };
     shutdown.cancel();
     server.await??;
     if let Some(webhook) = webhook {
         webhook.await??;
     }
-    Ok(())
+    Ok(outcome?)
 }
 
 #[cfg(all(test, feature = "sandbox"))]

@@ -9,13 +9,18 @@ fn main() -> anyhow::Result<()> {
     isolate_demo(&mut args.command);
     // rustls needs exactly one process-wide provider; every TLS user shares it.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(async {
-            let shutdown = cert_csi::shutdown::on_signals()?;
-            cli::run(args.command, shutdown).await
-        })
+        .build()?;
+    let result = runtime.block_on(async {
+        let shutdown = cert_csi::shutdown::on_signals()?;
+        cli::run(args.command, shutdown).await
+    });
+    // Every mode waits for its own work before it returns. What is left is
+    // work a mode chose to abandon (a controller that lost its Lease must
+    // exit before another replica leads), so it is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 #[cfg(feature = "sandbox")]

@@ -15,6 +15,7 @@ pub mod approver;
 mod ca_cache;
 pub mod certificates;
 pub mod issuers;
+pub mod leader;
 pub mod policy_approver;
 pub mod policy_eval;
 mod runner;
@@ -22,6 +23,7 @@ pub mod signer;
 pub mod spiffe_approver;
 mod status;
 pub mod webhook;
+pub mod webhook_rotation;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -9,16 +9,16 @@
 //! fixed once admitted. That is what lets the SPIFFE approver trust
 //! `spec.username`.
 //!
-//! # Serving certificate (the simplest robust option)
-//! At start the controller makes a CA and a serving certificate for the
-//! webhook's Service name (or URL host) with [`crate::pki`], keeps both keys
-//! only in memory, and drops the CA key as soon as the leaf is signed. With
-//! `--webhook-configure` it then creates or replaces the
-//! MutatingWebhookConfiguration [`CONFIGURATION_NAME`] with that CA as
-//! `caBundle`. Nothing is stored in a Secret and no cert-manager is needed;
-//! a restart simply makes a new pair and rewrites the bundle. The price: one
-//! replica serves the webhook (a second one would overwrite the bundle with
-//! its own CA), which is why the chart runs the controller as one replica.
+//! # Serving certificate
+//! With `--webhook-configure` (the chart's way) every replica serves the
+//! webhook with its own in-memory CA and leaf, rotated while it runs, and
+//! shares only its CA certificate through the configuration's `caBundle`
+//! ([`super::webhook_rotation`]). No key is stored anywhere and no
+//! cert-manager is needed.
+//!
+//! Without it, whoever writes the configuration supplies the bundle, and
+//! [`serving_cert`] makes one long-lived CA and leaf at start (the CA key
+//! is dropped as soon as the leaf is signed); nothing rotates them.
 //!
 //! `failurePolicy` is `Fail`: if the webhook cannot be reached, creating a
 //! request fails and its creator retries, rather than a request being stored
@@ -87,6 +87,8 @@ pub enum WebhookError {
     },
     #[error("the webhook server stopped: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("webhook certificate rotation: {0}")]
+    Rotation(String),
 }
 
 /// Where the API server reaches the webhook.
@@ -174,8 +176,12 @@ impl Target {
 pub struct WebhookOptions {
     pub listen: SocketAddr,
     pub target: Target,
-    /// Create or update the MutatingWebhookConfiguration at start.
+    /// Keep the MutatingWebhookConfiguration's bundle, and rotate the
+    /// serving certificate ([`super::webhook_rotation`]).
     pub configure: bool,
+    pub rotation: super::webhook_rotation::Rotation,
+    /// This replica, as its CA's subject names it.
+    pub identity: String,
 }
 
 /// An in-memory CA and a server configuration using a leaf it signed.
@@ -525,11 +531,20 @@ pub async fn serve(
     cert: &ServingCert,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
+    serve_with(listener, cert.server.clone(), shutdown).await
+}
+
+/// [`serve`] with any server configuration (a rotating one).
+async fn serve_with(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), WebhookError> {
     let app = axum::Router::new().route(
         PATH,
         post(|Json(review): Json<Value>| async move { Json(respond(&review)) }),
     );
-    let listener = TlsListener::new(listener, cert.server.clone());
+    let listener = TlsListener::new(listener, config);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -540,6 +555,7 @@ pub async fn serve(
 pub async fn run(
     client: kube::Client,
     options: WebhookOptions,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -548,41 +564,46 @@ pub async fn run(
             addr: options.listen,
             source,
         })?;
-    run_on(
-        client,
-        listener,
-        &options.target,
-        options.configure,
-        shutdown,
-    )
-    .await
+    run_on(client, listener, &options, ready, shutdown).await
 }
 
-/// Makes the serving certificate for `target`, registers the configuration
-/// (when `configure`) once `listener` accepts, and serves until `shutdown`.
-/// Taking a bound listener lets a caller listen on port 0 and then name the
-/// port it got in a `clientConfig.url` target.
+/// Serves the webhook on `listener` until `shutdown`, and sets `ready` once
+/// it serves. With `options.configure`, the serving certificate rotates
+/// and its CA is published in the configuration before the first
+/// connection is served. Taking a bound listener lets a caller listen on
+/// port 0 and then name the port it got in a `clientConfig.url` target.
 pub async fn run_on(
     client: kube::Client,
     listener: tokio::net::TcpListener,
-    target: &Target,
-    configure: bool,
+    options: &WebhookOptions,
+    ready: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) -> Result<(), WebhookError> {
-    let cert = serving_cert(&target.names())?;
-    if configure {
-        register(client, &configuration(target, &cert.ca_pem)).await?;
-        tracing::info!(
-            configuration = CONFIGURATION_NAME,
-            "registered the requester-identity webhook"
-        );
-    }
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let config = if options.configure {
+        let mut rotator = super::webhook_rotation::Rotator::new(
+            client,
+            options.target.clone(),
+            options.rotation.clone(),
+            &options.identity,
+        );
+        let config = rotator.server_config()?;
+        rotator.until_serving(&shutdown).await?;
+        tracing::info!(
+            configuration = CONFIGURATION_NAME,
+            "registered the requester-identity webhook"
+        );
+        tokio::spawn(rotator.run(shutdown.clone()));
+        config
+    } else {
+        serving_cert(&options.target.names())?.server
+    };
     tracing::info!(%address, path = PATH, "webhook serving");
-    serve(listener, &cert, shutdown).await
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    serve_with(listener, config, shutdown).await
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ use std::time::{Duration, Instant};
 use cert_csi::api::{
     Certificate, CertificateRequest, CertificateRequestPolicy, ClusterIssuer, Issuer,
 };
+use cert_csi::controller::leader::LEASE_NAME;
 use cert_csi::volume::keys;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -70,6 +71,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -1518,6 +1520,16 @@ async fn trial(env: &mut Env, setup: &Setup, label: &str, removed: Option<&RuleR
         other => other,
     };
     controller.stop();
+    // As a fresh install has no leader Lease, the next trial's controller
+    // creates it (so `create` is needed in every trial, not only the first).
+    match Api::<Lease>::namespaced(admin.clone(), NAMESPACE)
+        .delete(LEASE_NAME, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => panic!("deleting the leader Lease: {e}"),
+    }
     if let Some(r) = removed {
         setup.rbac.apply(admin, None).await;
         for (user, ns) in &grantees {
@@ -1673,7 +1685,26 @@ async fn every_rule_of_the_charts_rbac_is_needed_and_enough_on_a_real_api_server
         controller_args.first().map(String::as_str),
         Some("controller")
     );
-    controller_args.retain(|a| flag_name(a) != "--metrics-address");
+    // The election's timings are shortened so that the leader renews its
+    // Lease (an update) within every trial's flows, not only every 15 s.
+    let election_timings = [
+        "--leader-election-lease-duration=4s",
+        "--leader-election-renew-deadline=3s",
+        "--leader-election-retry-period=1s",
+    ];
+    controller_args.retain(|a| {
+        flag_name(a) != "--metrics-address"
+            && !election_timings
+                .iter()
+                .any(|t| flag_name(t) == flag_name(a))
+    });
+    assert!(
+        controller_args
+            .iter()
+            .any(|a| flag_name(a) == "--leader-election-namespace"),
+        "the Deployment runs the controller with leader election: {controller_args:?}"
+    );
+    controller_args.extend(election_timings.iter().map(|t| t.to_string()));
     controller_args.push("--metrics-address=127.0.0.1:0".into());
     let setup = Setup {
         admin: admin.clone(),

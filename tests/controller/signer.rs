@@ -55,28 +55,7 @@ impl Env {
     }
 
     async fn create_secret(&self, ns: &str, name: &str, ca: &Ca) {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(BTreeMap::from([
-                (
-                    "tls.crt".into(),
-                    ByteString(ca.cert_pem.clone().into_bytes()),
-                ),
-                (
-                    "tls.key".into(),
-                    ByteString(ca.key.to_pem(KeyEncoding::Pkcs8).unwrap().expose().to_vec()),
-                ),
-            ])),
-            ..Default::default()
-        };
-        Api::<Secret>::namespaced(self.client.clone(), ns)
-            .create(&PostParams::default(), &secret)
-            .await
-            .expect("secret created");
+        create_secret(&self.client, ns, name, ca).await;
     }
 
     async fn create_cluster_issuer(&self, name: &str, spec: IssuerSpec) {
@@ -154,6 +133,32 @@ impl Env {
     }
 }
 
+/// Creates the `kubernetes.io/tls` Secret of `ca` (a CA issuer's).
+pub(crate) async fn create_secret(client: &kube::Client, ns: &str, name: &str, ca: &Ca) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".into(),
+                ByteString(ca.cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".into(),
+                ByteString(ca.key.to_pem(KeyEncoding::Pkcs8).unwrap().expose().to_vec()),
+            ),
+        ])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret created");
+}
+
 fn ready_of(
     conditions: Option<&[cert_csi::api::IssuerCondition]>,
 ) -> Option<(ConditionStatus, String)> {
@@ -163,16 +168,16 @@ fn ready_of(
         .map(|c| (c.status, c.reason.clone().unwrap_or_default()))
 }
 
-struct Ca {
-    key: PrivateKey,
-    cert_pem: String,
+pub(crate) struct Ca {
+    pub key: PrivateKey,
+    pub cert_pem: String,
 }
 
-fn key() -> PrivateKey {
+pub(crate) fn key() -> PrivateKey {
     PrivateKey::generate(KeyAlgorithm::Ecdsa(Curve::P256)).unwrap()
 }
 
-fn make_ca(cn: &str, duration: Option<Duration>) -> Ca {
+pub(crate) fn make_ca(cn: &str, duration: Option<Duration>) -> Ca {
     let key = key();
     let subject = SubjectSpec {
         common_name: Some(cn.into()),
@@ -196,7 +201,7 @@ fn make_ca(cn: &str, duration: Option<Duration>) -> Ca {
     }
 }
 
-fn ca_spec(secret: &str) -> IssuerSpec {
+pub(crate) fn ca_spec(secret: &str) -> IssuerSpec {
     IssuerSpec {
         ca: Some(CaIssuer {
             secret_name: secret.into(),
@@ -208,7 +213,7 @@ fn ca_spec(secret: &str) -> IssuerSpec {
 
 /// A request for `dns` signed by `key`; `csr_usages` are encoded in the CSR
 /// when given, `spec_usages` go into spec.usages.
-fn request(
+pub(crate) fn request(
     name: &str,
     issuer: IssuerRef,
     key: &PrivateKey,

@@ -218,6 +218,9 @@ pub(crate) fn check_all_typed(docs: &[Value]) -> Vec<String> {
             ("apps/v1", "Deployment") => {
                 typed::<Deployment>(doc);
             }
+            ("policy/v1", "PodDisruptionBudget") => {
+                typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(doc);
+            }
             ("storage.k8s.io/v1", "CSIDriver") => {
                 typed::<CSIDriver>(doc);
             }
@@ -420,6 +423,11 @@ fn default_and_custom_renders_are_all_typed() {
         ("Service", 2),
         ("DaemonSet", 1),
         ("Deployment", 1),
+        // The controller's two replicas: one leads by a Lease that the Role
+        // grants, the budget keeps one up through drains.
+        ("Role", 1),
+        ("RoleBinding", 1),
+        ("PodDisruptionBudget", 1),
         ("CSIDriver", 1),
     ]
     .into_iter()
@@ -1071,6 +1079,8 @@ fn spiffe_approver_and_webhook_with_custom_values() {
     assert_eq!(flag(c, "--spiffe-key-types"), "P-256");
     assert_eq!(flag(c, "--spiffe-node-accounts"), "platform:certs-node");
     assert_eq!(flag(c, "--webhook-address"), "0.0.0.0:9444");
+    assert_eq!(flag(c, "--webhook-ca-duration"), "720h");
+    assert_eq!(flag(c, "--webhook-leaf-duration"), "24h");
     let service_name = flag(c, "--webhook-service-name");
     assert!(declared_ports(&spec).contains(&9444));
 
@@ -1418,10 +1428,33 @@ fn rbac_is_least_privilege_per_component() {
         );
     }
 
-    // No leader election yet (one replica), so no Lease grant: tests/rbac.rs
-    // proves every rendered rule needed, and nothing used this one.
-    assert_eq!(count(docs, "Role"), 0, "the default render has no Role");
-    assert_eq!(count(docs, "RoleBinding"), 0, "nor a RoleBinding");
+    // The one Role: leader election, on exactly its Lease, in the
+    // release's namespace (the default of leaderElection.namespace), bound
+    // to the controller's ServiceAccount.
+    assert_eq!(count(docs, "Role"), 1, "the default render has one Role");
+    assert_eq!(count(docs, "RoleBinding"), 1, "and one RoleBinding");
+    let election = format!("{RELEASE}-controller-leader-election");
+    let role: Role = get(docs, "Role", &election);
+    assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap()),
+        grants(&[
+            rule(&["coordination.k8s.io"], &["leases"], &["create"], &[]),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "update"],
+                &["cert-csi-controller"]
+            ),
+        ])
+    );
+    let binding: RoleBinding = get(docs, "RoleBinding", &election);
+    assert_eq!(binding.role_ref.name, election);
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(
+        (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+        (&*format!("{RELEASE}-controller"), Some(NAMESPACE))
+    );
 
     // Each binding gives its role to the ServiceAccount its pods run as.
     for name in [NODE.to_owned(), format!("{RELEASE}-controller")] {
@@ -2091,4 +2124,99 @@ fn spiffe_driver_and_trust_bundle() {
             BTreeSet::from([NODE.to_owned(), format!("{RELEASE}-spiffe-node")])
         );
     }
+}
+
+/// The controller's container arguments and pod template in a render.
+fn controller_pod(docs: &[Value]) -> (Vec<String>, Deployment) {
+    let deployment: Deployment = get(docs, "Deployment", &format!("{RELEASE}-controller"));
+    let spec = deployment.spec.clone().unwrap().template.spec.unwrap();
+    let args = container(&spec, "cert-csi").args.clone().unwrap();
+    (args, deployment)
+}
+
+#[test]
+fn controller_runs_two_replicas_with_leader_election_and_a_budget() {
+    let Some(docs) = default_docs() else { return };
+    let (args, deployment) = controller_pod(docs);
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    for flag in [
+        format!("--leader-election-namespace={NAMESPACE}"),
+        "--leader-election-lease-duration=60s".into(),
+        "--leader-election-renew-deadline=40s".into(),
+        "--leader-election-retry-period=15s".into(),
+    ] {
+        assert!(args.contains(&flag), "{flag} missing from {args:?}");
+    }
+    // The holder identity starts with the pod's name.
+    let pod = spec.template.spec.unwrap();
+    let env = container(&pod, "cert-csi").env.clone().unwrap();
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
+    assert_eq!(
+        pod_name
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    // The budget selects exactly the controller's pods and keeps one.
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = get(
+        docs,
+        "PodDisruptionBudget",
+        &format!("{RELEASE}-controller"),
+    );
+    let pdb_spec = pdb.spec.unwrap();
+    assert_eq!(
+        pdb_spec.min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    assert_eq!(
+        pdb_spec.selector.unwrap().match_labels,
+        spec.selector.match_labels
+    );
+
+    // Another namespace moves the Lease, its flag and its Role together.
+    let Some(moved) = render(&[
+        "--set-json",
+        r#"controller.leaderElection.namespace="kube-system""#,
+    ]) else {
+        return;
+    };
+    let (args, _) = controller_pod(&moved);
+    assert!(args.contains(&"--leader-election-namespace=kube-system".to_owned()));
+    let role: Role = get(
+        &moved,
+        "Role",
+        &format!("{RELEASE}-controller-leader-election"),
+    );
+    assert_eq!(role.metadata.namespace.as_deref(), Some("kube-system"));
+
+    // Off: one replica acts without a Lease, and no Lease is granted.
+    let off = render(&[
+        "--set-json",
+        "controller.leaderElection.enabled=false",
+        "--set-json",
+        "controller.replicaCount=1",
+        "--set-json",
+        "controller.podDisruptionBudget.enabled=false",
+    ])
+    .unwrap();
+    let (args, _) = controller_pod(&off);
+    assert!(
+        args.contains(&"--leader-elect=false".to_owned()),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a.starts_with("--leader-election-")));
+    assert_eq!(count(&off, "Role"), 0);
+    assert_eq!(count(&off, "PodDisruptionBudget"), 0);
+
+    // Two replicas without a Lease would both sign: the render refuses.
+    let out = chart_py(&["render", "--set", "controller.leaderElection.enabled=false"]).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("controller.replicaCount above 1 needs controller.leaderElection.enabled"),
+        "{stderr}"
+    );
 }

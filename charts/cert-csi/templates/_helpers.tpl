@@ -181,3 +181,9 @@ duration.driver, duration.approver, issuer.name, issuer.kind, issuer.group. */}}
 {{- fail (printf "cert-csi.spiffe: unknown setting %s" $which) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The leader Lease's namespace: controller.leaderElection.namespace, or
+the release's. */}}
+{{- define "cert-csi.leaderElectionNamespace" -}}
+{{- default .Release.Namespace .Values.controller.leaderElection.namespace -}}
+{{- end -}}

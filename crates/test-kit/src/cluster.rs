@@ -396,7 +396,21 @@ pub async fn start_webhook(
     let task = tokio::spawn({
         let client = client.clone();
         async move {
-            if let Err(e) = webhook::run_on(client, listener, &target, true, shutdown).await {
+            // The default CA and leaf lives; a short publish grace, since
+            // the caller waits for the API server to apply the
+            // configuration itself (await_webhook).
+            let options = webhook::WebhookOptions {
+                listen: listener.local_addr().unwrap(),
+                target,
+                configure: true,
+                rotation: cert_csi::controller::webhook_rotation::Rotation {
+                    publish_grace: std::time::Duration::from_millis(200),
+                    ..Default::default()
+                },
+                identity: "test-kit".into(),
+            };
+            let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if let Err(e) = webhook::run_on(client, listener, &options, ready, shutdown).await {
                 panic!("the requester-identity webhook at {url} stopped: {e}");
             }
         }
@@ -419,8 +433,26 @@ pub async fn start_webhook(
 /// caller's instead. A real API server picks a new configuration up from
 /// its informer, so the first creates after registering may miss it.
 pub async fn await_webhook(client: &Client) {
-    const CLAIMED: &str = "cert-csi-tests:made-up-requester";
     ensure_namespace(client, CLUSTER_NS).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let Err(last) = probe_webhook(client).await else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the requester-identity webhook was not in effect 30 s after it was registered: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One call of the requester-identity webhook through the API server: a
+/// dry-run create (in [`CLUSTER_NS`], which must exist) of a request that
+/// claims a made-up `spec.username`. `Ok` when it came back with the
+/// caller's; else what happened.
+pub async fn probe_webhook(client: &Client) -> Result<(), String> {
+    const CLAIMED: &str = "cert-csi-tests:made-up-requester";
     let api: Api<CertificateRequest> = Api::namespaced(client.clone(), CLUSTER_NS);
     let probe: CertificateRequest = serde_json::from_value(json!({
         "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
@@ -437,20 +469,12 @@ pub async fn await_webhook(client: &Client) {
         dry_run: true,
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = match api.create(&params, &probe).await {
-            Ok(cr) => match cr.spec.username.as_deref() {
-                Some(user) if user != CLAIMED => return,
-                other => format!("spec.username came back as {other:?}"),
-            },
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "the requester-identity webhook was not in effect 30 s after it was registered: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    match api.create(&params, &probe).await {
+        Ok(cr) => match cr.spec.username.as_deref() {
+            Some(user) if user != CLAIMED => Ok(()),
+            other => Err(format!("spec.username came back as {other:?}")),
+        },
+        Err(e) => Err(e.to_string()),
     }
 }
 
