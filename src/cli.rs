@@ -75,6 +75,18 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the controller: approver, issuer status and SelfSigned/CA signer.
     Controller(ControllerArgs),
+    /// List this node's volumes: pod, request, expiry, next renewal and
+    /// last error, from the node plugin's own state (no API call, no key).
+    Status(crate::operator::StatusArgs),
+    /// Summarize the certificate chain of a Secret, a CertificateRequest,
+    /// or a volume directory (keys are only checked, never shown).
+    Inspect(crate::operator::InspectArgs),
+    /// Approve a CertificateRequest, as cmctl approve does.
+    Approve(crate::operator::DecisionArgs),
+    /// Deny a CertificateRequest, as cmctl deny does.
+    Deny(crate::operator::DecisionArgs),
+    /// Re-issue Certificates now, as cmctl renew does.
+    Renew(crate::operator::RenewArgs),
 }
 
 #[cfg(feature = "sandbox")]
@@ -628,6 +640,11 @@ pub async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Resul
             crate::demo::run(options, shutdown).await
         }
         Command::Controller(args) => run_controller(args, shutdown).await,
+        Command::Status(args) => crate::operator::run_status(args),
+        Command::Inspect(args) => crate::operator::run_inspect(args).await,
+        Command::Approve(args) => crate::operator::run_decision(args, true).await,
+        Command::Deny(args) => crate::operator::run_decision(args, false).await,
+        Command::Renew(args) => crate::operator::run_renew(args).await,
     }
 }
 

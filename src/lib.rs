@@ -38,6 +38,7 @@ pub mod demo;
 pub mod issuance;
 pub mod kubernetes;
 pub mod node;
+pub mod operator;
 pub mod pki;
 pub mod ratelimit;
 pub mod renewal;

@@ -118,6 +118,7 @@ pub(super) fn record_issued(
     state.received_at = Some(to_timestamp(received));
     state.short_certificates = plan.short_streak;
     state.renewal_attempts = 0;
+    state.last_error = None;
 }
 
 impl VolumeManager {

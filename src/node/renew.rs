@@ -256,6 +256,13 @@ impl VolumeManager {
         }
         self.renewal_event(&state, &error);
         state.renewal_attempts = state.renewal_attempts.saturating_add(1);
+        state.last_error = Some(
+            error
+                .to_string()
+                .chars()
+                .take(crate::store::LAST_ERROR_CHARS)
+                .collect(),
+        );
         let attempt = state.renewal_attempts;
         let delay = schedule::backoff(
             attempt,

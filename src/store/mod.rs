@@ -43,7 +43,7 @@ pub use mountinfo::{MountEntry, mounts_at, parse_mountinfo, read_mountinfo};
 pub use mounts::TMPFS_SOURCE;
 pub use names::{id_hash, validate_file_name, validate_volume_id};
 pub use scan::assert_no_key_material_outside_tmpfs;
-pub use state::{Adopted, RequestPhase, RequestRef, STATE_VERSION, VolumeState};
+pub use state::{Adopted, LAST_ERROR_CHARS, RequestPhase, RequestRef, STATE_VERSION, VolumeState};
 
 use crate::pki::Secret;
 use csi_driver::CsiDriverVolume;

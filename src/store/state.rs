@@ -20,6 +20,9 @@ pub const STATE_VERSION: u32 = 1;
 /// the service account token here when the driver asks for one.
 const SECRET_CONTEXT_KEYS: &[&str] = &["csi.storage.k8s.io/serviceAccount.tokens"];
 
+/// The longest [`VolumeState::last_error`] kept.
+pub const LAST_ERROR_CHARS: usize = 300;
+
 /// Persistent facts about one published volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeState {
@@ -57,6 +60,11 @@ pub struct VolumeState {
     /// Consecutive failed renewal attempts; 0 after a success.
     #[serde(default)]
     pub renewal_attempts: u32,
+    /// Why the last renewal attempt failed (at most [`LAST_ERROR_CHARS`]
+    /// characters, never key material); cleared by a success. For
+    /// `cert-csi status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     /// `volume_mount_group` of the publish (the pod's fsGroup as the kubelet
     /// passed it), so a renewal after a restart writes files with the group
     /// the pod was given.
@@ -118,6 +126,7 @@ impl VolumeState {
             received_at: None,
             short_certificates: 0,
             renewal_attempts: 0,
+            last_error: None,
             volume_mount_group: None,
             adopted: None,
         }

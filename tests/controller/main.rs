@@ -9,6 +9,7 @@ mod certificates;
 mod crds_drift;
 mod interop;
 mod leader;
+mod operator;
 mod policy;
 mod rbac;
 mod signer;

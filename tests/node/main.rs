@@ -7,6 +7,7 @@ mod csi_sanity;
 mod grpc_clients;
 mod migration;
 mod observability;
+mod operator;
 mod outage;
 mod outcomes;
 mod publish;
