@@ -18,7 +18,7 @@ use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{CertificateRequest, CertificateRequestCondition, IssuerRef};
 use crate::shutdown::CancellationToken;
 use crate::telemetry::EventType;
-use crate::telemetry::metrics::ApprovalOutcome;
+use crate::telemetry::metrics::{ApprovalOutcome, SyncController};
 
 /// What a policy says about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +158,7 @@ async fn reconcile(
     request: Arc<CertificateRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    ctx.telemetry.metrics.sync_call(SyncController::Approver);
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -206,7 +207,8 @@ pub(super) fn record_decision(
     telemetry.event(object, type_, reason, action, message);
 }
 
-fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.telemetry.metrics.sync_error(SyncController::Approver);
     tracing::warn!(%error, "approver: reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

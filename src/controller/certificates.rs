@@ -45,7 +45,7 @@ use crate::pki::{CsrOptions, KeyEncoding, PrivateKey};
 use crate::renewal::schedule::JitterPolicy;
 use crate::shutdown::CancellationToken;
 use crate::telemetry::EventType;
-use crate::telemetry::metrics::{CertificateRef, ReadyCondition};
+use crate::telemetry::metrics::{CertificateRef, CertificateTimes, ReadyCondition, SyncController};
 
 /// Label upstream puts on the temporary Secret holding the next private key.
 pub const NEXT_PRIVATE_KEY_LABEL: &str = "cert-manager.io/next-private-key";
@@ -1094,11 +1094,13 @@ fn observe(cert: &Certificate, ctx: &Context) {
         .map_or(ReadyCondition::Unknown, |c| {
             ReadyCondition::from_status(c.status.as_str())
         });
-    let not_after = cert
-        .status
-        .as_ref()
-        .and_then(|s| s.not_after.as_ref())
-        .map(|t| t.0);
+    let status = cert.status.as_ref();
+    let time = |t: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| t.map(|t| t.0);
+    let times = CertificateTimes {
+        not_before: time(status.and_then(|s| s.not_before.as_ref())),
+        not_after: time(status.and_then(|s| s.not_after.as_ref())),
+        renewal: time(status.and_then(|s| s.renewal_time.as_ref())),
+    };
     ctx.telemetry.metrics.certificate_observed(
         &CertificateRef {
             namespace: &ns,
@@ -1107,12 +1109,15 @@ fn observe(cert: &Certificate, ctx: &Context) {
             issuer_kind: issuer.kind_or_default(),
             issuer_group: issuer.group_or_default(),
         },
-        not_after,
+        times,
         ready,
     );
 }
 
 async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, CertificateError> {
+    ctx.telemetry
+        .metrics
+        .sync_call(SyncController::Certificates);
     observe(&cert, &ctx);
     let ns = cert.namespace().unwrap_or_default();
     let name = cert.name_any();
@@ -1141,7 +1146,10 @@ async fn reconcile(cert: Arc<Certificate>, ctx: Arc<Context>) -> Result<Action, 
     .into())
 }
 
-fn error_policy(cert: Arc<Certificate>, error: &CertificateError, _: Arc<Context>) -> Action {
+fn error_policy(cert: Arc<Certificate>, error: &CertificateError, ctx: Arc<Context>) -> Action {
+    ctx.telemetry
+        .metrics
+        .sync_error(SyncController::Certificates);
     tracing::warn!(
         namespace = %cert.namespace().unwrap_or_default(),
         certificate = %cert.name_any(),

@@ -27,6 +27,9 @@ use crate::api::conditions::{ConditionStatus, messages, reasons, types};
 use crate::api::{ClusterIssuer, Issuer, IssuerCondition, IssuerSpec, IssuerStatus, IssuerType};
 use crate::pki::{PrivateKey, key_matches_certificate, parse_chain};
 use crate::shutdown::CancellationToken;
+use crate::telemetry::ControllerMetrics;
+use crate::telemetry::metrics::SyncController;
+use kube::runtime::reflector::Store;
 
 /// What the CA Secret read returned.
 pub enum SecretRead<'a> {
@@ -150,6 +153,10 @@ pub trait IssuerObject:
     + 'static
 {
     const KIND: &'static str;
+    /// This kind's `certmanager_controller_sync_call_count` label.
+    const SYNC: SyncController;
+    /// Hands the loop's cache to the `*_ready_status` collector.
+    fn expose(metrics: &ControllerMetrics, store: Store<Self>);
     /// Where this issuer's CA Secret lives.
     fn secret_namespace(&self, cluster_resource_namespace: &str) -> String;
     fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self>;
@@ -157,6 +164,10 @@ pub trait IssuerObject:
 
 impl IssuerObject for Issuer {
     const KIND: &'static str = "Issuer";
+    const SYNC: SyncController = SyncController::Issuers;
+    fn expose(metrics: &ControllerMetrics, store: Store<Self>) {
+        metrics.issuer_stores().set_issuers(store);
+    }
     fn secret_namespace(&self, _: &str) -> String {
         self.metadata.namespace.clone().unwrap_or_default()
     }
@@ -170,6 +181,10 @@ impl IssuerObject for Issuer {
 
 impl IssuerObject for ClusterIssuer {
     const KIND: &'static str = "ClusterIssuer";
+    const SYNC: SyncController = SyncController::ClusterIssuers;
+    fn expose(metrics: &ControllerMetrics, store: Store<Self>) {
+        metrics.issuer_stores().set_cluster_issuers(store);
+    }
     fn secret_namespace(&self, cluster_resource_namespace: &str) -> String {
         cluster_resource_namespace.to_owned()
     }
@@ -181,6 +196,7 @@ impl IssuerObject for ClusterIssuer {
 struct Context {
     client: kube::Client,
     cluster_resource_namespace: String,
+    metrics: ControllerMetrics,
 }
 
 /// The Ready condition `issuer` should carry, reading its Secret if it is a CA.
@@ -225,6 +241,7 @@ async fn reconcile<K: IssuerObject>(
     issuer: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    ctx.metrics.sync_call(K::SYNC);
     let namespace = issuer.meta().namespace.clone();
     let name = issuer.meta().name.clone().unwrap_or_default();
     let api = K::api(ctx.client.clone(), namespace.as_deref());
@@ -261,7 +278,8 @@ async fn reconcile<K: IssuerObject>(
     Ok(Action::await_change())
 }
 
-fn error_policy<K: IssuerObject>(_: Arc<K>, error: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy<K: IssuerObject>(_: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.sync_error(K::SYNC);
     tracing::warn!(kind = K::KIND, %error, "issuers: reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -302,10 +320,12 @@ async fn run_kind<K: IssuerObject>(
             .map(|issuer| ObjectRef::from_obj(&*issuer))
             .collect::<Vec<_>>()
     });
+    K::expose(&options.metrics, store.clone());
     super::mark_ready_when_synced(store, health);
     let ctx = Arc::new(Context {
         client,
         cluster_resource_namespace: cluster_ns,
+        metrics: options.metrics.clone(),
     });
     controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })

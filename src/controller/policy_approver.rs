@@ -41,6 +41,7 @@ use crate::api::{
     POLICY_RESOURCE,
 };
 use crate::shutdown::CancellationToken;
+use crate::telemetry::metrics::SyncController;
 
 /// The reason on both conditions, as approver-policy writes it.
 pub const REASON: &str = "policy.cert-manager.io";
@@ -209,6 +210,7 @@ async fn reconcile(
     request: Arc<CertificateRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    ctx.telemetry.metrics.sync_call(SyncController::Approver);
     if ctx.skips(&request) {
         return Ok(Action::await_change());
     }
@@ -256,7 +258,8 @@ async fn reconcile(
     Ok(Action::await_change())
 }
 
-fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.telemetry.metrics.sync_error(SyncController::Approver);
     tracing::warn!(%error, "policy approver: reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

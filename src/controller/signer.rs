@@ -35,7 +35,7 @@ use crate::pki::{PrivateKey, SignParams, Usage, check_issued};
 use crate::shutdown::CancellationToken;
 use crate::sync::lock;
 use crate::telemetry::EventType;
-use crate::telemetry::metrics::{SignerIssuerKind, SignerResult};
+use crate::telemetry::metrics::{SignerIssuerKind, SignerResult, SyncController};
 
 /// Steps 1–5 of the signer loop, which need only the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -524,6 +524,7 @@ async fn reconcile(
     request: Arc<CertificateRequest>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    ctx.telemetry.metrics.sync_call(SyncController::Signer);
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let name = request.metadata.name.clone().unwrap_or_default();
     let api: Api<CertificateRequest> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -736,7 +737,8 @@ fn record(
     }
 }
 
-fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, _: Arc<Context>) -> Action {
+fn error_policy(_: Arc<CertificateRequest>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    ctx.telemetry.metrics.sync_error(SyncController::Signer);
     tracing::warn!(%error, "signer: reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

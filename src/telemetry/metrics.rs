@@ -479,6 +479,39 @@ impl CertificateLabels {
     }
 }
 
+/// The times cert-manager's collector reports for a Certificate, from its
+/// status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CertificateTimes {
+    pub not_before: Option<jiff::Timestamp>,
+    pub not_after: Option<jiff::Timestamp>,
+    pub renewal: Option<jiff::Timestamp>,
+}
+
+/// The `controller` label of `certmanager_controller_sync_call_count`:
+/// cert-manager's name where one of its controllers does the same work.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum SyncController {
+    Approver,
+    Signer,
+    Issuers,
+    ClusterIssuers,
+    Certificates,
+}
+
+label_value!(SyncController {
+    Approver => "certificaterequests-approver",
+    Signer => "certificaterequests-issuer",
+    Issuers => "issuers",
+    ClusterIssuers => "clusterissuers",
+    Certificates => "certificates",
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    controller: SyncController,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SignerLabels {
     issuer_kind: SignerIssuerKind,
@@ -494,7 +527,15 @@ struct ApproverLabels {
 #[derive(Clone)]
 pub struct ControllerMetrics {
     expiration: Family<CertificateLabels, FloatGauge>,
+    not_after: Family<CertificateLabels, FloatGauge>,
+    not_before: Family<CertificateLabels, FloatGauge>,
+    renewal: Family<CertificateLabels, FloatGauge>,
     ready: Family<CertificateReadyLabels, Gauge>,
+    /// Gauges, not counters: an OpenMetrics counter's samples must end in
+    /// `_total`, and cert-manager's samples are named without it.
+    sync_calls: Family<SyncLabels, Gauge>,
+    sync_errors: Family<SyncLabels, Gauge>,
+    issuers: super::issuer_status::IssuerStores,
     signer: Family<SignerLabels, Counter>,
     approver: Family<ApproverLabels, Counter>,
     /// (namespace, name) → the labels last written, so a changed issuer
@@ -507,7 +548,13 @@ impl ControllerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             expiration: Family::default(),
+            not_after: Family::default(),
+            not_before: Family::default(),
+            renewal: Family::default(),
             ready: Family::default(),
+            sync_calls: Family::default(),
+            sync_errors: Family::default(),
+            issuers: Default::default(),
             signer: Family::default(),
             approver: Family::default(),
             certificates: Arc::default(),
@@ -532,6 +579,48 @@ impl ControllerMetrics {
             "notAfter of each Certificate's current certificate, in Unix seconds",
             metrics.expiration.clone(),
         );
+        for (name, help, family) in [
+            (
+                "certmanager_certificate_not_after_timestamp_seconds",
+                "status.notAfter of each Certificate, in Unix seconds",
+                &metrics.not_after,
+            ),
+            (
+                "certmanager_certificate_not_before_timestamp_seconds",
+                "status.notBefore of each Certificate, in Unix seconds",
+                &metrics.not_before,
+            ),
+            (
+                "certmanager_certificate_renewal_timestamp_seconds",
+                "status.renewalTime of each Certificate, in Unix seconds",
+                &metrics.renewal,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "certmanager_controller_sync_call_count",
+            "Reconciles started, by controller",
+            metrics.sync_calls.clone(),
+        );
+        registry.register(
+            "certmanager_controller_sync_error_count",
+            "Reconciles that failed, by controller",
+            metrics.sync_errors.clone(),
+        );
+        for controller in [
+            SyncController::Approver,
+            SyncController::Signer,
+            SyncController::Issuers,
+            SyncController::ClusterIssuers,
+            SyncController::Certificates,
+        ] {
+            let _ = metrics.sync_calls.get_or_create(&SyncLabels { controller });
+            let _ = metrics
+                .sync_errors
+                .get_or_create(&SyncLabels { controller });
+        }
+        registry.register_collector(Box::new(metrics.issuers.clone()));
         registry.register(
             "certmanager_certificate_ready_status",
             "Ready condition of each Certificate: 1 for the current condition, 0 for the others",
@@ -550,13 +639,14 @@ impl ControllerMetrics {
         metrics
     }
 
-    /// The Certificate was reconciled: record its readiness and, when it
-    /// holds a certificate, its expiry. A Certificate without one has no
-    /// expiration series (rather than a misleading 0).
+    /// The Certificate was reconciled: record its readiness and the times
+    /// its status holds. A time the status lacks has no series (where
+    /// cert-manager reports 0, which an expiry alert would read as long
+    /// expired).
     pub fn certificate_observed(
         &self,
         certificate: &CertificateRef<'_>,
-        not_after: Option<jiff::Timestamp>,
+        times: CertificateTimes,
         ready: ReadyCondition,
     ) {
         let labels = CertificateLabels {
@@ -579,14 +669,41 @@ impl ControllerMetrics {
                 .get_or_create(&labels.ready(condition))
                 .set(i64::from(condition == ready));
         }
-        match not_after {
-            Some(at) => {
-                self.expiration.get_or_create(&labels).set(seconds(at));
-            }
-            None => {
-                self.expiration.remove(&labels);
+        for (family, at) in [
+            (&self.expiration, times.not_after),
+            (&self.not_after, times.not_after),
+            (&self.not_before, times.not_before),
+            (&self.renewal, times.renewal),
+        ] {
+            match at {
+                Some(at) => {
+                    family.get_or_create(&labels).set(seconds(at));
+                }
+                None => {
+                    family.remove(&labels);
+                }
             }
         }
+    }
+
+    /// A controller loop starts one reconcile.
+    pub fn sync_call(&self, controller: SyncController) {
+        self.sync_calls
+            .get_or_create(&SyncLabels { controller })
+            .inc();
+    }
+
+    /// A reconcile of that loop failed.
+    pub fn sync_error(&self, controller: SyncController) {
+        self.sync_errors
+            .get_or_create(&SyncLabels { controller })
+            .inc();
+    }
+
+    /// Where `certmanager_issuer_ready_status` and
+    /// `certmanager_clusterissuer_ready_status` are read from at scrape time.
+    pub fn issuer_stores(&self) -> &super::issuer_status::IssuerStores {
+        &self.issuers
     }
 
     /// The Certificate was deleted: its series are removed.
@@ -598,7 +715,14 @@ impl ControllerMetrics {
     }
 
     fn remove_series(&self, labels: &CertificateLabels) {
-        self.expiration.remove(labels);
+        for family in [
+            &self.expiration,
+            &self.not_after,
+            &self.not_before,
+            &self.renewal,
+        ] {
+            family.remove(labels);
+        }
         for condition in ReadyCondition::ALL {
             self.ready.remove(&labels.ready(condition));
         }
@@ -783,9 +907,9 @@ mod tests {
             issuer_kind: "Issuer",
             issuer_group: "cert-manager.io",
         };
-        metrics.certificate_observed(&cert, None, ReadyCondition::False);
+        metrics.certificate_observed(&cert, CertificateTimes::default(), ReadyCondition::False);
         cert.issuer_name = "new";
-        metrics.certificate_observed(&cert, None, ReadyCondition::True);
+        metrics.certificate_observed(&cert, CertificateTimes::default(), ReadyCondition::True);
         let ready = lines(&registry, "certmanager_certificate_ready_status");
         assert_eq!(ready.len(), 3, "{ready:?}");
         assert!(ready.iter().all(|l| l.contains("issuer_name=\"new\"")));

@@ -12,6 +12,7 @@
 
 pub mod events;
 pub mod health;
+pub mod issuer_status;
 pub mod metrics;
 pub mod process;
 mod series;

@@ -15,8 +15,9 @@ use cert_csi::telemetry::events::{
     EventError, EventLimits, EventRecorder, EventType, NODE_REPORTER, Recorded, pod_reference,
 };
 use cert_csi::telemetry::metrics::{
-    ApprovalOutcome, CertificateRef, ControllerMetrics, IssuanceKind, IssueErrorReason,
-    NodeMetrics, ReadyCondition, RequestKey, SignerIssuerKind, SignerResult, VolumeRef,
+    ApprovalOutcome, CertificateRef, CertificateTimes, ControllerMetrics, IssuanceKind,
+    IssueErrorReason, NodeMetrics, ReadyCondition, RequestKey, SignerIssuerKind, SignerResult,
+    SyncController, VolumeRef,
 };
 use cert_csi::telemetry::{Registry, serve};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -271,12 +272,26 @@ async fn scrape_shows_node_and_controller_series_with_their_values() {
         name: "old",
         ..ready_cert.clone()
     };
-    controller.certificate_observed(&ready_cert, Some(ts(1_800_000_000)), ReadyCondition::True);
+    controller.certificate_observed(
+        &ready_cert,
+        CertificateTimes {
+            not_before: Some(ts(1_700_000_000)),
+            not_after: Some(ts(1_800_000_000)),
+            renewal: Some(ts(1_766_666_667)),
+        },
+        ReadyCondition::True,
+    );
     controller.certificate_observed(
         &removed_cert,
-        Some(ts(1_700_000_000)),
+        CertificateTimes {
+            not_after: Some(ts(1_700_000_000)),
+            ..Default::default()
+        },
         ReadyCondition::False,
     );
+    controller.sync_call(SyncController::Certificates);
+    controller.sync_call(SyncController::Certificates);
+    controller.sync_error(SyncController::Certificates);
     controller.certificate_removed("team-a", "old");
     controller.signer_handled(SignerIssuerKind::Issuer, SignerResult::Issued);
     controller.signer_handled(SignerIssuerKind::Issuer, SignerResult::Issued);
@@ -391,6 +406,40 @@ async fn scrape_shows_node_and_controller_series_with_their_values() {
             &cert_labels
         ),
         1_800_000_000.0
+    );
+    for (name, at) in [
+        (
+            "certmanager_certificate_not_after_timestamp_seconds",
+            1_800_000_000.0,
+        ),
+        (
+            "certmanager_certificate_not_before_timestamp_seconds",
+            1_700_000_000.0,
+        ),
+        (
+            "certmanager_certificate_renewal_timestamp_seconds",
+            1_766_666_667.0,
+        ),
+    ] {
+        assert_eq!(value(&s, name, &cert_labels), at, "{name}");
+        assert!(
+            find(&s, name, &[("name", "old")]).is_empty(),
+            "a removed Certificate keeps no {name}"
+        );
+    }
+    // cert-manager's sample names, without `_total`.
+    let sync = |name, controller| value(&s, name, &[("controller", controller)]);
+    assert_eq!(
+        sync("certmanager_controller_sync_call_count", "certificates"),
+        2.0
+    );
+    assert_eq!(
+        sync("certmanager_controller_sync_error_count", "certificates"),
+        1.0
+    );
+    assert_eq!(
+        sync("certmanager_controller_sync_call_count", "issuers"),
+        0.0
     );
     let mut true_labels = cert_labels.to_vec();
     true_labels.push(("condition", "True"));

@@ -378,6 +378,59 @@ async fn controller_metrics_events_and_json_logs() {
         (expiry - not_after.as_millisecond() as f64 / 1000.0).abs() < 0.001,
         "expiry {expiry}, status.notAfter {not_after}"
     );
+    // cert-manager's other per-Certificate times, from the same status.
+    let current = certificates.get("web").await.unwrap();
+    let status = current.status.as_ref().unwrap();
+    for (name, at) in [
+        (
+            "certmanager_certificate_not_after_timestamp_seconds",
+            status.not_after.as_ref(),
+        ),
+        (
+            "certmanager_certificate_not_before_timestamp_seconds",
+            status.not_before.as_ref(),
+        ),
+        (
+            "certmanager_certificate_renewal_timestamp_seconds",
+            status.renewal_time.as_ref(),
+        ),
+    ] {
+        let want = at.unwrap_or_else(|| panic!("status lacks {name}'s time")).0;
+        let got = sample(&scrape, name, &labels);
+        assert!(
+            (got - want.as_millisecond() as f64 / 1000.0).abs() < 0.001,
+            "{name} {got}, status {want}"
+        );
+    }
+    // The Issuer's readiness, as cert-manager's collector reports it.
+    let issuer_ready = |condition| {
+        sample(
+            &scrape,
+            "certmanager_issuer_ready_status",
+            &[
+                ("name", "selfsigned"),
+                ("namespace", "team"),
+                ("condition", condition),
+            ],
+        )
+    };
+    assert_eq!((issuer_ready("True"), issuer_ready("False")), (1.0, 0.0));
+    // Every loop reconciled, by cert-manager's controller label.
+    for controller in [
+        "certificates",
+        "issuers",
+        "certificaterequests-approver",
+        "certificaterequests-issuer",
+    ] {
+        assert!(
+            sample(
+                &scrape,
+                "certmanager_controller_sync_call_count",
+                &[("controller", controller)]
+            ) >= 1.0,
+            "{controller} never synced"
+        );
+    }
     let mut ready = labels.to_vec();
     ready.push(("condition", "True"));
     assert_eq!(
