@@ -414,6 +414,25 @@ pub struct NodeArgs {
     /// csi-driver's flag; used only with a QPS above 0 (then at least 1).
     #[arg(long, env = "KUBE_API_BURST", default_value_t = 0)]
     pub kube_api_burst: u32,
+    /// csi-driver's flag: when a volume's --pod-readiness-gate does not
+    /// pass yet, mount it empty at once and write its files when the
+    /// certificate is issued (pods must cope with the files appearing
+    /// later, e.g. wait in an init container).
+    #[arg(
+        long,
+        env = "CONTINUE_ON_NOT_READY",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub continue_on_not_ready: bool,
+    /// csi-driver's flag, repeatable: defer a volume's certificate until
+    /// its pod passes every gate: pod-ip:<any|ipv4|ipv6>,
+    /// pod-condition:<Type>[=<Status>] or pod-annotation:<key>. Needs
+    /// --continue-on-not-ready, and `get` on pods.
+    #[arg(long = "pod-readiness-gate", value_parser = parse_gate)]
+    pub pod_readiness_gates: Vec<crate::node::readiness_gate::Gate>,
     /// RSA keys kept ready per RSA size that pods use (2048, 3072 and
     /// 4096 bits), so a first publish need not wait for key generation;
     /// 0 turns the pool off. Renewals always make a fresh key.
@@ -538,6 +557,10 @@ fn parse_rate(value: &str) -> Result<crate::renewal::limiter::RequestRate, Strin
         .parse()
         .map_err(|_| format!("{value:?} is not a number; use requests per second such as 10"))?;
     crate::renewal::limiter::RequestRate::new(number).map_err(|e| e.to_string())
+}
+
+fn parse_gate(value: &str) -> Result<crate::node::readiness_gate::Gate, String> {
+    crate::node::readiness_gate::Gate::parse(value).map_err(|e| e.to_string())
 }
 
 fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
@@ -707,6 +730,11 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             "--use-token-request is for the csi.cert-manager.io driver; the SPIFFE driver chooses with --spiffe-request-mode"
         );
     }
+    if !args.pod_readiness_gates.is_empty() && !args.continue_on_not_ready {
+        anyhow::bail!(
+            "--pod-readiness-gate needs --continue-on-not-ready=true (as in csi-driver): without it a publish would wait for the gates and time out"
+        );
+    }
     let extras = crate::csi::run::NodeExtras {
         spiffe,
         trust,
@@ -750,6 +778,8 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 max_sans: args.max_sans as usize,
             },
             strict_attributes: args.strict_attributes,
+            readiness_gates: args.pod_readiness_gates,
+            continue_on_not_ready: args.continue_on_not_ready,
         },
     };
     crate::csi::run::run_with(options, extras, shutdown).await

@@ -44,6 +44,12 @@ pub struct NodeConfig {
     /// Refuse volumes with unknown attributes (`--strict-attributes`)
     /// instead of warning about them.
     pub strict_attributes: bool,
+    /// csi-driver's `--pod-readiness-gate`s: all must pass before a
+    /// volume's first request is made.
+    pub readiness_gates: Vec<super::readiness_gate::Gate>,
+    /// csi-driver's `--continue-on-not-ready`: a volume whose gates do not
+    /// pass yet is mounted empty at once; its certificate follows.
+    pub continue_on_not_ready: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +71,8 @@ impl NodeConfig {
             input: crate::volume::InputLimits::default(),
             adopt_csi_driver_data_root: None,
             strict_attributes: false,
+            readiness_gates: Vec::new(),
+            continue_on_not_ready: false,
         }
     }
 }
@@ -76,6 +84,10 @@ pub struct RetryPolicy {
     pub base: Duration,
     pub max: Duration,
 }
+
+/// How often a volume mounted before its gates passed looks at its pod
+/// again (csi-driver's manager looks every second too).
+pub const GATE_RETRY: Duration = Duration::from_secs(1);
 
 impl Default for RetryPolicy {
     fn default() -> Self {

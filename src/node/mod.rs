@@ -27,6 +27,7 @@ pub mod driver;
 pub mod error;
 pub mod keypool;
 pub mod publish;
+pub mod readiness_gate;
 pub mod recover;
 pub mod renew;
 pub mod request;

@@ -82,7 +82,18 @@ impl VolumeManager {
             .await?;
         self.report_warnings(&spec);
         self.remember_tokens(&spec);
-        let outcome = self.issue(&spec, &req, &fingerprint, state).await;
+        if let Some(reason) = self.unmet_gates(&spec).await {
+            // Only with --continue-on-not-ready: the flags refuse gates
+            // without it, as csi-driver's do.
+            let outcome = self
+                .publish_deferred(&spec, &req, &fingerprint, reason)
+                .await;
+            if outcome.is_err() {
+                self.discard(&spec).await;
+            }
+            return outcome;
+        }
+        let outcome = self.issue(&spec, &req, &fingerprint, state, false).await;
         if let Err(error) = &outcome {
             self.publish_failed(&spec, error);
             if !error.keeps_progress() {
@@ -137,6 +148,7 @@ impl VolumeManager {
         spec: &VolumeSpec,
     ) -> Result<bool, PublishError> {
         let issued = state.not_after.is_some()
+            || state.deferred
             || matches!(&state.request, Some(r) if r.phase == RequestPhase::Issued);
         if !issued || state.target_path != spec.target_path {
             return Ok(false);
@@ -147,14 +159,78 @@ impl VolumeManager {
             .await?)
     }
 
+    /// `None` when the volume may be requested now: no
+    /// `--pod-readiness-gate`s, or the pod passes them all. Otherwise why
+    /// not (a pod that cannot be read does not pass, as in csi-driver).
+    pub(super) async fn unmet_gates(&self, spec: &VolumeSpec) -> Option<String> {
+        let gates = &self.config.readiness_gates;
+        if gates.is_empty() {
+            return None;
+        }
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), &spec.pod.namespace);
+        match pods.get(&spec.pod.name).await {
+            Ok(pod) => super::readiness_gate::unmet(gates, &pod),
+            Err(error) => Some(format!(
+                "reading pod {}/{} failed: {error}",
+                spec.pod.namespace, spec.pod.name
+            )),
+        }
+    }
+
+    /// `--continue-on-not-ready`: the volume is mounted empty now, and its
+    /// first certificate is issued in the background once the gates pass
+    /// (see `renew::complete_deferred`).
+    async fn publish_deferred(
+        &self,
+        spec: &VolumeSpec,
+        req: &PublishRequest,
+        fingerprint: &str,
+        reason: String,
+    ) -> Result<(), PublishError> {
+        let dir = self.volumes.prepare(&spec.volume_id).await?;
+        let mut state = self.fresh_state(spec, req, fingerprint);
+        state.node_id = Some(self.config.node_id.clone());
+        state.deferred = true;
+        state.last_error = Some(
+            reason
+                .chars()
+                .take(crate::store::LAST_ERROR_CHARS)
+                .collect(),
+        );
+        let at = SystemTime::now() + super::config::GATE_RETRY;
+        state.next_renewal = Some(super::deliver::to_timestamp(at));
+        self.volumes
+            .deliver(
+                &dir,
+                Delivery {
+                    private: private_files(spec),
+                    files: Vec::new(),
+                    gid: spec.fs_group,
+                    target: &spec.target_path,
+                },
+                state,
+            )
+            .await?;
+        self.scheduler.schedule(&spec.volume_id, at);
+        tracing::info!(
+            volume_id = %spec.volume_id,
+            %reason,
+            "volume mounted before its certificate (--continue-on-not-ready); issuing once the pod passes its readiness gates"
+        );
+        Ok(())
+    }
+
     /// The steps after validation: a slot, the request, the wait, the files
-    /// and the mount, and the record.
-    async fn issue(
+    /// and the mount, and the record. `deferred` marks a volume already
+    /// mounted empty; its record says so until the certificate is in.
+    pub(super) async fn issue(
         self: &Arc<Self>,
         spec: &VolumeSpec,
         req: &PublishRequest,
         fingerprint: &str,
         previous: Option<VolumeState>,
+        deferred: bool,
     ) -> Result<(), PublishError> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.config.publish_timeout;
@@ -165,7 +241,8 @@ impl VolumeManager {
             .filter(|r| r.phase == RequestPhase::Pending);
         let permit = self.acquire(pending.is_none(), started, deadline).await?;
         let dir = self.volumes.prepare(&spec.volume_id).await?;
-        let fresh = self.fresh_state(spec, req, fingerprint);
+        let mut fresh = self.fresh_state(spec, req, fingerprint);
+        fresh.deferred = deferred;
         let mut open = self
             .open_request(spec, &dir, pending, fresh, KeySource::Pooled)
             .await?;

@@ -47,6 +47,11 @@ enum Verdict {
 /// renewal reports what is wrong, and nothing a pod uses is removed.
 fn verdict(state: &VolumeState, found: Found) -> Verdict {
     match found {
+        // Mounted empty with --continue-on-not-ready: issued in the
+        // background, so resumed like a pending renewal.
+        Found::Tmpfs {
+            at_target: Ok(true),
+        } if state.deferred => Verdict::Keep,
         Found::Tmpfs { .. } if state.not_after.is_none() => Verdict::AwaitingPublish,
         Found::Tmpfs {
             at_target: Ok(true),

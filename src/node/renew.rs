@@ -101,7 +101,7 @@ impl VolumeManager {
 
     /// One renewal attempt.
     async fn renew(
-        &self,
+        self: &Arc<Self>,
         volume_id: &str,
         cancel: &CancellationToken,
     ) -> Result<Renewal, PublishError> {
@@ -110,6 +110,9 @@ impl VolumeManager {
         let Some(state) = self.volumes.current_state(volume_id).await? else {
             return Ok(Renewal::Gone);
         };
+        if state.deferred {
+            return self.complete_deferred(volume_id, cancel).await;
+        }
         let Some(not_after) = state.not_after else {
             return Ok(Renewal::Gone);
         };
@@ -217,6 +220,59 @@ impl VolumeManager {
         Ok(Renewal::Done { next })
     }
 
+    /// A volume mounted before its certificate (`--continue-on-not-ready`):
+    /// looks at the pod's readiness gates again and, once they pass, issues
+    /// the first certificate as a publish does, into the mounted volume.
+    /// Holds the volume's lock throughout, as a publish does.
+    async fn complete_deferred(
+        self: &Arc<Self>,
+        volume_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Renewal, PublishError> {
+        let _guard = self.locks.lock(volume_id).await;
+        if cancel.is_cancelled() {
+            return Ok(Renewal::Gone);
+        }
+        let Some(mut state) = self.volumes.current_state(volume_id).await? else {
+            return Ok(Renewal::Gone);
+        };
+        if !state.deferred {
+            return Ok(Renewal::Gone);
+        }
+        let dir = self.volumes.require(volume_id).await?;
+        let spec = self.spec_from_state(&state, &dir).await?;
+        if let Some(reason) = self.unmet_gates(&spec).await {
+            let reason: String = reason
+                .chars()
+                .take(crate::store::LAST_ERROR_CHARS)
+                .collect();
+            let next = SystemTime::now() + super::config::GATE_RETRY;
+            if state.last_error.as_ref() != Some(&reason) {
+                tracing::info!(volume_id, %reason, "readiness gates not passed yet");
+                state.last_error = Some(reason);
+                state.next_renewal = Some(to_timestamp(next));
+                self.volumes.save_state(state).await?;
+            }
+            return Ok(Renewal::Done { next });
+        }
+        let request = super::publish::PublishRequest {
+            volume_id: volume_id.to_owned(),
+            target_path: state.target_path.display().to_string(),
+            readonly: true,
+            volume_mount_group: state.volume_mount_group.clone(),
+            context: state.context.clone().into_iter().collect(),
+        };
+        let fingerprint = state.context_fingerprint.clone();
+        self.issue(&spec, &request, &fingerprint, Some(state), true)
+            .await?;
+        tracing::info!(
+            volume_id,
+            "readiness gates passed; the volume has its certificate"
+        );
+        // issue() scheduled the first renewal.
+        Ok(Renewal::Gone)
+    }
+
     /// Records a failed attempt and schedules the retry. The certificate
     /// being served stays. A request that was decided against (denied,
     /// failed, unusable) or deleted is removed, so the retry makes a new
@@ -314,18 +370,21 @@ impl VolumeManager {
                 _ => "a local error on the node (the node plugin's log has the details)".to_owned(),
             },
         };
-        let until = state
-            .not_after
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "its notAfter".to_owned());
+        let note = match state.not_after {
+            Some(until) => format!(
+                "renewing the certificate in volume {volume} failed: {cause}. The pod keeps the current certificate (valid until {until}); the renewal is retried with backoff"
+            ),
+            // Mounted before its first certificate (--continue-on-not-ready).
+            None => format!(
+                "issuing the first certificate for volume {volume} failed: {cause}. The volume stays mounted without files; issuance is retried with backoff"
+            ),
+        };
         self.pod_event(
             &pod,
             EventType::Warning,
             EVENT_RENEWAL_FAILED,
             "Renew",
-            format!(
-                "renewing the certificate in volume {volume} failed: {cause}. The pod keeps the current certificate (valid until {until}); the renewal is retried with backoff"
-            ),
+            note,
         );
     }
 

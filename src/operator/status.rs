@@ -32,7 +32,8 @@ pub struct Row {
     /// `<namespace>/<name>` of the pod, when the kubelet passed it.
     pub pod: Option<String>,
     pub request: Option<String>,
-    /// `issued`, `pending`, or `none` before the first request.
+    /// `issued`, `pending`, `deferred` (mounted before its gates passed), or
+    /// `none` before the first request.
     pub phase: &'static str,
     pub not_after: Option<SystemTime>,
     pub next_renewal: Option<SystemTime>,
@@ -58,6 +59,8 @@ impl Row {
             phase: match state.request.as_ref().map(|r| r.phase) {
                 Some(RequestPhase::Issued) => "issued",
                 Some(RequestPhase::Pending) => "pending",
+                // Mounted empty (--continue-on-not-ready), gates not passed.
+                None if state.deferred => "deferred",
                 None => "none",
             },
             not_after: time(state.not_after),

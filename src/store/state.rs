@@ -70,6 +70,11 @@ pub struct VolumeState {
     /// the pod was given.
     #[serde(default)]
     pub volume_mount_group: Option<String>,
+    /// Mounted before its first certificate (`--continue-on-not-ready`,
+    /// the pod's readiness gates not passing yet): the certificate is
+    /// issued in the background and its files appear in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
     /// Set when the volume was published by cert-manager's csi-driver and
     /// taken over in place: its files live in csi-driver's tmpfs, not in a
     /// tmpfs of cert-csi's (see `store::csi_driver`).
@@ -127,6 +132,7 @@ impl VolumeState {
             short_certificates: 0,
             renewal_attempts: 0,
             last_error: None,
+            deferred: false,
             volume_mount_group: None,
             adopted: None,
         }

@@ -11,6 +11,7 @@ mod operator;
 mod outage;
 mod outcomes;
 mod publish;
+mod readiness_gates;
 mod restart;
 mod rotation;
 mod spiffe;

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use serde_json::{Value, json};
 
@@ -328,9 +328,36 @@ fn csi_driver_values_files_install_with_their_meaning() {
     let their_driver = container(&their_pod, "cert-manager-csi-driver");
     assert_eq!(flag(driver, "--kube-api-qps"), "50");
     assert_eq!(flag(driver, "--kube-api-burst"), "100");
-    for name in ["--kube-api-qps", "--kube-api-burst"] {
+    for name in [
+        "--kube-api-qps",
+        "--kube-api-burst",
+        "--continue-on-not-ready",
+    ] {
         assert_eq!(flag(driver, name), flag(their_driver, name), "{name}");
     }
+    // app.driver.podReadinessGates: one --pod-readiness-gate each, in order,
+    // as upstream passes them; and the node may read pods for them.
+    let gates = |c: &Container| -> Vec<String> {
+        c.args
+            .iter()
+            .flatten()
+            .filter_map(|a| a.strip_prefix("--pod-readiness-gate="))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        gates(driver),
+        ["pod-ip:ipv6", "pod-condition:NetworkAttached=True"]
+    );
+    assert_eq!(gates(driver), gates(their_driver));
+    let node_role: ClusterRole = get(&docs, "ClusterRole", NODE);
+    assert!(
+        node_role.rules.iter().flatten().any(|r| r.resources.as_deref()
+            == Some(&["pods".to_owned()][..])
+            && r.verbs == ["get"]),
+        "the gates need get on pods: {:?}",
+        node_role.rules
+    );
     let registrar = container(&pod, "node-driver-registrar");
     assert_eq!(
         flag(registrar, "--kubelet-registration-path"),
@@ -375,13 +402,18 @@ fn csi_driver_values_files_install_with_their_meaning() {
     // The keys cert-csi does not implement are named.
     let text = notes(&["-f", ALL_KEYS]).unwrap();
     for key in [
-        "app.driver.continueOnNotReady",
-        "app.driver.podReadinessGates",
         "nodeDriverRegistrarImage._defaultReference",
         "livenessProbeImage._defaultReference",
         "metrics.enabled=false",
     ] {
         assert!(text.contains(key), "NOTES.txt does not name {key}:\n{text}");
+    }
+    // Implemented now: not named.
+    for key in [
+        "app.driver.continueOnNotReady",
+        "app.driver.podReadinessGates",
+    ] {
+        assert!(!text.contains(key), "NOTES.txt names {key}:\n{text}");
     }
     assert!(
         values["app"]["driver"]["continueOnNotReady"] == true,
