@@ -507,6 +507,30 @@ pub struct NodeArgs {
     /// CSIDriver's tokenRequests ("" is the API server's default).
     #[arg(long, env = "SPIFFE_TOKEN_AUDIENCE", default_value = "")]
     pub spiffe_token_audience: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): the certificate's file name
+    /// in each volume.
+    #[arg(long, env = "FILE_NAME_CERTIFICATE", default_value = crate::volume::DEFAULT_CERTIFICATE_FILE)]
+    pub file_name_certificate: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): the private key's file name.
+    #[arg(long, env = "FILE_NAME_KEY", default_value = crate::volume::DEFAULT_PRIVATE_KEY_FILE)]
+    pub file_name_key: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): the CA file's name.
+    #[arg(long, env = "FILE_NAME_CA", default_value = crate::volume::DEFAULT_CA_FILE)]
+    pub file_name_ca: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): extra annotations on every
+    /// CertificateRequest, `key=value` pairs separated by commas. Keys of a
+    /// cert-manager.io domain are refused: the driver and approvers own them.
+    #[arg(
+        long,
+        env = "EXTRA_CERTIFICATE_REQUEST_ANNOTATIONS",
+        default_value = ""
+    )]
+    pub extra_certificate_request_annotations: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): a PEM bundle file written
+    /// to every volume as its CA file, and again whenever the file changes;
+    /// the same as --trust-bundle-file.
+    #[arg(long, env = "SOURCE_CA_BUNDLE")]
+    pub source_ca_bundle: Option<PathBuf>,
     /// csi.cert-manager.io: create each CertificateRequest with the pod's
     /// own ServiceAccount token for the API server's audience, from the
     /// kubelet's serviceAccount.tokens, so spec.username is the pod's
@@ -716,12 +740,52 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
             issuer_group: &args.spiffe_issuer_group,
             mode: args.spiffe_request_mode,
             audience: &args.spiffe_token_audience,
+            files: crate::volume::spiffe_attributes::SpiffeFiles {
+                certificate: args.file_name_certificate.clone(),
+                key: args.file_name_key.clone(),
+                ca: args.file_name_ca.clone(),
+            },
+            extra_annotations: &args.extra_certificate_request_annotations,
         })?)
     } else {
         None
     };
+    if spiffe.is_none() {
+        let spiffe_only = [
+            (
+                "--file-name-certificate",
+                args.file_name_certificate != crate::volume::DEFAULT_CERTIFICATE_FILE,
+            ),
+            (
+                "--file-name-key",
+                args.file_name_key != crate::volume::DEFAULT_PRIVATE_KEY_FILE,
+            ),
+            (
+                "--file-name-ca",
+                args.file_name_ca != crate::volume::DEFAULT_CA_FILE,
+            ),
+            (
+                "--extra-certificate-request-annotations",
+                !args.extra_certificate_request_annotations.is_empty(),
+            ),
+            ("--source-ca-bundle", args.source_ca_bundle.is_some()),
+        ];
+        if let Some((flag, _)) = spiffe_only.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "{flag} is a flag of the SPIFFE driver ({}); csi.cert-manager.io volumes name their files and annotations with volume attributes",
+                crate::spiffe_id::DRIVER_NAME
+            );
+        }
+    }
+    let trust_file = match (&args.source_ca_bundle, &args.trust_bundle_file) {
+        (Some(a), Some(b)) if a != b => anyhow::bail!(
+            "--source-ca-bundle and --trust-bundle-file name different files; they are the same setting, give one"
+        ),
+        (Some(a), _) => Some(a.clone()),
+        (None, b) => b.clone(),
+    };
     let trust = crate::node::trust::TrustSource::from_flags(
-        args.trust_bundle_file.as_deref(),
+        trust_file.as_deref(),
         args.trust_bundle_configmap.as_deref(),
         args.trust_bundle_secret.as_deref(),
     )?;

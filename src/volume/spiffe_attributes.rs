@@ -75,6 +75,30 @@ pub struct SpiffeConfig {
     /// The audience whose token (from `serviceAccount.tokens`) creates the
     /// request in pod-token mode; "" is the API server's default audience.
     pub audience: String,
+    /// csi-driver-spiffe's `--file-name-certificate`, `--file-name-key` and
+    /// `--file-name-ca`.
+    pub files: SpiffeFiles,
+    /// csi-driver-spiffe's `--extra-certificate-request-annotations`, added
+    /// to every request beside the driver's own (which they cannot replace).
+    pub extra_annotations: BTreeMap<String, String>,
+}
+
+/// The names of a SPIFFE volume's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpiffeFiles {
+    pub certificate: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl Default for SpiffeFiles {
+    fn default() -> Self {
+        SpiffeFiles {
+            certificate: volume::DEFAULT_CERTIFICATE_FILE.to_owned(),
+            key: volume::DEFAULT_PRIVATE_KEY_FILE.to_owned(),
+            ca: volume::DEFAULT_CA_FILE.to_owned(),
+        }
+    }
 }
 
 /// A rejected `--spiffe-*` flag.
@@ -94,6 +118,12 @@ pub enum SpiffeConfigError {
         "--spiffe-issuer-name: is required with --driver-name {driver}; set it to the Issuer or ClusterIssuer that signs SPIFFE certificates"
     )]
     IssuerMissing { driver: &'static str },
+    #[error("--file-name-{flag}: {reason}")]
+    FileName { flag: &'static str, reason: String },
+    #[error(
+        "--extra-certificate-request-annotations: {detail}; write key=value pairs separated by commas, e.g. team=payments,cost-center=42"
+    )]
+    Annotation { detail: String },
     #[error("--spiffe-issuer-{field}: {value:?} {reason}")]
     Issuer {
         field: &'static str,
@@ -114,6 +144,44 @@ pub struct SpiffeFlags<'a> {
     pub issuer_group: &'a str,
     pub mode: RequestMode,
     pub audience: &'a str,
+    pub files: SpiffeFiles,
+    /// `key=value,key=value`, as the flag is written.
+    pub extra_annotations: &'a str,
+}
+
+/// Parses `--extra-certificate-request-annotations` (pflag's
+/// StringToString: comma-separated `key=value` pairs). Keys must be
+/// annotation keys, and none may be one the driver or the approver reads.
+pub fn parse_extra_annotations(text: &str) -> Result<BTreeMap<String, String>, SpiffeConfigError> {
+    let mut out = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let fail = |detail: String| SpiffeConfigError::Annotation { detail };
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(fail(format!("{} has no '='", volume::short_quote(pair))));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        // A key may go without a prefix; its name part follows the same
+        // rules either way.
+        let qualified = if key.contains('/') {
+            key.to_owned()
+        } else {
+            format!("prefix.example/{key}")
+        };
+        if let Err(message) = crate::volume::rules::check_annotation_key(&qualified) {
+            return Err(fail(message));
+        }
+        let domain = key.split_once('/').map(|(d, _)| d).unwrap_or("");
+        if domain.ends_with("cert-manager.io") {
+            return Err(fail(format!(
+                "{} is in a cert-manager.io domain, whose annotations the driver and approvers set and read; use a key of your own domain",
+                volume::short_quote(key)
+            )));
+        }
+        if out.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(fail(format!("{} is given twice", volume::short_quote(key))));
+        }
+    }
+    Ok(out)
 }
 
 impl SpiffeConfig {
@@ -157,6 +225,29 @@ impl SpiffeConfig {
                 reason: "is not a Kubernetes kind (a letter followed by letters and digits, e.g. ClusterIssuer)",
             });
         }
+        for (flag, name) in [
+            ("certificate", &flags.files.certificate),
+            ("key", &flags.files.key),
+            ("ca", &flags.files.ca),
+        ] {
+            crate::volume::rules::check_file_name(name)
+                .map_err(|reason| SpiffeConfigError::FileName { flag, reason })?;
+        }
+        let names = [&flags.files.certificate, &flags.files.key, &flags.files.ca];
+        if names
+            .iter()
+            .enumerate()
+            .any(|(i, n)| names[..i].contains(n))
+        {
+            return Err(SpiffeConfigError::FileName {
+                flag: "certificate",
+                reason: format!(
+                    "the certificate, key and CA files need three different names; got {}, {} and {}",
+                    names[0], names[1], names[2]
+                ),
+            });
+        }
+        let extra_annotations = parse_extra_annotations(flags.extra_annotations)?;
         Ok(SpiffeConfig {
             trust_domain,
             template,
@@ -169,6 +260,8 @@ impl SpiffeConfig {
             },
             mode: flags.mode,
             audience: flags.audience.to_string(),
+            files: flags.files.clone(),
+            extra_annotations,
         })
     }
 }
@@ -210,9 +303,9 @@ pub fn parse(
     let fs_group = volume::fs_group_for(ctx, FS_GROUP, input.volume_mount_group)?;
     let credential_bundle_file = volume::credential_bundle_file(ctx)?;
     let mut files = vec![
-        ("tls.crt", volume::DEFAULT_CERTIFICATE_FILE),
-        ("tls.key", volume::DEFAULT_PRIVATE_KEY_FILE),
-        ("ca.crt", volume::DEFAULT_CA_FILE),
+        ("--file-name-certificate", config.files.certificate.as_str()),
+        ("--file-name-key", config.files.key.as_str()),
+        ("--file-name-ca", config.files.ca.as_str()),
     ];
     if let Some(name) = &credential_bundle_file {
         files.push((volume::CREDENTIAL_BUNDLE_FILE, name.as_str()));
@@ -223,7 +316,9 @@ pub fn parse(
         .get(kubelet::SERVICE_ACCOUNT_TOKENS)
         .filter(|t| !t.is_empty())
         .map(|t| SecretString::new(t.clone()));
-    let annotations = request_annotations(&id, &pod.name, &pod.uid, node_id);
+    // The operator's extra annotations first, so the driver's own win.
+    let mut annotations = config.extra_annotations.clone();
+    annotations.extend(request_annotations(&id, &pod.name, &pod.uid, node_id));
 
     Ok(VolumeSpec {
         volume_id: input.volume_id.to_string(),
@@ -245,9 +340,9 @@ pub fn parse(
             algorithm: config.key,
             encoding: KeyEncoding::Pkcs8,
         },
-        certificate_file: volume::DEFAULT_CERTIFICATE_FILE.to_string(),
-        private_key_file: volume::DEFAULT_PRIVATE_KEY_FILE.to_string(),
-        ca_file: volume::DEFAULT_CA_FILE.to_string(),
+        certificate_file: config.files.certificate.clone(),
+        private_key_file: config.files.key.clone(),
+        ca_file: config.files.ca.clone(),
         pkcs12: None,
         fs_group,
         reuse_private_key: false,
@@ -426,6 +521,8 @@ mod tests {
             issuer_group: "cert-manager.io",
             mode,
             audience: "",
+            files: SpiffeFiles::default(),
+            extra_annotations: "",
         })
         .unwrap()
     }
@@ -591,6 +688,8 @@ mod tests {
             issuer_group: "cert-manager.io",
             mode: RequestMode::PodToken,
             audience: "",
+            files: SpiffeFiles::default(),
+            extra_annotations: "",
         };
         let c = SpiffeConfig::from_flags(&flags).unwrap();
         assert_eq!(c.key, KeyAlgorithm::Ed25519);
@@ -660,5 +759,53 @@ mod tests {
             assert!(matches!(err, TokenError::Malformed { .. }), "{text}");
             assert!(!text.contains("s3cr3t"), "the token leaked: {text}");
         }
+    }
+
+    #[test]
+    fn file_names_and_extra_annotations_follow_csi_driver_spiffe_flags() {
+        let mut c = config(RequestMode::PodToken);
+        c.files = SpiffeFiles {
+            certificate: "svid.pem".into(),
+            key: "svid_key.pem".into(),
+            ca: "bundle.pem".into(),
+        };
+        c.extra_annotations = parse_extra_annotations("team=payments, cost-center=42").unwrap();
+        let ctx = context(&[]);
+        let input = PublishInput {
+            volume_id: "csi-0123",
+            target_path: "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/id/mount",
+            readonly: true,
+            volume_mount_group: None,
+            context: &ctx,
+        };
+        let spec = parse(&input, &c, "node-1").unwrap();
+        assert_eq!(
+            (
+                spec.certificate_file.as_str(),
+                spec.private_key_file.as_str(),
+                spec.ca_file.as_str()
+            ),
+            ("svid.pem", "svid_key.pem", "bundle.pem")
+        );
+        assert_eq!(spec.annotations["team"], "payments");
+        assert_eq!(spec.annotations["cost-center"], "42");
+        assert!(spec.annotations.contains_key(spiffe::ANNOTATION_IDENTITY));
+
+        for (bad, why) in [
+            ("team", "has no '='"),
+            (
+                "spiffe.csi.cert-manager.io/identity=x",
+                "cert-manager.io domain",
+            ),
+            ("a=1,a=2", "given twice"),
+            ("bad key=1", ""),
+        ] {
+            let err = parse_extra_annotations(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--extra-certificate-request-annotations") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        assert!(parse_extra_annotations("").unwrap().is_empty());
     }
 }

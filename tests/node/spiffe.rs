@@ -823,3 +823,132 @@ fn assert_spiffe_identity_id(volume: &VolumeRequest, want: &str) {
     let leaf = test_kit::served_leaf(volume, "tls.crt");
     assert_eq!(leaf.sans.uris, [want]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csi_driver_spiffe_file_names_annotations_and_source_ca_bundle() {
+    if !test_kit::require_root("csi_driver_spiffe_file_names_annotations_and_source_ca_bundle") {
+        return;
+    }
+    // The bundle file the driver reads, as csi-driver-spiffe's
+    // --source-ca-bundle: here the CA that signs, so the pod can verify.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("ca.pem");
+    let mut args = spiffe_args("node-account");
+    let bundle_flag = format!("--source-ca-bundle={}", path_str(&bundle));
+    args.extend([
+        "--file-name-certificate=svid.pem",
+        "--file-name-key=svid_key.pem",
+        "--file-name-ca=bundle.pem",
+        "--extra-certificate-request-annotations=team=payments,example.com/cost-center=42",
+        bundle_flag.as_str(),
+    ]);
+    // The file must exist before the plugin starts, as a mounted ConfigMap
+    // does; the harness's CA is known once the environment runs, so the
+    // plugin is restarted after writing it.
+    std::fs::write(&bundle, "").unwrap();
+    let mut env = start(&args).await;
+    std::fs::write(&bundle, env.cluster.ca_pem()).unwrap();
+    env.restart_plugin().await;
+    let (_, volume, _) = spiffe_pod(&env, "shop", "billing-2", "billing", false, &[]).await;
+    env.publish_ok(&volume).await;
+
+    for name in ["svid.pem", "svid_key.pem", "bundle.pem"] {
+        assert!(volume.file(name).exists(), "{name} missing");
+    }
+    assert!(!volume.file("tls.crt").exists());
+    assert_eq!(
+        std::fs::read_to_string(volume.file("bundle.pem")).unwrap(),
+        env.cluster.ca_pem()
+    );
+    openssl_ok(&[
+        "verify",
+        "-CAfile",
+        path_str(&volume.file("bundle.pem")),
+        path_str(&volume.file("svid.pem")),
+    ]);
+    let request = env.only_request(&volume).await;
+    let annotations = test_kit::annotations(&request);
+    assert_eq!(annotations["team"], "payments");
+    assert_eq!(annotations["example.com/cost-center"], "42");
+    assert_eq!(
+        annotations[spiffe::ANNOTATION_IDENTITY],
+        format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/billing")
+    );
+
+    // A new bundle (another CA beside the first) reaches the volume.
+    let extra = dir.path().join("extra.pem");
+    openssl_ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=next root",
+        "-days",
+        "1",
+        "-keyout",
+        "/dev/null",
+        "-out",
+        path_str(&extra),
+    ]);
+    let next = format!(
+        "{}{}",
+        env.cluster.ca_pem(),
+        std::fs::read_to_string(&extra).unwrap()
+    );
+    std::fs::write(dir.path().join("ca.pem.tmp"), &next).unwrap();
+    std::fs::rename(dir.path().join("ca.pem.tmp"), &bundle).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(volume.file("bundle.pem")).unwrap() != next {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the volume's bundle.pem never took the new bundle"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    env.finish().await;
+}
+
+#[test]
+fn csi_driver_spiffe_flags_are_refused_for_the_other_driver_and_checked() {
+    for (args, want) in [
+        (
+            vec!["--file-name-key=k.pem"],
+            "--file-name-key is a flag of the SPIFFE driver",
+        ),
+        (
+            vec!["--source-ca-bundle=/etc/ca.pem"],
+            "--source-ca-bundle is a flag of the SPIFFE driver",
+        ),
+        (
+            vec![
+                "--driver-name=spiffe.csi.cert-manager.io",
+                "--spiffe-issuer-name=ca",
+                "--file-name-ca=tls.crt",
+            ],
+            "three different names",
+        ),
+        (
+            vec![
+                "--driver-name=spiffe.csi.cert-manager.io",
+                "--spiffe-issuer-name=ca",
+                "--extra-certificate-request-annotations=csi.cert-manager.io/x=1",
+            ],
+            "cert-manager.io domain",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+            .args(["node", "--node-id", "n", "--kubeconfig", "/nonexistent"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(want),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -875,8 +875,8 @@ fn helm_upgrade_from_csi_driver_updates_every_object_in_place_on_a_real_api_serv
 
 #[test]
 fn csi_driver_spiffe_value_names_set_the_spiffe_driver_and_approver() {
-    let spiffe = r#"spiffe={"driver":{"enabled":true},"approver":{"enabled":true,"issuer":"clusterissuers.cert-manager.io/spiffe-ca"}}"#;
-    let app = r#"app={"trustDomain":"example.org","issuer":{"name":"spiffe-ca","kind":"Issuer","group":"example.com"},"certificateRequestDuration":"30m"}"#;
+    let spiffe = r#"spiffe={"driver":{"enabled":true,"volumeFileName":{"cert":"svid.pem","key":"svid_key.pem","ca":"bundle.pem"},"sourceCABundle":"/etc/spiffe-ca/ca.pem","volumes":[{"name":"spiffe-ca","configMap":{"name":"spiffe-ca"}}],"volumeMounts":[{"name":"spiffe-ca","mountPath":"/etc/spiffe-ca","readOnly":true}]},"approver":{"enabled":true,"issuer":"clusterissuers.cert-manager.io/spiffe-ca"}}"#;
+    let app = r#"app={"trustDomain":"example.org","issuer":{"name":"spiffe-ca","kind":"Issuer","group":"example.com"},"certificateRequestDuration":"30m","extraCertificateRequestAnnotations":"team=payments,cost-center=42"}"#;
     let Some(docs) = render(&["--set-json", spiffe, "--set-json", app]) else {
         return;
     };
@@ -889,9 +889,29 @@ fn csi_driver_spiffe_value_names_set_the_spiffe_driver_and_approver() {
         ("--spiffe-issuer-name", "spiffe-ca"),
         ("--spiffe-issuer-kind", "Issuer"),
         ("--spiffe-issuer-group", "example.com"),
+        // csi-driver-spiffe's own flags, from its value names.
+        ("--file-name-certificate", "svid.pem"),
+        ("--file-name-key", "svid_key.pem"),
+        ("--file-name-ca", "bundle.pem"),
+        (
+            "--extra-certificate-request-annotations",
+            "team=payments,cost-center=42",
+        ),
+        ("--source-ca-bundle", "/etc/spiffe-ca/ca.pem"),
     ] {
         assert_eq!(flag(driver, name), value, "node {name}");
     }
+    // The bundle's file reaches the container through the extra volume.
+    assert!(
+        driver
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "spiffe-ca" && m.mount_path == "/etc/spiffe-ca"),
+        "{:?}",
+        driver.volume_mounts
+    );
+    assert!(node.volumes.iter().flatten().any(|v| v.name == "spiffe-ca"));
     let controller = pod_spec(&docs, "Deployment", "cert-csi-controller");
     let approver = container(&controller, "cert-csi");
     assert_eq!(flag(approver, "--spiffe-trust-domain"), "example.org");

@@ -156,7 +156,8 @@ same, else the render fails naming both. Call with (dict "alias" <name>
 {{- end -}}
 
 {{/* One SPIFFE setting by name: trustDomain.driver, trustDomain.approver,
-duration.driver, duration.approver, issuer.name, issuer.kind, issuer.group. */}}
+duration.driver, duration.approver, issuer.name, issuer.kind, issuer.group,
+extraAnnotations. */}}
 {{- define "cert-csi.spiffe" -}}
 {{- $root := .root -}}
 {{- $app := $root.Values.app -}}
@@ -175,6 +176,8 @@ duration.driver, duration.approver, issuer.name, issuer.kind, issuer.group. */}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.issuer.name" "aliasValue" $issuer.name "key" "spiffe.driver.issuer.name" "value" $spiffe.driver.issuer.name "default" "") -}}
 {{- else if eq $which "issuer.kind" -}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.issuer.kind" "aliasValue" $issuer.kind "key" "spiffe.driver.issuer.kind" "value" $spiffe.driver.issuer.kind "default" "ClusterIssuer") -}}
+{{- else if eq $which "extraAnnotations" -}}
+{{- include "cert-csi.spiffeAlias" (dict "alias" "app.extraCertificateRequestAnnotations" "aliasValue" $app.extraCertificateRequestAnnotations "key" "spiffe.driver.extraCertificateRequestAnnotations" "value" $spiffe.driver.extraCertificateRequestAnnotations "default" "") -}}
 {{- else if eq $which "issuer.group" -}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.issuer.group" "aliasValue" $issuer.group "key" "spiffe.driver.issuer.group" "value" $spiffe.driver.issuer.group "default" "cert-manager.io") -}}
 {{- else -}}
