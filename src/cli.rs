@@ -526,6 +526,16 @@ pub struct NodeArgs {
         default_value = ""
     )]
     pub extra_certificate_request_annotations: String,
+    /// SPIFFE driver (csi-driver-spiffe's flag): a ConfigMap whose
+    /// issuer-name, issuer-kind and issuer-group keys, when all set, name
+    /// the issuer of new requests instead of --spiffe-issuer-*; watched, so
+    /// the issuer changes without a restart, and deleting it falls back.
+    /// With it, --spiffe-issuer-name may be left out.
+    #[arg(long, env = "RUNTIME_ISSUANCE_CONFIG_MAP_NAME")]
+    pub runtime_issuance_config_map_name: Option<String>,
+    /// SPIFFE driver (csi-driver-spiffe's flag): that ConfigMap's namespace.
+    #[arg(long, env = "RUNTIME_ISSUANCE_CONFIG_MAP_NAMESPACE")]
+    pub runtime_issuance_config_map_namespace: Option<String>,
     /// SPIFFE driver (csi-driver-spiffe's flag): a PEM bundle file written
     /// to every volume as its CA file, and again whenever the file changes;
     /// the same as --trust-bundle-file.
@@ -746,6 +756,16 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 ca: args.file_name_ca.clone(),
             },
             extra_annotations: &args.extra_certificate_request_annotations,
+            runtime_config_map: match (
+                args.runtime_issuance_config_map_namespace.as_deref(),
+                args.runtime_issuance_config_map_name.as_deref(),
+            ) {
+                (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+                (None, None) => None,
+                _ => anyhow::bail!(
+                    "--runtime-issuance-config-map-name and --runtime-issuance-config-map-namespace go together; give both (the chart passes its release namespace)"
+                ),
+            },
         })?)
     } else {
         None
@@ -769,6 +789,10 @@ async fn run_node(args: NodeArgs, shutdown: CancellationToken) -> anyhow::Result
                 !args.extra_certificate_request_annotations.is_empty(),
             ),
             ("--source-ca-bundle", args.source_ca_bundle.is_some()),
+            (
+                "--runtime-issuance-config-map-name",
+                args.runtime_issuance_config_map_name.is_some(),
+            ),
         ];
         if let Some((flag, _)) = spiffe_only.iter().find(|(_, set)| *set) {
             anyhow::bail!(

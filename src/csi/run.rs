@@ -193,9 +193,19 @@ fn with_extras(
             trust_domain = %spiffe.trust_domain,
             template = spiffe.template.as_str(),
             mode = spiffe.mode.name(),
-            issuer = %spiffe.issuer.name,
+            issuer = %spiffe.issuer.current().map(|i| i.name).unwrap_or_default(),
+            runtime_issuance = ?spiffe.runtime_config_map,
             "serving SPIFFE identities"
         );
+        if let Some((namespace, name)) = spiffe.runtime_config_map.clone() {
+            crate::node::runtime_issuer::spawn(
+                client.clone(),
+                namespace,
+                name,
+                spiffe.issuer.clone(),
+                shutdown.clone(),
+            );
+        }
         service = service.with_driver(Driver::spiffe(spiffe, Some(api)));
     } else if extras.use_token_request {
         tracing::info!(

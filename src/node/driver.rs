@@ -95,6 +95,18 @@ impl Driver {
     /// Fails before any key or request exists when the request could not
     /// be made anyway: no usable pod token in pod-token mode.
     pub fn check_credentials(&self, spec: &VolumeSpec) -> Result<(), PublishError> {
+        if let Driver::Spiffe(s) = self
+            && spec.issuer.name.is_empty()
+        {
+            return Err(PublishError::NoIssuer {
+                config_map: s
+                    .config
+                    .runtime_config_map
+                    .as_ref()
+                    .map(|(ns, name)| format!("{ns}/{name}"))
+                    .unwrap_or_default(),
+            });
+        }
         self.pod_token(spec).map(drop)
     }
 

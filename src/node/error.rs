@@ -62,6 +62,10 @@ pub enum PublishError {
     Throttled { waited: std::time::Duration },
     #[error("the node plugin is shutting down; retry after it restarts")]
     ShuttingDown,
+    #[error(
+        "no issuer for SPIFFE requests: the runtime issuance ConfigMap {config_map} is absent or lacks issuer-name, issuer-kind or issuer-group, and --spiffe-issuer-name is not set; create the ConfigMap (the kubelet retries)"
+    )]
+    NoIssuer { config_map: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -109,7 +113,7 @@ impl PublishError {
             PublishError::Issued(_) | PublishError::Internal(_) => Code::Internal,
             PublishError::Store(e) => store_code(e),
             PublishError::Throttled { .. } => Code::DeadlineExceeded,
-            PublishError::ShuttingDown => Code::Unavailable,
+            PublishError::ShuttingDown | PublishError::NoIssuer { .. } => Code::Unavailable,
         }
     }
 
@@ -132,6 +136,7 @@ impl PublishError {
             | PublishError::Csr(_)
             | PublishError::Store(_)
             | PublishError::Internal(_) => IssueErrorReason::Internal,
+            PublishError::NoIssuer { .. } => IssueErrorReason::Invalid,
             PublishError::ShuttingDown => return None,
         })
     }

@@ -31,6 +31,7 @@ pub mod readiness_gate;
 pub mod recover;
 pub mod renew;
 pub mod request;
+pub mod runtime_issuer;
 pub mod service;
 pub mod target;
 pub mod trim;

@@ -151,7 +151,7 @@ pub struct PodInfo {
 }
 
 /// `spec.issuerRef` of the CertificateRequest, defaults applied.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IssuerRef {
     pub name: String,
     pub kind: String,

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -70,7 +71,11 @@ pub struct SpiffeConfig {
     pub template: IdTemplate,
     pub key: KeyAlgorithm,
     pub duration: Duration,
-    pub issuer: IssuerRef,
+    /// The issuer requests go to now: the flags' (`--spiffe-issuer-*`), or
+    /// the runtime issuance ConfigMap's while it holds a valid one.
+    pub issuer: IssuerSlot,
+    /// csi-driver-spiffe's `--runtime-issuance-config-map-{namespace,name}`.
+    pub runtime_config_map: Option<(String, String)>,
     pub mode: RequestMode,
     /// The audience whose token (from `serviceAccount.tokens`) creates the
     /// request in pod-token mode; "" is the API server's default audience.
@@ -81,6 +86,76 @@ pub struct SpiffeConfig {
     /// csi-driver-spiffe's `--extra-certificate-request-annotations`, added
     /// to every request beside the driver's own (which they cannot replace).
     pub extra_annotations: BTreeMap<String, String>,
+}
+
+/// The issuer of new SPIFFE requests, switched at run time by the runtime
+/// issuance ConfigMap (see `node::runtime_issuer`): its issuer while it has
+/// a valid one, else the flags' (which may be absent). Clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct IssuerSlot {
+    fallback: Option<IssuerRef>,
+    runtime: Arc<RwLock<Option<IssuerRef>>>,
+}
+
+impl IssuerSlot {
+    pub fn fixed(issuer: Option<IssuerRef>) -> IssuerSlot {
+        IssuerSlot {
+            fallback: issuer,
+            runtime: Arc::default(),
+        }
+    }
+
+    /// The issuer a request made now goes to; `None` when neither the
+    /// ConfigMap nor the flags name one.
+    pub fn current(&self) -> Option<IssuerRef> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .or_else(|| self.fallback.clone())
+    }
+
+    /// The ConfigMap's issuer from now on; `None` falls back to the flags'.
+    pub fn set_runtime(&self, issuer: Option<IssuerRef>) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = issuer;
+    }
+}
+
+/// Checks an issuer reference as the API would accept it.
+pub fn checked_issuer(
+    name: &str,
+    kind: &str,
+    group: &str,
+) -> Result<IssuerRef, (&'static str, String, &'static str)> {
+    let is_name = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 253
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    for (field, value) in [("name", name), ("group", group)] {
+        if !is_name(value) {
+            return Err((
+                field,
+                value.to_string(),
+                "is not a DNS subdomain (lowercase letters, digits, '-' and '.')",
+            ));
+        }
+    }
+    if !kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        || !kind.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err((
+            "kind",
+            kind.to_string(),
+            "is not a Kubernetes kind (a letter followed by letters and digits, e.g. ClusterIssuer)",
+        ));
+    }
+    Ok(IssuerRef {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        group: group.to_string(),
+    })
 }
 
 /// The names of a SPIFFE volume's files.
@@ -147,6 +222,8 @@ pub struct SpiffeFlags<'a> {
     pub files: SpiffeFiles,
     /// `key=value,key=value`, as the flag is written.
     pub extra_annotations: &'a str,
+    /// The runtime issuance ConfigMap, `(namespace, name)`.
+    pub runtime_config_map: Option<(&'a str, &'a str)>,
 }
 
 /// Parses `--extra-certificate-request-annotations` (pflag's
@@ -195,36 +272,25 @@ impl SpiffeConfig {
         if flags.duration < Duration::from_secs(10) {
             return Err(SpiffeConfigError::Duration(flags.duration));
         }
-        let name = flags.issuer_name.filter(|n| !n.is_empty()).ok_or(
-            SpiffeConfigError::IssuerMissing {
-                driver: spiffe::DRIVER_NAME,
-            },
-        )?;
-        let is_name = |v: &str| {
-            !v.is_empty()
-                && v.len() <= 253
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        };
-        for (field, value) in [("name", name), ("group", flags.issuer_group)] {
-            if !is_name(value) {
-                return Err(SpiffeConfigError::Issuer {
-                    field,
-                    value: value.to_string(),
-                    reason: "is not a DNS subdomain (lowercase letters, digits, '-' and '.')",
+        // With a runtime issuance ConfigMap the flags' issuer is only the
+        // fallback, and may be left out (csi-driver-spiffe allows that too).
+        let fallback = match flags.issuer_name.filter(|n| !n.is_empty()) {
+            Some(name) => Some(
+                checked_issuer(name, flags.issuer_kind, flags.issuer_group).map_err(
+                    |(field, value, reason)| SpiffeConfigError::Issuer {
+                        field,
+                        value,
+                        reason,
+                    },
+                )?,
+            ),
+            None if flags.runtime_config_map.is_some() => None,
+            None => {
+                return Err(SpiffeConfigError::IssuerMissing {
+                    driver: spiffe::DRIVER_NAME,
                 });
             }
-        }
-        let kind = flags.issuer_kind;
-        if !kind.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !kind.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(SpiffeConfigError::Issuer {
-                field: "kind",
-                value: kind.to_string(),
-                reason: "is not a Kubernetes kind (a letter followed by letters and digits, e.g. ClusterIssuer)",
-            });
-        }
+        };
         for (flag, name) in [
             ("certificate", &flags.files.certificate),
             ("key", &flags.files.key),
@@ -253,11 +319,10 @@ impl SpiffeConfig {
             template,
             key,
             duration: flags.duration,
-            issuer: IssuerRef {
-                name: name.to_string(),
-                kind: kind.to_string(),
-                group: flags.issuer_group.to_string(),
-            },
+            issuer: IssuerSlot::fixed(fallback),
+            runtime_config_map: flags
+                .runtime_config_map
+                .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
             mode: flags.mode,
             audience: flags.audience.to_string(),
             files: flags.files.clone(),
@@ -323,7 +388,9 @@ pub fn parse(
     Ok(VolumeSpec {
         volume_id: input.volume_id.to_string(),
         target_path: PathBuf::from(input.target_path),
-        issuer: config.issuer.clone(),
+        // Empty when no issuer is configured yet; the publish then fails
+        // as Unavailable, naming the ConfigMap (Driver::check_credentials).
+        issuer: config.issuer.current().unwrap_or_default(),
         subject: SubjectSpec::default(),
         sans: SanSpec {
             uris: vec![id],
@@ -523,6 +590,7 @@ mod tests {
             audience: "",
             files: SpiffeFiles::default(),
             extra_annotations: "",
+            runtime_config_map: None,
         })
         .unwrap()
     }
@@ -690,6 +758,7 @@ mod tests {
             audience: "",
             files: SpiffeFiles::default(),
             extra_annotations: "",
+            runtime_config_map: None,
         };
         let c = SpiffeConfig::from_flags(&flags).unwrap();
         assert_eq!(c.key, KeyAlgorithm::Ed25519);

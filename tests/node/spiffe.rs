@@ -952,3 +952,80 @@ fn csi_driver_spiffe_flags_are_refused_for_the_other_driver_and_checked() {
         );
     }
 }
+
+/// Polls the node plugin's log until it holds `phrase` `count` times.
+async fn await_node_log(env: &Env, phrase: &str, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.log().matches(phrase).count() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never logged {phrase:?} {count} time(s)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_issuance_configmap_switches_the_issuer_without_a_restart() {
+    if !test_kit::require_root(
+        "the_runtime_issuance_configmap_switches_the_issuer_without_a_restart",
+    ) {
+        return;
+    }
+    let mut args = spiffe_args("node-account");
+    args.extend([
+        "--runtime-issuance-config-map-name=spiffe-issuance",
+        "--runtime-issuance-config-map-namespace=cert-manager",
+    ]);
+    let env = start(&args).await;
+    let runtime_ca = env.cluster.short_lived_ca("runtime-ca", "2h").await;
+    let issuer_of = |r: &cert_csi::api::CertificateRequest| r.spec.issuer_ref.name.clone();
+
+    // No ConfigMap: the flags' issuer.
+    await_node_log(&env, "no runtime issuance ConfigMap", 1).await;
+    let (_, first, _) = spiffe_pod(&env, "shop", "billing-a", "billing", false, &[]).await;
+    env.publish_ok(&first).await;
+    assert_eq!(issuer_of(&env.only_request(&first).await), "spiffe-ca");
+
+    // The ConfigMap names another issuer: the next volume's request goes
+    // there, and its certificate chains to that CA (openssl).
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.client.clone(), test_kit::CLUSTER_NS);
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "spiffe-issuance"},
+        "data": {"issuer-name": "runtime-ca", "issuer-kind": "ClusterIssuer", "issuer-group": "cert-manager.io"},
+    }))
+    .unwrap();
+    maps.create(&Default::default(), &cm).await.unwrap();
+    await_node_log(&env, "go to the runtime issuance ConfigMap's issuer", 1).await;
+    let (_, second, _) = spiffe_pod(&env, "shop", "billing-b", "billing", false, &[]).await;
+    env.publish_ok(&second).await;
+    assert_eq!(issuer_of(&env.only_request(&second).await), "runtime-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("runtime-ca.pem");
+    std::fs::write(&ca_file, &runtime_ca).unwrap();
+    openssl_ok(&[
+        "verify",
+        "-CAfile",
+        path_str(&ca_file),
+        path_str(&second.file("tls.crt")),
+    ]);
+
+    // A change that drops a key is refused; the issuer stays.
+    let mut broken = cm.clone();
+    broken.data.as_mut().unwrap().remove("issuer-group");
+    maps.replace("spiffe-issuance", &Default::default(), &broken)
+        .await
+        .unwrap();
+    await_node_log(&env, "names no usable issuer; keeping the current one", 1).await;
+
+    // Deleted: back to the flags' issuer.
+    maps.delete("spiffe-issuance", &Default::default())
+        .await
+        .unwrap();
+    await_node_log(&env, "no runtime issuance ConfigMap", 2).await;
+    let (_, third, _) = spiffe_pod(&env, "shop", "billing-c", "billing", false, &[]).await;
+    env.publish_ok(&third).await;
+    assert_eq!(issuer_of(&env.only_request(&third).await), "spiffe-ca");
+    env.finish().await;
+}

@@ -961,3 +961,59 @@ fn csi_driver_spiffe_value_names_set_the_spiffe_driver_and_approver() {
         );
     }
 }
+
+#[test]
+fn csi_driver_spiffe_runtime_issuance_configmap_sets_the_flags_and_a_role_on_it() {
+    // csi-driver-spiffe's value name, without any issuer: the ConfigMap
+    // will name it.
+    let Some(docs) = render(&[
+        "--set-json",
+        r#"spiffe={"driver":{"enabled":true}}"#,
+        "--set-json",
+        r#"app={"runtimeIssuanceConfigMap":"spiffe-issuance"}"#,
+    ]) else {
+        return;
+    };
+    check_all_typed(&docs);
+    let node = pod_spec(&docs, "DaemonSet", "cert-csi-spiffe-node");
+    let driver = container(&node, "cert-csi");
+    assert_eq!(
+        flag(driver, "--runtime-issuance-config-map-name"),
+        "spiffe-issuance"
+    );
+    assert_eq!(
+        flag(driver, "--runtime-issuance-config-map-namespace"),
+        "cert-csi"
+    );
+    assert!(
+        !driver
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--spiffe-issuer-name")),
+        "no issuer name flag without an issuer"
+    );
+    let role: k8s_openapi::api::rbac::v1::Role =
+        get(&docs, "Role", "cert-csi-spiffe-node-runtime-issuance");
+    assert_eq!(
+        grants(role.rules.as_deref().unwrap()),
+        grants(&[rule(
+            &[""],
+            &["configmaps"],
+            &["get", "list", "watch"],
+            &["spiffe-issuance"]
+        )])
+    );
+    // Neither an issuer nor the ConfigMap: refused, naming both.
+    let out = chart_py(&[
+        "render",
+        "--set-json",
+        r#"spiffe={"driver":{"enabled":true}}"#,
+    ])
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("runtimeIssuanceConfigMap"),
+        "{stderr}"
+    );
+}
