@@ -1017,3 +1017,32 @@ fn csi_driver_spiffe_runtime_issuance_configmap_sets_the_flags_and_a_role_on_it(
         "{stderr}"
     );
 }
+
+#[test]
+fn csi_driver_spiffe_approver_signer_name_is_the_spiffe_approvers_issuer() {
+    let Some(docs) = render(&[
+        "--set-json",
+        r#"spiffe={"approver":{"enabled":true}}"#,
+        "--set-json",
+        r#"app={"approver":{"signerName":"clusterissuers.cert-manager.io/spiffe-ca"}}"#,
+    ]) else {
+        return;
+    };
+    let controller = pod_spec(&docs, "Deployment", "cert-csi-controller");
+    assert_eq!(
+        flag(container(&controller, "cert-csi"), "--spiffe-issuer"),
+        "clusterissuers.cert-manager.io/spiffe-ca"
+    );
+    // The approve grant names it too, as csi-driver-spiffe's role does.
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        get(&docs, "ClusterRole", "cert-csi-controller");
+    assert!(
+        role.rules.iter().flatten().any(|r| r
+            .resource_names
+            .iter()
+            .flatten()
+            .any(|n| n == "clusterissuers.cert-manager.io/spiffe-ca")),
+        "{:?}",
+        role.rules
+    );
+}

@@ -157,7 +157,7 @@ same, else the render fails naming both. Call with (dict "alias" <name>
 
 {{/* One SPIFFE setting by name: trustDomain.driver, trustDomain.approver,
 duration.driver, duration.approver, issuer.name, issuer.kind, issuer.group,
-extraAnnotations, runtimeIssuanceConfigMap. */}}
+extraAnnotations, runtimeIssuanceConfigMap, approver.issuer. */}}
 {{- define "cert-csi.spiffe" -}}
 {{- $root := .root -}}
 {{- $app := $root.Values.app -}}
@@ -176,6 +176,9 @@ extraAnnotations, runtimeIssuanceConfigMap. */}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.issuer.name" "aliasValue" $issuer.name "key" "spiffe.driver.issuer.name" "value" $spiffe.driver.issuer.name "default" "") -}}
 {{- else if eq $which "issuer.kind" -}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.issuer.kind" "aliasValue" $issuer.kind "key" "spiffe.driver.issuer.kind" "value" $spiffe.driver.issuer.kind "default" "ClusterIssuer") -}}
+{{- else if eq $which "approver.issuer" -}}
+{{- $approver := $app.approver | default dict -}}
+{{- include "cert-csi.spiffeAlias" (dict "alias" "app.approver.signerName" "aliasValue" $approver.signerName "key" "spiffe.approver.issuer" "value" $spiffe.approver.issuer "default" "") -}}
 {{- else if eq $which "runtimeIssuanceConfigMap" -}}
 {{- include "cert-csi.spiffeAlias" (dict "alias" "app.runtimeIssuanceConfigMap" "aliasValue" $app.runtimeIssuanceConfigMap "key" "spiffe.driver.runtimeIssuanceConfigMap" "value" $spiffe.driver.runtimeIssuanceConfigMap "default" "") -}}
 {{- else if eq $which "extraAnnotations" -}}
