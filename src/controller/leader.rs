@@ -420,6 +420,8 @@ where
     let loops_token = CancellationToken::new();
     let mut loops = tokio::spawn(lead(loops_token.clone()));
     let mut last_error: Option<String> = None;
+    // Set when the loops' task has returned (it must not be awaited again).
+    let mut loops_ended = false;
     let lost = loop {
         let deadline = renewed_at + config.renew_deadline;
         let next = (Instant::now() + config.retry_period).min(deadline);
@@ -435,6 +437,7 @@ where
                 // The loops only return when cancelled; if they ended on
                 // their own (a panic), stop leading so another replica can.
                 loops_token.cancel();
+                loops_ended = true;
                 break LeaderError::DeadlinePassed {
                     namespace: config.namespace.clone(),
                     name: config.name.clone(),
@@ -479,7 +482,7 @@ where
     observer.leading(false);
     // The loops get the margin before any other replica may lead.
     let grace = config.lease_duration.saturating_sub(config.renew_deadline) / 2;
-    if tokio::time::timeout(grace, loops).await.is_err() {
+    if !loops_ended && tokio::time::timeout(grace, loops).await.is_err() {
         tracing::warn!(
             ?grace,
             "controller loops did not stop in time; leaving them"
