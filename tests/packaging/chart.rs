@@ -2220,3 +2220,18 @@ fn controller_runs_two_replicas_with_leader_election_and_a_budget() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_node_plugins_environment_names_its_data_root_for_cert_csi_status() {
+    let Some(docs) = default_docs() else { return };
+    let daemonset: DaemonSet = get(docs, "DaemonSet", NODE);
+    let spec = daemonset.spec.unwrap().template.spec.unwrap();
+    let c = container(&spec, "cert-csi");
+    let env = c.env.clone().unwrap();
+    let data_root = env
+        .iter()
+        .find(|e| e.name == "DATA_ROOT")
+        .and_then(|e| e.value.clone())
+        .expect("DATA_ROOT set");
+    assert_eq!(data_root, flag(c, "--data-root"));
+}
