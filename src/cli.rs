@@ -960,11 +960,12 @@ pub async fn run_controller(
     ));
     let outcome = match election {
         Some(election) => {
-            let lead = {
-                let client = client.clone();
-                move |token| crate::controller::run(client, options, health, token)
-            };
-            crate::controller::leader::run(client, election, &leading, shutdown.clone(), lead).await
+            // A client of its own, so renewals never queue behind the
+            // loops' requests on a busy connection pool.
+            let lease_client = crate::kubernetes::kube_client(args.kubeconfig.as_ref()).await?;
+            let lead = move |token| crate::controller::run(client, options, health, token);
+            crate::controller::leader::run(lease_client, election, &leading, shutdown.clone(), lead)
+                .await
         }
         None => {
             leading.leading(true);

@@ -196,10 +196,12 @@ async fn killing_the_leader_mid_burst_hands_over_without_signing_twice_or_leavin
     const REQUESTS: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     let (_server, client, kubeconfig, ca_pem) = cluster(dir.path()).await;
+    // Short, but with room for the renewals of a replica signing a burst on
+    // a loaded 2-core machine (3 s deadlines were missed there).
     let timings = Timings {
-        lease: Duration::from_secs(4),
-        renew: Duration::from_secs(3),
-        retry: Duration::from_secs(1),
+        lease: Duration::from_secs(8),
+        renew: Duration::from_secs(6),
+        retry: Duration::from_secs(2),
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), CLUSTER_NS);
     let a = Replica::start("replica-a", &kubeconfig, &timings);
@@ -441,11 +443,11 @@ async fn a_leader_cut_off_from_the_api_stops_before_another_starts() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, client, kubeconfig, _) = cluster(dir.path()).await;
     // The margin between the renew deadline and the lease duration is the
-    // time the cut-off leader has to stop; 3 s here, as 20 s by default.
+    // time the cut-off leader has to stop; 4 s here, as 20 s by default.
     let timings = Timings {
-        lease: Duration::from_secs(6),
-        renew: Duration::from_secs(3),
-        retry: Duration::from_secs(1),
+        lease: Duration::from_secs(10),
+        renew: Duration::from_secs(6),
+        retry: Duration::from_secs(2),
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), CLUSTER_NS);
     // A reaches the API only through the proxy.

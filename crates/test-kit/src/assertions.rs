@@ -38,13 +38,44 @@ pub fn test_log_path(label: &str) -> PathBuf {
 }
 
 /// Lines of `text` that hold key material or a token: a PEM private key
-/// header, or a JWT (service account tokens are JWTs, and every JWT starts
-/// with the base64 of `{"`, which is `eyJ`).
+/// header, or a JWT (service account tokens are JWTs: `header.payload.sig`,
+/// base64url parts, the header the base64 of `{"`, which is `eyJ`). A list
+/// call's `continue` token is base64url JSON as well, but has no dots.
 pub fn secret_lines(text: &str) -> Vec<String> {
     text.lines()
-        .filter(|l| l.contains("PRIVATE KEY") || l.contains("eyJ"))
+        .filter(|l| l.contains("PRIVATE KEY") || has_jwt(l))
         .map(|l| l.chars().take(200).collect())
         .collect()
+}
+
+/// Whether `line` holds `eyJ<10+ base64url>.<10+ base64url>.`, a JWT's
+/// header and payload (the same shape hack/test's scan looks for).
+fn has_jwt(line: &str) -> bool {
+    let b64 = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    line.match_indices("eyJ").any(|(at, _)| {
+        let rest = &line[at..];
+        let header = rest.chars().take_while(|&c| b64(c)).count();
+        let Some(after) = rest.get(header..).and_then(|r| r.strip_prefix('.')) else {
+            return false;
+        };
+        let payload = after.chars().take_while(|&c| b64(c)).count();
+        header >= 13 && payload >= 10 && after[payload..].starts_with('.')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwts_are_found_and_continue_tokens_are_not() {
+        let jwt = "token=eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOlsiYXBpIl19.c2lnbmF0dXJl rest";
+        assert_eq!(secret_lines(jwt).len(), 1);
+        let continue_token =
+            "GET /apis?limit=500&continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6MTMzOH0 ok";
+        assert!(secret_lines(continue_token).is_empty());
+        assert_eq!(secret_lines("-----BEGIN PRIVATE KEY-----").len(), 1);
+    }
 }
 
 /// Panics, naming the lines, when the log at `path` holds a private key or
