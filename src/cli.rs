@@ -163,7 +163,7 @@ pub struct ControllerArgs {
     /// SPIFFE approver: the trust domain of the identities it approves.
     /// Setting it switches the SPIFFE approver on (it also needs
     /// --spiffe-issuer).
-    #[arg(long, env = "SPIFFE_TRUST_DOMAIN")]
+    #[arg(long, visible_alias = "trust-domain", env = "SPIFFE_TRUST_DOMAIN")]
     pub spiffe_trust_domain: Option<String>,
     /// SPIFFE approver: the issuers SPIFFE requests go to, in signer-name
     /// syntax (e.g. `clusterissuers.cert-manager.io/spiffe-ca`); every
@@ -171,7 +171,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "SPIFFE_ISSUER")]
     pub spiffe_issuer: Option<String>,
     /// SPIFFE approver: the exact spec.duration a request must carry.
-    #[arg(long, env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, visible_alias = "certificate-request-duration", env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
     pub spiffe_duration: std::time::Duration,
     /// SPIFFE approver: the ID path; only `{namespace}` and
     /// `{serviceaccount}` may appear.
@@ -476,7 +476,12 @@ pub struct NodeArgs {
     pub slow_issuance_threshold: std::time::Duration,
     /// SPIFFE driver (`--driver-name spiffe.csi.cert-manager.io`): the trust
     /// domain of every identity.
-    #[arg(long, env = "SPIFFE_TRUST_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        visible_alias = "trust-domain",
+        env = "SPIFFE_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
     pub spiffe_trust_domain: String,
     /// SPIFFE driver: the ID path; only `{namespace}` and `{serviceaccount}`
     /// may appear.
@@ -487,16 +492,26 @@ pub struct NodeArgs {
     #[arg(long, env = "SPIFFE_KEY_ALGORITHM", default_value = "P-521")]
     pub spiffe_key_algorithm: String,
     /// SPIFFE driver: the certificates' lifetime (renewed at two thirds).
-    #[arg(long, env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, visible_alias = "certificate-request-duration", env = "SPIFFE_DURATION", default_value = "1h", value_parser = parse_duration)]
     pub spiffe_duration: std::time::Duration,
     /// SPIFFE driver: the issuer that signs the identities (required).
-    #[arg(long, env = "SPIFFE_ISSUER_NAME")]
+    #[arg(long, visible_alias = "issuer-name", env = "SPIFFE_ISSUER_NAME")]
     pub spiffe_issuer_name: Option<String>,
     /// SPIFFE driver: the issuer's kind.
-    #[arg(long, env = "SPIFFE_ISSUER_KIND", default_value = "ClusterIssuer")]
+    #[arg(
+        long,
+        visible_alias = "issuer-kind",
+        env = "SPIFFE_ISSUER_KIND",
+        default_value = "ClusterIssuer"
+    )]
     pub spiffe_issuer_kind: String,
     /// SPIFFE driver: the issuer's API group.
-    #[arg(long, env = "SPIFFE_ISSUER_GROUP", default_value = "cert-manager.io")]
+    #[arg(
+        long,
+        visible_alias = "issuer-group",
+        env = "SPIFFE_ISSUER_GROUP",
+        default_value = "cert-manager.io"
+    )]
     pub spiffe_issuer_group: String,
     /// SPIFFE driver: who creates the CertificateRequest: `pod-token` (the
     /// pod's ServiceAccount token from the kubelet) or `node-account` (this

@@ -1029,3 +1029,50 @@ async fn the_runtime_issuance_configmap_switches_the_issuer_without_a_restart() 
     assert_eq!(issuer_of(&env.only_request(&third).await), "spiffe-ca");
     env.finish().await;
 }
+
+#[test]
+fn csi_driver_spiffe_flag_names_are_accepted_as_aliases() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cert-csi"))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should stop before running");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let node = [
+        "node",
+        "--node-id=n",
+        "--kubeconfig=/nonexistent",
+        "--driver-name=spiffe.csi.cert-manager.io",
+    ];
+    // Each alias reaches the flag it stands for: a bad value is refused
+    // under cert-csi's name.
+    for (alias, value, flag) in [
+        ("--trust-domain", "Not A Domain", "--spiffe-trust-domain"),
+        ("--certificate-request-duration", "5s", "--spiffe-duration"),
+        ("--issuer-kind", "Cluster-Issuer", "--spiffe-issuer-kind"),
+        ("--issuer-group", "Example.COM", "--spiffe-issuer-group"),
+    ] {
+        let mut args = node.to_vec();
+        let set = format!("{alias}={value}");
+        args.extend(["--issuer-name=spiffe-ca", set.as_str()]);
+        let stderr = run(&args);
+        assert!(stderr.contains(flag), "{alias}: {stderr}");
+    }
+    // All of them valid: the node gets past its flags, to the kubeconfig.
+    let mut args = node.to_vec();
+    args.extend([
+        "--trust-domain=example.org",
+        "--issuer-name=spiffe-ca",
+        "--issuer-kind=Issuer",
+        "--issuer-group=cert-manager.io",
+        "--certificate-request-duration=30m",
+    ]);
+    let stderr = run(&args);
+    assert!(stderr.contains("/nonexistent"), "{stderr}");
+    // The approver's: --trust-domain switches the SPIFFE approver on.
+    let stderr = run(&["controller", "--trust-domain=example.org"]);
+    assert!(stderr.contains("--spiffe-issuer is not"), "{stderr}");
+}
